@@ -1,0 +1,127 @@
+"""Command line: a thin layer over the stage functions.
+
+Heavy libraries (paddle, onnx, openvino) are imported inside the commands, so
+`--help` and `fetch` start fast.
+"""
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .errors import ConverterError
+
+DEFAULT_WORKDIR = "artifacts"
+
+
+def _shape(text):
+    try:
+        dims = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,C,H,W integers, got '{text}'") from None
+    if len(dims) != 4 or dims[0] != 1 or dims[1] != 3 or min(dims) <= 0:
+        raise argparse.ArgumentTypeError(f"expected 1,3,H,W with positive H and W, got '{text}'")
+    if dims[2] % 32 or dims[3] % 32:
+        raise argparse.ArgumentTypeError(f"H and W must be multiples of 32, got '{text}'")
+    return tuple(dims)
+
+
+def _add_common(p, workdir=True):
+    p.add_argument("--config", help="model config YAML (default: configs/ocrnet-hrnet-w48-paddle.yaml)")
+    if workdir:
+        p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="artifact folder (default: %(default)s)")
+
+
+def _add_weights(p):
+    p.add_argument("--weights", default="auto",
+                   help="auto (default), pretrained, synthetic, or a .pdparams path")
+    p.add_argument("--seed", type=int, default=0, help="seed for synthetic weights (default: 0)")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a --weights PATH whose sha384 differs from the config's")
+    p.add_argument("--cache-dir", help="download cache (default: see README)")
+    p.add_argument("--mirror", help="base URL to fetch the checkpoint from")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="ocrnet-convert",
+        description="Convert PaddleSeg release-2.3 OCRNet-HRNet_W48 to ONNX and OpenVINO IR, and prove parity.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("fetch", help="download the checkpoint and configs, verified and cached")
+    _add_common(p, workdir=False)
+    p.add_argument("--output", default=os.path.join(DEFAULT_WORKDIR, "download"),
+                   help="where to place the files (default: %(default)s)")
+    p.add_argument("--cache-dir", help="content-addressed cache (default: see README)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--mirror", help="fetch every file as URL/<file name>")
+    src.add_argument("--from", dest="from_dir", metavar="DIR", help="take the files from a local folder")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--quiet", action="store_true", help="no progress output")
+    out.add_argument("--json", action="store_true", help="progress events as JSON lines on stdout")
+    p.add_argument("--only", choices=["checkpoint", "training-config"], action="append",
+                   help="fetch only files with this role (repeatable)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds (default: %(default)s)")
+    p.add_argument("--read-timeout", type=float, default=30.0, help="seconds (default: %(default)s)")
+    p.add_argument("--retries", type=int, default=4, help="retries per file (default: %(default)s)")
+
+    p = sub.add_parser("export", help="write the Paddle inference model (release-2.3 format)")
+    _add_common(p, workdir=False)
+    _add_weights(p)
+    p.add_argument("--output", default=os.path.join(DEFAULT_WORKDIR, "paddle"),
+                   help="output folder (default: %(default)s)")
+    p.add_argument("--without-argmax", action="store_true",
+                   help="output the logits [N,19,H,W] instead of class indices")
+    return parser
+
+
+def _cmd_fetch(args, config):
+    from .fetch import default_cache_dir, run_fetch
+
+    mode = "json" if args.json else "quiet" if args.quiet or not sys.stderr.isatty() else "bar"
+    paths, record = run_fetch(config, args.output, args.cache_dir or default_cache_dir(),
+                              args.mirror, args.from_dir, mode, roles=args.only,
+                              timeouts=(args.connect_timeout, args.read_timeout), retries=args.retries)
+    if args.json:
+        print(json.dumps({"event": "summary", **record}, sort_keys=True))
+    elif not args.quiet:
+        for rec, path in zip(record["files"], paths):
+            print(f"{path}  ({rec['source']}, verified sha384)")
+    return 0
+
+
+def _cmd_export(args, config):
+    from .export import run_export
+    from .weights import resolve_weights
+
+    choice = resolve_weights(config, args.weights, args.seed, args.cache_dir, args.mirror,
+                             args.allow_unverified)
+    paths, record = run_export(config, args.output, choice, args.without_argmax)
+    for path in paths:
+        print(path)
+    kind = record["weights"]["kind"]
+    print(f"export: done in {record['seconds']} s, weights: {kind}"
+          + (f" (seed {record['weights']['seed']})" if kind == "synthetic" else ""), file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"fetch": _cmd_fetch, "export": _cmd_export}
+
+
+def main(argv=None):
+    # Paddle and numpy spawn one OpenMP thread per core by default, which
+    # oversubscribes small machines; keep it explicit and overridable.
+    os.environ.setdefault("OMP_NUM_THREADS", str(min(os.cpu_count() or 2, 8)))
+    args = build_parser().parse_args(argv)
+    try:
+        from .config import load_config
+
+        config = load_config(args.config)
+        return COMMANDS[args.command](args, config)
+    except ConverterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

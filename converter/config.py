@@ -1,0 +1,182 @@
+"""Load and validate the model's metadata file (configs/*.yaml).
+
+Every problem is reported as a ConfigError naming the field, e.g.
+`files[0].sha384: expected 96 hex digits`.
+"""
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(os.path.dirname(PACKAGE_DIR), "configs", "ocrnet-hrnet-w48-paddle.yaml")
+_SHA384 = re.compile(r"^[0-9a-f]{96}$")
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    name: str
+    size: int
+    sha384: str
+    source: str
+    role: str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple
+    dtype: str
+    layout: str = ""
+    color: str = ""
+
+
+@dataclass
+class ModelConfig:
+    path: str
+    sha256: str
+    name: str
+    license: str
+    files: list
+    num_classes: int
+    params: int
+    flops_512x1024: int
+    original_input: TensorSpec
+    original_output: TensorSpec
+    mean: tuple
+    scale: tuple
+    converted_input: TensorSpec
+    converted_output: TensorSpec
+    onnx_opset: int
+    reference: dict
+    min_agreement: float
+    tie_margin: float
+    raw: dict = field(repr=False, default_factory=dict)
+
+    def file(self, role):
+        for spec in self.files:
+            if spec.role == role:
+                return spec
+        raise ConfigError(f"files: no entry with role '{role}'")
+
+    @property
+    def checkpoint(self):
+        return self.file("checkpoint")
+
+
+def _get(mapping, key, where, kind):
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    if key not in mapping:
+        raise ConfigError(f"{where}.{key}: missing" if where else f"{key}: missing")
+    value = mapping[key]
+    path = f"{where}.{key}" if where else key
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if kind in (str, list, dict) and not isinstance(value, kind):
+        raise ConfigError(f"{path}: expected a {kind.__name__}, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def _tensor(mapping, where):
+    shape = _get(mapping, "shape", where, list)
+    if not shape or not all(isinstance(d, int) and (d > 0 or d == -1) for d in shape):
+        raise ConfigError(f"{where}.shape: expected positive integers or -1, got {shape!r}")
+    dtype = _get(mapping, "dtype", where, str)
+    if dtype not in ("float32", "int32", "int64"):
+        raise ConfigError(f"{where}.dtype: unsupported '{dtype}'")
+    return TensorSpec(_get(mapping, "name", where, str), tuple(shape), dtype,
+                      mapping.get("layout", ""), mapping.get("color", ""))
+
+
+def _file(entry, where):
+    name = _get(entry, "name", where, str)
+    if not _NAME.match(name):
+        raise ConfigError(f"{where}.name: not a plain file name: {name!r}")
+    size = _get(entry, "size", where, int)
+    if size <= 0:
+        raise ConfigError(f"{where}.size: must be positive")
+    sha = _get(entry, "sha384", where, str).lower()
+    if not _SHA384.match(sha):
+        raise ConfigError(f"{where}.sha384: expected 96 hex digits")
+    source = _get(entry, "source", where, str)
+    if not source.startswith(("https://", "http://")):
+        raise ConfigError(f"{where}.source: expected an http(s) URL")
+    return FileSpec(name, size, sha, source, _get(entry, "role", where, str))
+
+
+def _triple(mapping, key, where):
+    values = _get(mapping, key, where, list)
+    if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+        raise ConfigError(f"{where}.{key}: expected three numbers")
+    if key == "scale" and any(v == 0 for v in values):
+        raise ConfigError(f"{where}.{key}: must not be zero")
+    return tuple(float(v) for v in values)
+
+
+def validate(raw, path="<config>", digest=""):
+    if not isinstance(raw, dict):
+        raise ConfigError("<root>: expected a mapping")
+    files = [_file(e, f"files[{i}]") for i, e in enumerate(_get(raw, "files", "", list))]
+    if sum(f.role == "checkpoint" for f in files) != 1:
+        raise ConfigError("files: exactly one entry must have role 'checkpoint'")
+    model = _get(raw, "model", "", dict)
+    original = _get(raw, "original", "", dict)
+    pre = _get(original, "preprocessing", "original", dict)
+    converted = _get(raw, "converted", "", dict)
+    reference = _get(raw, "reference", "", dict)
+    miou = _get(reference, "miou", "reference", float)
+    per_class = _get(reference, "per_class_iou", "reference", dict)
+    num_classes = _get(model, "num_classes", "model", int)
+    if len(per_class) != num_classes:
+        raise ConfigError(f"reference.per_class_iou: expected {num_classes} classes, got {len(per_class)}")
+    for cls, iou in per_class.items():
+        if not isinstance(iou, (int, float)) or not 0 <= iou <= 1:
+            raise ConfigError(f"reference.per_class_iou.{cls}: expected a number in [0, 1]")
+    parity = _get(raw, "parity", "", dict)
+    min_agreement = _get(parity, "min_agreement", "parity", float)
+    if not 0 < min_agreement <= 1:
+        raise ConfigError("parity.min_agreement: expected a fraction in (0, 1]")
+    tie_margin = _get(parity, "tie_margin", "parity", float)
+    if tie_margin < 0:
+        raise ConfigError("parity.tie_margin: must not be negative")
+    opset = _get(converted, "onnx_opset", "converted", int)
+    if not 7 <= opset <= 21:
+        raise ConfigError(f"converted.onnx_opset: {opset} is outside 7..21")
+    return ModelConfig(
+        path=path, sha256=digest,
+        name=_get(raw, "name", "", str), license=_get(raw, "license", "", str),
+        files=files, num_classes=num_classes,
+        params=_get(model, "params", "model", int),
+        flops_512x1024=_get(model, "flops_512x1024", "model", int),
+        original_input=_tensor(_get(original, "input", "original", dict), "original.input"),
+        original_output=_tensor(_get(original, "output", "original", dict), "original.output"),
+        mean=_triple(pre, "mean", "original.preprocessing"),
+        scale=_triple(pre, "scale", "original.preprocessing"),
+        converted_input=_tensor(_get(converted, "input", "converted", dict), "converted.input"),
+        converted_output=_tensor(_get(converted, "output", "converted", dict), "converted.output"),
+        onnx_opset=opset,
+        reference={"miou": miou, "per_class_iou": dict(per_class),
+                   "dataset": reference.get("dataset", "")},
+        min_agreement=min_agreement, tie_margin=tie_margin, raw=raw)
+
+
+def load_config(path=None):
+    import yaml
+
+    path = path or DEFAULT_CONFIG
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return validate(raw, path, hashlib.sha256(data).hexdigest())

@@ -1,0 +1,37 @@
+"""Typed errors. The CLI turns each into one line on stderr and its exit code."""
+
+
+class ConverterError(Exception):
+    """A user-facing failure: bad input, missing file, no network..."""
+    exit_code = 2
+
+
+class ConfigError(ConverterError):
+    exit_code = 3
+
+
+class FetchError(ConverterError):
+    exit_code = 4
+
+
+class ChecksumError(FetchError):
+    exit_code = 5
+
+
+class CheckpointError(ConverterError):
+    """A checkpoint that does not fit the model, or is unsafe to load."""
+    exit_code = 6
+
+
+class UnsafeCheckpointError(CheckpointError):
+    exit_code = 7
+
+
+class StageError(ConverterError):
+    """A conversion tool failed, or an input artifact is missing."""
+    exit_code = 8
+
+
+class ParityFailure(ConverterError):
+    """Converted models disagree with the original beyond the config's gate."""
+    exit_code = 10

@@ -1,0 +1,74 @@
+"""export stage: our OCRNet -> Paddle inference model in the release-2.3 format.
+
+Writes model.pdmodel, model.pdiparams (+ .pdiparams.info, as paddle.jit.save
+does), deploy.yaml, and export.json (what was exported, from which weights).
+"""
+import os
+import time
+
+from .fsutil import describe_files, staging_dir, write_json_atomic
+from .log import info
+
+# Release-2.3 deploy.yaml for this model: the Cityscapes val transforms are a
+# bare Normalize (mean 0.5, std 0.5 on 0..1, i.e. (v - 127.5) / 127.5).
+DEPLOY_YAML = """Deploy:
+  model: model.pdmodel
+  params: model.pdiparams
+  transforms:
+  - type: Normalize
+"""
+MODEL_FILES = ("model.pdmodel", "model.pdiparams", "model.pdiparams.info", "deploy.yaml")
+
+
+def build_weighted_model(choice):
+    """Our model with the chosen weights loaded, in eval mode."""
+    from .checkpoint import load_into
+    from .model import build_model
+    from .synthetic import synthetic_state_dict
+
+    model = build_model()
+    if choice.kind == "synthetic":
+        info(f"export: making synthetic weights (seed {choice.provenance['seed']}; "
+             "BatchNorm recalibration on the sample images)...")
+        synthetic_state_dict(model, choice.provenance["seed"])
+    else:
+        info(f"export: loading checkpoint {choice.path}")
+        extra = load_into(model, choice.path, log=info)
+        choice.provenance["ignored_keys"] = len(extra)
+    model.eval()
+    return model
+
+
+def save_inference_model(model, folder, without_argmax=False):
+    import paddle
+    from paddle.static import InputSpec
+
+    from .model import InferenceWrapper
+
+    wrapper = InferenceWrapper(model, without_argmax)
+    wrapper.eval()
+    spec = [InputSpec([None, 3, None, None], "float32", "x")]
+    paddle.jit.save(wrapper, os.path.join(folder, "model"), input_spec=spec)
+    with open(os.path.join(folder, "deploy.yaml"), "w") as fh:
+        fh.write(DEPLOY_YAML)
+
+
+def run_export(config, output_dir, choice, without_argmax=False):
+    """Export with already-resolved weights (see weights.resolve_weights)."""
+    start = time.perf_counter()
+    model = build_weighted_model(choice)
+    with staging_dir(output_dir) as tmp:
+        info("export: tracing and saving the inference model...")
+        save_inference_model(model, tmp, without_argmax)
+        files = describe_files(tmp, [f for f in MODEL_FILES if os.path.exists(os.path.join(tmp, f))])
+    record = {
+        "stage": "export", "weights": choice.provenance, "without_argmax": without_argmax,
+        "input": {"name": "x", "shape": [-1, 3, -1, -1], "dtype": "float32", "color": "RGB",
+                  "normalisation": "(v - 127.5) / 127.5"},
+        "output": ({"name": "logits", "shape": [-1, config.num_classes, -1, -1], "dtype": "float32"}
+                   if without_argmax else {"name": "argmax_0.tmp_0", "shape": [-1, -1, -1], "dtype": "int32"}),
+        "files": files, "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json_atomic(os.path.join(output_dir, "export.json"), record)
+    paths = [os.path.join(output_dir, f) for f in files]
+    return paths, record

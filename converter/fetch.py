@@ -1,0 +1,333 @@
+"""fetch stage: get the files the config lists, verified, resumable, cached.
+
+Order of sources for each file: already at the output path and verified; the
+content-addressed cache (keyed by sha384); a local folder (--from); the
+network (the config's URL, or --mirror URL + file name).
+
+A download streams into `<name>.part` beside the target and resumes from it
+with an HTTP Range request, within a run (after a dropped connection) and
+across runs (after a kill). Size and sha384 are checked before the file is
+renamed to its final name, so a later stage never sees an unverified file.
+"""
+import errno
+import hashlib
+import http.client
+import os
+import shutil
+import socket
+import sys
+import time
+import urllib.parse
+
+from .errors import ChecksumError, FetchError
+from .fsutil import write_bytes_atomic
+
+CHUNK = 1 << 16
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+NO_NETWORK_HINT = ("no network? Use --mirror URL or --from DIR, or pass a local "
+                   "checkpoint with --weights PATH")
+
+
+def default_cache_dir():
+    """$OCRNET_CONVERT_CACHE, else the platform's user cache folder:
+    $XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS,
+    %LOCALAPPDATA% on Windows; always with an `ocrnet-convert` subfolder."""
+    if os.environ.get("OCRNET_CONVERT_CACHE"):
+        return os.environ["OCRNET_CONVERT_CACHE"]
+    if sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Caches")
+    elif os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA", os.path.expanduser("~\\AppData\\Local"))
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "ocrnet-convert")
+
+
+def cache_path(cache_dir, sha384):
+    return os.path.join(cache_dir, "sha384", sha384[:2], sha384)
+
+
+def _hash_file(path):
+    h = hashlib.sha384()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path, spec, delete_bad=True):
+    """Raise unless path has the spec's size and sha384."""
+    size = os.path.getsize(path)
+    if size != spec.size:
+        if delete_bad:
+            os.unlink(path)
+        raise ChecksumError(f"size mismatch for {spec.name}: expected {spec.size} bytes, got {size}"
+                            + ("; the bad file was deleted" if delete_bad else ""))
+    got = _hash_file(path)
+    if got != spec.sha384:
+        if delete_bad:
+            os.unlink(path)
+        raise ChecksumError(f"sha384 mismatch for {spec.name}: expected {spec.sha384}, got {got}"
+                            + ("; the bad file was deleted" if delete_bad else ""))
+
+
+class Progress:
+    """tqdm on a TTY, JSON lines with --json, silence otherwise."""
+
+    def __init__(self, mode):
+        self.mode = mode  # "bar", "json" or "quiet"
+        self.bar = None
+        self._last = 0.0
+
+    def emit(self, **event):
+        if self.mode == "json":
+            import json
+            print(json.dumps(event, sort_keys=True), flush=True)
+
+    def start(self, name, total, done):
+        self.emit(event="start", file=name, total=total, resume_from=done)
+        if self.mode == "bar":
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=done, unit="B", unit_scale=True,
+                            unit_divisor=1024, desc=name, file=sys.stderr)
+
+    def update(self, name, done, total, step):
+        if self.bar is not None:
+            self.bar.update(step)
+        now = time.monotonic()
+        if self.mode == "json" and (now - self._last > 0.5 or done == total):
+            self._last = now
+            self.emit(event="progress", file=name, bytes=done, total=total)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _Retry(Exception):
+    """A transient failure: retry after a backoff."""
+
+
+def _open(url, offset, timeouts, redirects=5):
+    """Return (response, connection) for a GET of url from byte offset."""
+    for _ in range(redirects + 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise FetchError(f"unsupported URL scheme in {url}")
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname, parts.port, timeout=timeouts[0])
+        try:
+            conn.connect()
+        except socket.gaierror:
+            raise FetchError(f"cannot resolve host {parts.hostname}: {NO_NETWORK_HINT}") from None
+        except (socket.timeout, TimeoutError):
+            raise _Retry(f"connection to {parts.hostname} timed out") from None
+        except OSError as exc:
+            raise _Retry(f"cannot connect to {parts.hostname}: {exc.strerror or exc}") from None
+        conn.sock.settimeout(timeouts[1])
+        headers = {"User-Agent": "ocrnet-convert", "Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            conn.request("GET", path or "/", headers=headers)
+            resp = conn.getresponse()
+        except (socket.timeout, TimeoutError, OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise _Retry(f"request to {parts.hostname} failed: {exc}") from None
+        if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
+            url = urllib.parse.urljoin(url, resp.getheader("Location"))
+            conn.close()
+            continue
+        return resp, conn
+    raise FetchError(f"too many redirects for {url}")
+
+
+def _download(url, part, spec, progress, timeouts, retries, sleep=time.sleep):
+    """Stream url into part, resuming; return the number of bytes received."""
+    received = 0
+    attempt = 0
+    while True:
+        offset = os.path.getsize(part) if os.path.exists(part) else 0
+        if offset > spec.size:
+            os.unlink(part)
+            offset = 0
+        if offset == spec.size:
+            return received
+        try:
+            resp, conn = _open(url, offset, timeouts)
+            try:
+                if resp.status in RETRY_STATUSES:
+                    delay = resp.getheader("Retry-After")
+                    raise _Retry(f"HTTP {resp.status} {resp.reason} from {url}"
+                                 + (f" (retry after {delay}s)" if delay else ""))
+                if resp.status == 416 and offset:
+                    os.unlink(part)  # our .part is not a prefix the server knows
+                    raise _Retry("server rejected the resume range; starting over")
+                if resp.status not in (200, 206):
+                    raise FetchError(f"HTTP {resp.status} {resp.reason} for {url}")
+                if offset and resp.status == 200:
+                    offset = 0  # the server ignored Range: it sends the whole file
+                mode = "ab" if offset else "wb"
+                progress.start(spec.name, spec.size, offset)
+                done = offset
+                with open(part, mode) as fh:
+                    while True:
+                        try:
+                            block = resp.read(CHUNK)
+                        except (socket.timeout, TimeoutError):
+                            raise _Retry(f"read from {url} timed out after {timeouts[1]}s") from None
+                        except (OSError, http.client.HTTPException) as exc:
+                            raise _Retry(f"connection lost while reading {url}: {exc}") from None
+                        if not block:
+                            break
+                        if done + len(block) > spec.size:
+                            raise ChecksumError(f"size mismatch for {spec.name}: server sent more than "
+                                                f"the expected {spec.size} bytes")
+                        fh.write(block)
+                        done += len(block)
+                        received += len(block)
+                        progress.update(spec.name, done, spec.size, len(block))
+                progress.close()
+                if done < spec.size:
+                    length = resp.getheader("Content-Length")
+                    if length is not None and offset + int(length) == done:
+                        return received  # the server's file is shorter: verify() will say so
+                    raise _Retry(f"connection closed after {done} of {spec.size} bytes")
+                return received
+            finally:
+                progress.close()
+                conn.close()
+        except _Retry as why:
+            attempt += 1
+            if attempt > retries:
+                reason = str(why)
+                if "connect" in reason or "timed out" in reason and received == 0:
+                    raise FetchError(f"{reason}: {NO_NETWORK_HINT}") from None
+                raise FetchError(f"giving up on {spec.name} after {retries} retries: {reason}") from None
+            delay = min(0.5 * 2 ** (attempt - 1), 30.0)
+            progress.emit(event="retry", file=spec.name, attempt=attempt, reason=str(why), delay=delay)
+            if progress.mode == "bar":
+                print(f"{spec.name}: {why}; retrying in {delay:.1f}s", file=sys.stderr)
+            sleep(delay)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise FetchError(f"disk full while writing {part} ({spec.size} bytes needed)") from None
+            raise
+
+
+def _check_space(folder, needed):
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise FetchError(f"not enough disk space in {folder}: {needed} bytes needed, {free} free")
+
+
+def _place(src, dst, move):
+    """Put a verified file at dst atomically (hard link or copy to a temp name, then rename)."""
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    try:
+        if move:
+            os.replace(src, dst)
+            return
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise FetchError(f"disk full while writing {dst}") from None
+        raise
+
+
+def _to_cache(path, spec, cache_dir):
+    if not cache_dir:
+        return
+    target = cache_path(cache_dir, spec.sha384)
+    if os.path.exists(target):
+        return
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _place(path, target, move=False)
+    except (OSError, FetchError):
+        pass  # a cache that cannot be written is not a reason to fail the fetch
+
+
+def fetch_file(spec, output_dir, cache_dir=None, mirror=None, from_dir=None, progress=None,
+               timeouts=(10.0, 30.0), retries=4, sleep=time.sleep):
+    """Make output_dir/spec.name a verified copy; return (path, record)."""
+    progress = progress or Progress("quiet")
+    os.makedirs(output_dir, exist_ok=True)
+    final = os.path.join(output_dir, spec.name)
+    record = {"file": spec.name, "size": spec.size, "sha384": spec.sha384, "bytes_transferred": 0}
+    if os.path.isfile(final):
+        try:
+            verify(final, spec, delete_bad=False)
+            _to_cache(final, spec, cache_dir)
+            return final, dict(record, source="present")
+        except ChecksumError:
+            os.unlink(final)  # stale or damaged; fetch it again
+    cached = cache_path(cache_dir, spec.sha384) if cache_dir else None
+    if cached and os.path.isfile(cached):
+        try:
+            verify(cached, spec)
+            _place(cached, final, move=False)
+            return final, dict(record, source="cache", cache=cached)
+        except ChecksumError:
+            pass  # verify() deleted the damaged cache entry
+    part = final + ".part"
+    if from_dir:
+        local = os.path.join(from_dir, spec.name)
+        if not os.path.isfile(local):
+            raise FetchError(f"{spec.name} not found in --from folder {from_dir}")
+        _check_space(output_dir, spec.size)
+        try:
+            shutil.copyfile(local, part)
+        except OSError as exc:
+            if os.path.exists(part):
+                os.unlink(part)
+            if exc.errno == errno.ENOSPC:
+                raise FetchError(f"disk full while copying {spec.name} to {output_dir}") from None
+            raise FetchError(f"cannot copy {local}: {exc.strerror}") from None
+        verify(part, spec)
+        _to_cache(part, spec, cache_dir)
+        _place(part, final, move=True)
+        return final, dict(record, source="local", origin=local)
+    url = (mirror.rstrip("/") + "/" + spec.name) if mirror else spec.source
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    _check_space(output_dir, max(spec.size - have, 0))
+    received = _download(url, part, spec, progress, timeouts, retries, sleep)
+    verify(part, spec)
+    _to_cache(part, spec, cache_dir)
+    _place(part, final, move=True)
+    progress.emit(event="done", file=spec.name, path=final, bytes_transferred=received)
+    return final, dict(record, source="download", url=url, bytes_transferred=received)
+
+
+def run_fetch(config, output_dir, cache_dir=None, mirror=None, from_dir=None, progress_mode="quiet",
+              roles=None, timeouts=(10.0, 30.0), retries=4):
+    """Fetch every file of the config (or those with the given roles)."""
+    progress = Progress(progress_mode)
+    records = []
+    for spec in config.files:
+        if roles and spec.role not in roles:
+            continue
+        _, rec = fetch_file(spec, output_dir, cache_dir, mirror, from_dir, progress, timeouts, retries)
+        records.append(rec)
+    paths = [os.path.join(output_dir, r["file"]) for r in records]
+    return paths, {"stage": "fetch", "files": records}
+
+
+def cached_checkpoint(config, cache_dir):
+    """Path of the verified checkpoint in the cache, or None."""
+    spec = config.checkpoint
+    path = cache_path(cache_dir, spec.sha384)
+    if os.path.isfile(path) and os.path.getsize(path) == spec.size:
+        return path
+    return None
+
+
+__all__ = ["run_fetch", "fetch_file", "default_cache_dir", "cached_checkpoint", "verify", "write_bytes_atomic"]

@@ -1,0 +1,92 @@
+"""Image input: safe decoding with Pillow, resizing and the two tensor layouts.
+
+Pillow rather than OpenCV: importing cv2 after paddle once crashed in zlib here.
+"""
+import glob
+import os
+import warnings
+
+import numpy as np
+
+from .errors import ConverterError
+
+SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+# Pillow's own bomb guard warns at ~89 Mpx; a Cityscapes frame is 2 Mpx.
+MAX_PIXELS = 64 * 1024 * 1024
+
+
+def sample_images():
+    return sorted(glob.glob(os.path.join(SAMPLES_DIR, "*.jpg")))
+
+
+def expand_image_args(items):
+    """Files stay as given; folders contribute their images, sorted."""
+    paths = []
+    for item in items:
+        if os.path.isdir(item):
+            found = sorted(p for p in glob.glob(os.path.join(item, "*"))
+                           if p.lower().endswith(IMAGE_EXTS))
+            if not found:
+                raise ConverterError(f"no images in folder {item}")
+            paths.extend(found)
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise ConverterError(f"image not found: {item}")
+    return paths
+
+
+def load_rgb(path):
+    """Decode an 8-bit RGB image as uint8 HxWx3.
+
+    Grayscale and palette images are converted to RGB; RGBA is composited on
+    black (alpha dropped). 16-bit and float images are refused, since scaling
+    them to 8 bit silently would change what the model sees.
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ConverterError(f"{path}: {img.width}x{img.height} is too large (decompression bomb?)")
+                if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    raise ConverterError(f"{path}: {img.mode} images (16-bit or float) are not supported; use 8-bit RGB")
+                img.load()
+                if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
+                    img = img.convert("RGBA")
+                    img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img)
+                rgb = img.convert("RGB")
+                return np.asarray(rgb, dtype=np.uint8).copy()
+    except ConverterError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ConverterError(f"{path}: image is too large (decompression bomb?)") from None
+    except FileNotFoundError:
+        raise ConverterError(f"image not found: {path}") from None
+    except Exception as exc:
+        raise ConverterError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def resize_rgb(rgb, width, height):
+    """Bilinear resize (Pillow's BILINEAR, which widens its kernel when
+    shrinking, i.e. antialiases)."""
+    from PIL import Image
+
+    if rgb.shape[1] == width and rgb.shape[0] == height:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
+
+
+def normalized_rgb_nchw(rgb, mean=(127.5,) * 3, scale=(127.5,) * 3):
+    """The original model's input: (v - mean) / scale, RGB, NCHW float32."""
+    x = rgb.astype(np.float32).transpose(2, 0, 1)[None]
+    return (x - np.asarray(mean, np.float32)[None, :, None, None]) / np.asarray(scale, np.float32)[None, :, None, None]
+
+
+def bgr_nchw(rgb):
+    """The converted models' input: raw 0..255 in BGR order, NCHW float32."""
+    return np.ascontiguousarray(rgb[:, :, ::-1].astype(np.float32).transpose(2, 0, 1)[None])

@@ -1,0 +1,14 @@
+"""Our own Paddle implementation of PaddleSeg release-2.3 OCRNet + HRNet_W48."""
+from .ocrnet import NUM_CLASSES, InferenceWrapper, OCRNet
+
+
+def build_model(eval_mode=True):
+    import paddle
+    paddle.set_device("cpu")
+    model = OCRNet()
+    if eval_mode:
+        model.eval()
+    return model
+
+
+__all__ = ["NUM_CLASSES", "InferenceWrapper", "OCRNet", "build_model"]

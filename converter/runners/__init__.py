@@ -1,0 +1,24 @@
+"""One runner per backend, all with the same two calls:
+
+    runner = make_runner(kind, model_path, threads=2, **options)
+    outputs = runner.infer(x)   # {output name: ndarray}
+
+Heavy libraries are imported inside the runner modules, only when used.
+"""
+from ..errors import ConverterError
+
+KINDS = ("paddle", "onnxruntime", "openvino")
+
+
+def make_runner(kind, model_path, threads=2, **options):
+    if kind == "paddle":
+        from .paddle_runner import PaddleRunner as cls
+    elif kind == "onnxruntime":
+        from .ort_runner import OrtRunner as cls
+    elif kind == "openvino":
+        from .ov_runner import OpenVinoRunner as cls
+    else:
+        raise ConverterError(f"unknown backend '{kind}' (choose from {', '.join(KINDS)})")
+    runner = cls()
+    runner.load(model_path, threads=threads, **options)
+    return runner
