@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml requirements.lock
 
 convert: $(STAMP)
 	$(CLI) export --weights $(WEIGHTS) --seed $(SEED) --output $(WORKDIR)/paddle
+	$(CLI) onnx --workdir $(WORKDIR) --input-shape $(SHAPE)
+	$(CLI) openvino --workdir $(WORKDIR) --input-shape $(SHAPE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -73,7 +73,38 @@ def build_parser():
                    help="output folder (default: %(default)s)")
     p.add_argument("--without-argmax", action="store_true",
                    help="output the logits [N,19,H,W] instead of class indices")
+    p = sub.add_parser("onnx", help="convert the Paddle export to ONNX (BGR 0..255 input)")
+    _add_common(p)
+    p.add_argument("--input-shape", type=_shape, default=(1, 3, 1024, 2048),
+                   help="static input shape N,C,H,W (default: 1,3,1024,2048)")
+
+    p = sub.add_parser("openvino", help="convert to OpenVINO IR, FP32 and FP16 (BGR 0..255 input)")
+    _add_common(p)
+    p.add_argument("--input-shape", type=_shape, default=(1, 3, 1024, 2048),
+                   help="static input shape N,C,H,W (default: 1,3,1024,2048)")
+    p.add_argument("--from", dest="source", choices=["paddle", "onnx"], default="paddle",
+                   help="convert the Paddle model (default) or the ONNX file")
     return parser
+
+
+def _cmd_onnx(args, config):
+    from .onnx_stage import run_onnx
+
+    paths, record = run_onnx(config, args.workdir, args.input_shape)
+    for path in paths:
+        print(path)
+    print(f"onnx: done in {record['seconds']} s", file=sys.stderr)
+    return 0
+
+
+def _cmd_openvino(args, config):
+    from .openvino_stage import run_openvino
+
+    paths, record = run_openvino(config, args.workdir, args.input_shape, args.source)
+    for path in paths:
+        print(path)
+    print(f"openvino: done in {record['seconds']} s", file=sys.stderr)
+    return 0
 
 
 def _cmd_fetch(args, config):
@@ -106,7 +137,7 @@ def _cmd_export(args, config):
     return 0
 
 
-COMMANDS = {"fetch": _cmd_fetch, "export": _cmd_export}
+COMMANDS = {"fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx, "openvino": _cmd_openvino}
 
 
 def main(argv=None):

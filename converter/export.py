@@ -39,6 +39,48 @@ def build_weighted_model(choice):
     return model
 
 
+def normalize_program(path):
+    """Rewrite model.pdmodel in place, removing two artefacts of paddle.jit.save.
+
+    1. The identity `scale` op (scale 1, bias 0) that jit.save appends to every
+       output, named `save_infer_model/scale_N.tmp_0`. Dropping it makes the
+       output the argmax's own tensor, `argmax_0.tmp_0`, which is the name the
+       model card promises and which paddle2onnx and OpenVINO carry through.
+    2. `op_callstack` attributes: Python stack traces with absolute file paths,
+       which would make the file differ between two checkouts.
+    """
+    from paddle.base.proto import framework_pb2
+
+    desc = framework_pb2.ProgramDesc()
+    with open(path, "rb") as fh:
+        desc.ParseFromString(fh.read())
+    block = desc.blocks[0]
+    renames, drop = {}, []
+    for idx, op in enumerate(block.ops):
+        outs = [a for o in op.outputs for a in o.arguments]
+        if op.type == "scale" and len(outs) == 1 and outs[0].startswith("save_infer_model/scale_"):
+            attrs = {a.name: a for a in op.attrs}
+            if attrs["scale"].f == 1.0 and attrs["bias"].f == 0.0:
+                renames[outs[0]] = [a for i in op.inputs if i.parameter == "X" for a in i.arguments][0]
+                drop.append(idx)
+    for idx in reversed(drop):
+        del block.ops[idx]
+    for op in block.ops:
+        if op.type == "fetch":
+            for inp in op.inputs:
+                inp.arguments[:] = [renames.get(a, a) for a in inp.arguments]
+    keep = [v for v in block.vars if v.name not in renames]
+    del block.vars[:]
+    block.vars.extend(keep)
+    for blk in desc.blocks:
+        for op in blk.ops:
+            attrs = [a for a in op.attrs if a.name != "op_callstack"]
+            del op.attrs[:]
+            op.attrs.extend(attrs)
+    with open(path, "wb") as fh:
+        fh.write(desc.SerializeToString(deterministic=True))
+
+
 def save_inference_model(model, folder, without_argmax=False):
     import paddle
     from paddle.static import InputSpec
@@ -49,6 +91,7 @@ def save_inference_model(model, folder, without_argmax=False):
     wrapper.eval()
     spec = [InputSpec([None, 3, None, None], "float32", "x")]
     paddle.jit.save(wrapper, os.path.join(folder, "model"), input_spec=spec)
+    normalize_program(os.path.join(folder, "model.pdmodel"))
     with open(os.path.join(folder, "deploy.yaml"), "w") as fh:
         fh.write(DEPLOY_YAML)
 

@@ -1,10 +1,11 @@
 """Our own Paddle implementation of PaddleSeg release-2.3 OCRNet + HRNet_W48."""
+from ..paddle_env import import_paddle
+
+import_paddle()
 from .ocrnet import NUM_CLASSES, InferenceWrapper, OCRNet
 
 
 def build_model(eval_mode=True):
-    import paddle
-    paddle.set_device("cpu")
     model = OCRNet()
     if eval_mode:
         model.eval()

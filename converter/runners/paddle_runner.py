@@ -8,6 +8,9 @@ class PaddleRunner:
     name = "paddle"
 
     def load(self, model_dir, threads=2, mkldnn=True):
+        from ..paddle_env import import_paddle
+
+        import_paddle()
         import paddle.inference as pi
 
         model = os.path.join(model_dir, "model.pdmodel")

@@ -1,0 +1,132 @@
+"""onnx stage: Paddle inference model -> ONNX with the preprocessing baked in.
+
+paddle2onnx (pinned 1.3.1) converts artifacts/paddle/. We then put three ops in
+front of the graph, so that the ONNX model takes raw BGR pixels like the model
+card says: Gather([2,1,0], axis 1) reverses the channels, then Sub(127.5) and
+Div(127.5) reproduce exactly the (v - 127.5) / 127.5 of the original's input.
+The input is fixed to the requested static shape.
+
+Opset 13: Resize with coordinate_transformation_mode half_pixel (needed for
+bilinear with align_corners=False) exists from opset 11; 13 is the newest
+opset every op of this model maps to in paddle2onnx 1.3.1 and is fully
+supported by ONNX Runtime and OpenVINO's ONNX frontend.
+
+Output: `argmax_0.tmp_0`, int32 [1,H,W] (ArgMax's int64 cast back to the
+int32 that paddle.argmax(dtype='int32') gives in the original).
+"""
+import json
+import os
+import time
+
+import numpy as np
+
+from .errors import StageError
+from .fsutil import describe_files, staging_dir, write_json_atomic
+from .log import info
+from .no_install import no_runtime_installs
+
+ONNX_NAME = "ocrnet-hrnet-w48-paddle.onnx"
+INPUT = "x"
+INTERNAL_INPUT = "x_rgb_normalized"
+
+
+def check_paddle_export(workdir):
+    folder = os.path.join(workdir, "paddle")
+    for name in ("model.pdmodel", "model.pdiparams"):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise StageError(f"missing {os.path.join(folder, name)}: run the export stage first")
+    record_path = os.path.join(folder, "export.json")
+    record = {}
+    if os.path.isfile(record_path):
+        with open(record_path) as fh:
+            record = json.load(fh)
+        if record.get("without_argmax"):
+            raise StageError(f"{folder} holds a --without-argmax export; convert an export with argmax")
+    return folder, record
+
+
+def prepend_preprocessing(model, shape, mean=127.5, scale=127.5, reverse=True):
+    """Rename the graph input, and feed it from x (BGR 0..255) through the
+    channel reversal and normalisation."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    old = graph.input[0].name
+    for node in graph.node:
+        node.input[:] = [INTERNAL_INPUT if n == old else n for n in node.input]
+    consts = [
+        numpy_helper.from_array(np.array([2, 1, 0] if reverse else [0, 1, 2], np.int64), "pre_channel_order"),
+        numpy_helper.from_array(np.array(mean, np.float32), "pre_mean"),
+        numpy_helper.from_array(np.array(scale, np.float32), "pre_scale"),
+    ]
+    nodes = [
+        helper.make_node("Gather", [INPUT, "pre_channel_order"], ["pre_rgb"], name="pre_bgr_to_rgb", axis=1),
+        helper.make_node("Sub", ["pre_rgb", "pre_mean"], ["pre_centered"], name="pre_sub_mean"),
+        helper.make_node("Div", ["pre_centered", "pre_scale"], [INTERNAL_INPUT], name="pre_div_scale"),
+    ]
+    graph.initializer.extend(consts)
+    new_nodes = nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, list(shape)))
+    out = graph.output[0]
+    out.type.tensor_type.shape.Clear()
+    for dim in (shape[0], shape[2], shape[3]):
+        out.type.tensor_type.shape.dim.add().dim_value = dim
+    del graph.value_info[:]
+    graph.doc_string = ("Input x: float32 NCHW, BGR, 0..255; channel reversal and "
+                        "(v - 127.5) / 127.5 are inside the graph.")
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def convert_to_onnx(paddle_dir, shape, opset, mean=127.5, scale=127.5, reverse=True):
+    from .paddle_env import import_paddle
+
+    import_paddle()
+    with no_runtime_installs():
+        import onnx
+        import paddle2onnx
+
+        try:
+            raw = paddle2onnx.export(
+                os.path.join(paddle_dir, "model.pdmodel"), os.path.join(paddle_dir, "model.pdiparams"),
+                save_file=None, opset_version=opset, auto_upgrade_opset=False, verbose=False,
+                enable_onnx_checker=True, enable_experimental_op=False, enable_optimize=True)
+        except Exception as exc:
+            raise StageError(f"paddle2onnx failed: {exc}") from None
+    model = onnx.load_from_string(raw)
+    model.producer_name = "ocrnet-convert (paddle2onnx 1.3.1)"
+    return prepend_preprocessing(model, shape, mean, scale, reverse)
+
+
+def run_onnx(config, workdir, shape):
+    import onnx
+
+    start = time.perf_counter()
+    paddle_dir, export_record = check_paddle_export(workdir)
+    info(f"onnx: converting {paddle_dir} with paddle2onnx (opset {config.onnx_opset}), input {list(shape)}...")
+    model = convert_to_onnx(paddle_dir, shape, config.onnx_opset)
+    out_dir = os.path.join(workdir, "onnx")
+    with staging_dir(out_dir) as tmp:
+        path = os.path.join(tmp, ONNX_NAME)
+        onnx.save_model(model, path)
+        try:
+            onnx.checker.check_model(path, full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise StageError(f"onnx checker rejected the model: {str(exc).splitlines()[0]}") from None
+        import onnxruntime as ort
+
+        ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # loads, or raises
+        files = describe_files(tmp, [ONNX_NAME])
+    record = {
+        "stage": "onnx", "opset": config.onnx_opset, "input_shape": list(shape),
+        "input": {"name": INPUT, "dtype": "float32", "layout": "NCHW", "color": "BGR", "range": "0..255"},
+        "output": {"name": model.graph.output[0].name, "dtype": "int32", "shape": [shape[0], shape[2], shape[3]]},
+        "preprocessing": "Gather[2,1,0] axis 1, Sub 127.5, Div 127.5",
+        "weights": export_record.get("weights"), "files": files,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json_atomic(os.path.join(out_dir, "onnx.json"), record)
+    return [os.path.join(out_dir, ONNX_NAME)], record

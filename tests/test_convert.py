@@ -1,0 +1,157 @@
+"""onnx and openvino stages at 1x3x256x512: interface, baked preprocessing, controls."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from converter.images import bgr_nchw, load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
+from tests.conftest import run_cli
+
+SHAPE = "1,3,256,512"
+ONNX = "onnx/ocrnet-hrnet-w48-paddle.onnx"
+IR32 = "openvino/FP32/ocrnet-hrnet-w48-paddle.xml"
+IR16 = "openvino/FP16/ocrnet-hrnet-w48-paddle.xml"
+
+
+@pytest.fixture(scope="session")
+def small_workdir(tmp_path_factory, synthetic_export):
+    work = tmp_path_factory.mktemp("work")
+    os.symlink(synthetic_export, work / "paddle")
+    for stage in ("onnx", "openvino"):
+        proc = run_cli(stage, "--workdir", str(work), "--input-shape", SHAPE)
+        assert proc.returncode == 0, proc.stderr
+    return work
+
+
+def _images():
+    """One sample street image and two seeded random RGB images, uint8 256x512."""
+    rng = np.random.default_rng(123)
+    yield resize_rgb(load_rgb(sample_images()[2]), 512, 256)
+    for _ in range(2):
+        yield rng.integers(0, 256, size=(256, 512, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def reference_maps(small_workdir):
+    from converter.runners import make_runner
+    runner = make_runner("paddle", str(small_workdir / "paddle"))
+    return [(rgb, runner.infer(normalized_rgb_nchw(rgb))["argmax_0.tmp_0"]) for rgb in _images()]
+
+
+def _agreement(runner, reference_maps):
+    scores = []
+    for rgb, ref in reference_maps:
+        out = runner.infer(bgr_nchw(rgb))["argmax_0.tmp_0"]
+        assert out.shape == ref.shape and out.dtype == np.int32
+        scores.append(float((out == ref).mean()))
+    return min(scores)
+
+
+def test_onnx_interface_and_checker(small_workdir):
+    import onnx
+    path = str(small_workdir / ONNX)
+    onnx.checker.check_model(path, full_check=True)
+    model = onnx.load(path, load_external_data=False)
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert inp.name == "x" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, 3, 256, 512]
+    assert out.name == "argmax_0.tmp_0" and out.type.tensor_type.elem_type == onnx.TensorProto.INT32
+    assert [d.dim_value for d in out.type.tensor_type.shape.dim] == [1, 256, 512]
+    assert [n.op_type for n in model.graph.node[:3]] == ["Gather", "Sub", "Div"]
+
+
+@pytest.mark.parametrize("ir", [IR32, IR16])
+def test_ir_interface(small_workdir, ir):
+    import openvino as ov
+    model = ov.Core().read_model(str(small_workdir / ir))
+    (inp,), (out,) = model.inputs, model.outputs
+    assert inp.get_any_name() == "x" and inp.get_element_type() == ov.Type.f32
+    assert list(inp.get_shape()) == [1, 3, 256, 512]
+    assert "argmax_0.tmp_0" in out.get_names() and list(out.get_shape()) == [1, 256, 512]
+    assert out.get_element_type() == ov.Type.i32
+
+
+def test_onnx_with_baked_preprocessing_matches_original(small_workdir, reference_maps):
+    from converter.runners import make_runner
+    assert _agreement(make_runner("onnxruntime", str(small_workdir / ONNX)), reference_maps) >= 0.9999
+
+
+def test_ir_fp32_with_baked_preprocessing_matches_original(small_workdir, reference_maps):
+    from converter.runners import make_runner
+    runner = make_runner("openvino", str(small_workdir / IR32), precision="f32")
+    assert "32" in runner.info["effective_precision"]
+    assert _agreement(runner, reference_maps) >= 0.9999
+
+
+def _control_runner(small_workdir, **preprocess):
+    import openvino as ov
+    from converter.openvino_stage import build_ir
+    model = build_ir(str(small_workdir / "paddle" / "model.pdmodel"), (1, 3, 256, 512), **preprocess)
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    class _Runner:
+        def infer(self, x):
+            return {"argmax_0.tmp_0": compiled(x)[0]}
+    return _Runner()
+
+
+@pytest.mark.parametrize("preprocess", [{"reverse": False}, {"mean": 0.0}], ids=["no-reverse", "mean-0"])
+def test_negative_controls_are_detected(small_workdir, reference_maps, preprocess):
+    assert _agreement(_control_runner(small_workdir, **preprocess), reference_maps) < 0.99
+
+
+def test_ir_from_onnx_equals_ir_from_paddle(small_workdir, tmp_path, reference_maps):
+    work = tmp_path / "w"
+    work.mkdir()
+    os.symlink(small_workdir / "paddle", work / "paddle")
+    os.symlink(small_workdir / "onnx", work / "onnx")
+    proc = run_cli("openvino", "--workdir", str(work), "--input-shape", SHAPE, "--from", "onnx")
+    assert proc.returncode == 0, proc.stderr
+    from converter.runners import make_runner
+    assert _agreement(make_runner("openvino", str(work / IR32)), reference_maps) >= 0.9999
+
+
+def test_guard_refuses_pip_inside_conversion():
+    from converter.no_install import RuntimeInstallBlocked, no_runtime_installs
+    with no_runtime_installs():
+        assert os.environ["POLYGRAPHY_AUTOINSTALL_DEPS"] == "0"
+        with pytest.raises(RuntimeInstallBlocked):
+            subprocess.run([sys.executable, "-m", "pip", "install", "polygraphy"], check=False)
+        with pytest.raises(RuntimeInstallBlocked):
+            os.system("pip install onnxsim")
+    # Outside the guard, subprocesses are not affected.
+    assert subprocess.run([sys.executable, "-c", "pass"]).returncode == 0
+
+
+def test_onnx_stage_runs_with_installers_booby_trapped(tmp_path, synthetic_export):
+    """With a fake pip first on PATH that records any call, the stage succeeds
+    and never calls it."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    marker = tmp_path / "pip-was-called"
+    for name in ("pip", "pip3"):
+        script = fake / name
+        script.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\nexit 1\n")
+        script.chmod(0o755)
+    work = tmp_path / "w"
+    work.mkdir()
+    os.symlink(synthetic_export, work / "paddle")
+    proc = run_cli("onnx", "--workdir", str(work), "--input-shape", "1,3,64,128",
+                   env={"PATH": f"{fake}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+
+
+def test_missing_export_is_one_line_error(tmp_path):
+    for stage in ("onnx", "openvino"):
+        proc = run_cli(stage, "--workdir", str(tmp_path), "--input-shape", SHAPE)
+        assert proc.returncode == 8
+        assert proc.stderr.strip() == f"error: missing {tmp_path}/paddle/model.pdmodel: run the export stage first"
+        assert not (tmp_path / stage).exists()
+
+
+def test_bad_input_shape_is_rejected(tmp_path):
+    proc = run_cli("onnx", "--workdir", str(tmp_path), "--input-shape", "1,3,100,abc")
+    assert proc.returncode == 2 and "expected N,C,H,W integers" in proc.stderr
