@@ -175,7 +175,8 @@ def _download(url, part, spec, progress, timeouts, retries, sleep=time.sleep):
                 with open(part, mode) as fh:
                     while True:
                         try:
-                            block = resp.read(CHUNK)
+                            # read1: what has arrived, so a stall loses nothing already received
+                            block = resp.read1(CHUNK)
                         except (socket.timeout, TimeoutError):
                             raise _Retry(f"read from {url} timed out after {timeouts[1]}s") from None
                         except (OSError, http.client.HTTPException) as exc:

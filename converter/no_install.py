@@ -43,8 +43,9 @@ def _hook(event, args):
     if event == "subprocess.Popen":
         argv = args[1] if isinstance(args[1], (list, tuple)) else str(args[1]).split()
         argv = [args[0], *argv] if args[0] else argv
-    elif event in ("os.system",):
-        argv = str(args[0]).split()
+    elif event == "os.system":
+        command = args[0]
+        argv = (command.decode(errors="replace") if isinstance(command, bytes) else str(command)).split()
     elif event in ("os.exec", "os.posix_spawn", "os.spawn"):
         argv = [args[0], *(args[1] or [])]
     elif event == "import" and args[0] in ("pip", "pip._internal"):

@@ -29,4 +29,5 @@ class OpenVinoRunner:
 
     def infer(self, x):
         result = self.request.infer({0: x})
-        return {out.get_any_name(): result[out] for out in self.compiled.outputs}
+        # A tensor can carry several names; expose it under each of them.
+        return {name: result[out] for out in self.compiled.outputs for name in out.get_names()}
