@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 convert: $(STAMP)
-	$(CLI) export --weights $(WEIGHTS) --seed $(SEED) --output $(WORKDIR)/paddle
+	$(CLI) export --weights $(WEIGHTS) --seed $(SEED) --output $(WORKDIR)/paddle \
+		--logits-output $(WORKDIR)/paddle-logits
 	$(CLI) onnx --workdir $(WORKDIR) --input-shape $(SHAPE)
 	$(CLI) openvino --workdir $(WORKDIR) --input-shape $(SHAPE)
+	$(CLI) parity --workdir $(WORKDIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -9,7 +9,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import ConverterError
+from .errors import ConverterError, ParityFailure
 
 DEFAULT_WORKDIR = "artifacts"
 
@@ -73,6 +73,8 @@ def build_parser():
                    help="output folder (default: %(default)s)")
     p.add_argument("--without-argmax", action="store_true",
                    help="output the logits [N,19,H,W] instead of class indices")
+    p.add_argument("--logits-output", metavar="DIR",
+                   help="also write the --without-argmax variant there (used by parity)")
     p = sub.add_parser("onnx", help="convert the Paddle export to ONNX (BGR 0..255 input)")
     _add_common(p)
     p.add_argument("--input-shape", type=_shape, default=(1, 3, 1024, 2048),
@@ -84,7 +86,28 @@ def build_parser():
                    help="static input shape N,C,H,W (default: 1,3,1024,2048)")
     p.add_argument("--from", dest="source", choices=["paddle", "onnx"], default="paddle",
                    help="convert the Paddle model (default) or the ONNX file")
+    p = sub.add_parser("parity", help="compare original, ONNX and IR outputs; exit 10 when the gate fails")
+    _add_common(p)
+    p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
+                   help="images to compare on (default: the bundled samples)")
+    p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
     return parser
+
+
+def _cmd_parity(args, config):
+    from .parity import run_parity
+
+    try:
+        paths, record = run_parity(config, args.workdir, args.images, args.threads)
+    except ParityFailure as exc:
+        print(f"FAILED: {exc}")
+        return exc.exit_code
+    print(f"report: {paths[1]}")
+    worst = min((m["agreement"], name) for name, e in record["results"].items() if e["gated"]
+                for m in e["images"].values())
+    print(f"PASSED: f32 backends agree with the original on >= {worst[0]:.6%} of pixels "
+          f"(lowest: {worst[1]}); every flip a near-tie")
+    return 0
 
 
 def _cmd_onnx(args, config):
@@ -128,7 +151,7 @@ def _cmd_export(args, config):
 
     choice = resolve_weights(config, args.weights, args.seed, args.cache_dir, args.mirror,
                              args.allow_unverified)
-    paths, record = run_export(config, args.output, choice, args.without_argmax)
+    paths, record = run_export(config, args.output, choice, args.without_argmax, args.logits_output)
     for path in paths:
         print(path)
     kind = record["weights"]["kind"]
@@ -137,7 +160,8 @@ def _cmd_export(args, config):
     return 0
 
 
-COMMANDS = {"fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx, "openvino": _cmd_openvino}
+COMMANDS = {"fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx, "openvino": _cmd_openvino,
+            "parity": _cmd_parity}
 
 
 def main(argv=None):

@@ -96,12 +96,23 @@ def save_inference_model(model, folder, without_argmax=False):
         fh.write(DEPLOY_YAML)
 
 
-def run_export(config, output_dir, choice, without_argmax=False):
-    """Export with already-resolved weights (see weights.resolve_weights)."""
+def run_export(config, output_dir, choice, without_argmax=False, logits_output=None):
+    """Export with already-resolved weights (see weights.resolve_weights).
+
+    logits_output: also write the --without-argmax variant of the same
+    network there (parity reads its logits for the tie analysis); loading the
+    weights once serves both.
+    """
     start = time.perf_counter()
     model = build_weighted_model(choice)
+    if logits_output:
+        run_export_model(config, model, logits_output, choice, True, start)
+    return run_export_model(config, model, output_dir, choice, without_argmax, start)
+
+
+def run_export_model(config, model, output_dir, choice, without_argmax, start):
     with staging_dir(output_dir) as tmp:
-        info("export: tracing and saving the inference model...")
+        info(f"export: tracing and saving the inference model{' (logits)' if without_argmax else ''} to {output_dir}...")
         save_inference_model(model, tmp, without_argmax)
         files = describe_files(tmp, [f for f in MODEL_FILES if os.path.exists(os.path.join(tmp, f))])
     record = {

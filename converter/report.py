@@ -1,0 +1,144 @@
+"""Parity report: report.json (schema in README), report.md and one PNG per image."""
+import importlib.metadata
+import json
+import os
+import platform
+
+import numpy as np
+
+from .cityscapes import CLASSES, PALETTE, colorize
+from .fsutil import write_bytes_atomic, write_json_atomic
+
+PANEL = (512, 256)
+LIBRARIES = ("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "openvino", "numpy", "pillow")
+
+
+def system_info():
+    cpu, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and cpu in ("unknown", "", platform.machine()):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    versions = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            versions[lib] = None
+    return {"cpu": cpu, "cores": os.cpu_count(),
+            "cpu_flags": {f: f in flags for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2")},
+            "versions": versions}
+
+
+def _weights(workdir):
+    path = os.path.join(workdir, "paddle", "export.json")
+    if os.path.isfile(path):
+        with open(path) as fh:
+            return json.load(fh).get("weights")
+    return None
+
+
+def _legend(width):
+    from PIL import Image, ImageDraw
+    rows = (len(CLASSES) + 4) // 5
+    img = Image.new("RGB", (width, 20 * rows + 8), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    col_w = width // 5
+    for i, (name, colour) in enumerate(zip(CLASSES, PALETTE)):
+        x, y = (i % 5) * col_w + 6, (i // 5) * 20 + 4
+        draw.rectangle([x, y, x + 14, y + 14], fill=tuple(int(v) for v in colour), outline=(0, 0, 0))
+        draw.text((x + 20, y + 2), f"{i} {name}", fill=(0, 0, 0))
+    return img
+
+
+def image_png(name, maps):
+    """input | original mask, then per converted backend: its mask | disagreement."""
+    from PIL import Image, ImageDraw
+    backends = [k for k in maps if k not in ("input", "original")]
+    rows = [("input", maps["input"]), ("original (Paddle Inference)", colorize(maps["original"]))]
+    for backend in backends:
+        got = maps[backend]
+        gray = maps["input"].mean(axis=2, keepdims=True).astype(np.uint8).repeat(3, axis=2) // 2
+        gray[got != maps["original"]] = (255, 0, 0)
+        rows += [(backend, colorize(got)), (f"{backend}: disagreement (red)", gray)]
+    w, h = PANEL
+    legend = _legend(2 * w)
+    canvas = Image.new("RGB", (2 * w, (h + 18) * ((len(rows) + 1) // 2) + legend.height + 22), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((6, 4), name, fill=(0, 0, 0))
+    for i, (title, img) in enumerate(rows):
+        x, y = (i % 2) * w, 22 + (i // 2) * (h + 18)
+        draw.text((x + 6, y + 2), title, fill=(0, 0, 0))
+        small = Image.fromarray(img).resize(PANEL, Image.BILINEAR if title == "input" else Image.NEAREST)
+        canvas.paste(small, (x, y + 16))
+    canvas.paste(legend, (0, canvas.height - legend.height))
+    return canvas
+
+
+def _pct(x):
+    return f"{100 * x:.4f} %"
+
+
+def markdown(record):
+    lines = ["# Parity report", "",
+             f"Result: **{'PASSED' if record['passed'] else 'FAILED'}**. Gate for f32 backends: agreement "
+             f">= {_pct(record['thresholds']['min_agreement'])} and every flipped pixel a near-tie "
+             f"(original top-2 logit margin < tau = {record['thresholds']['tie_margin']}).", ""]
+    w = record.get("weights") or {}
+    lines += [f"Weights: **{w.get('kind', 'unknown')}**" + (f" (seed {w.get('seed')}; outputs are not meaningful)"
+                                                            if w.get("kind") == "synthetic" else
+                                                            f" (sha384 {w.get('sha384')})"),
+              f"Input size: {record['input_size'][0]}x{record['input_size'][1]}, bilinear resize; "
+              f"{record['threads']} threads per backend.", "",
+              "| backend | gated | image | agreement | disagreeing px | max flip margin | mean IoU | logit abs max | logit rel p99 |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for backend, entry in record["results"].items():
+        for image, m in entry["images"].items():
+            err = m.get("logit_error", {})
+            lines.append(f"| {backend} | {'yes' if entry['gated'] else 'no'} | {image} | {_pct(m['agreement'])} | "
+                         f"{m['disagree']} | {m.get('max_flip_margin', 0):.4g} | {m['mean_iou']:.6f} | "
+                         f"{err.get('abs_max', float('nan')):.3g} | {err.get('rel_p99', float('nan')):.3g} |")
+    lines += ["", "## Top flips (original -> converted)", ""]
+    for backend, entry in record["results"].items():
+        for image, m in entry["images"].items():
+            if m["top_flips"]:
+                flips = ", ".join(f"{CLASSES[f['from']]}->{CLASSES[f['to']]} x{f['count']}" for f in m["top_flips"])
+                lines.append(f"- {backend}, {image}: {flips}")
+    lines += ["", "## Backends", "", "| backend | load s | infer s (per image) | wall s | peak RSS MB | precision |",
+              "|---|---|---|---|---|---|"]
+    for name, run in record["runs"].items():
+        prec = run["info"].get("effective_precision", "f32")
+        lines.append(f"| {name} | {run['load_seconds']} | {', '.join(map(str, run['infer_seconds']))} | "
+                     f"{run['wall_seconds']} | {run['peak_rss_mb']} | {prec} |")
+    sysinfo = record["system"]
+    lines += ["", "## System", "", f"CPU: {sysinfo['cpu']} ({sysinfo['cores']} cores); flags: "
+              + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in sysinfo["cpu_flags"].items()),
+              "", "Versions: " + ", ".join(f"{k} {v}" for k, v in sysinfo["versions"].items()), ""]
+    if record["failures"]:
+        lines += ["## Failures", ""] + [f"- {f}" for f in record["failures"]] + [""]
+    return "\n".join(lines)
+
+
+def write_report(config, workdir, record, maps):
+    out = os.path.join(workdir, "parity")
+    os.makedirs(out, exist_ok=True)
+    record["system"] = system_info()
+    record["weights"] = _weights(workdir)
+    paths = []
+    for name, image_maps in maps:
+        import io
+        buf = io.BytesIO()
+        image_png(name, image_maps).save(buf, format="PNG", optimize=True)
+        path = os.path.join(out, os.path.splitext(name)[0] + ".png")
+        write_bytes_atomic(path, buf.getvalue())
+        paths.append(path)
+    md = os.path.join(out, "report.md")
+    write_bytes_atomic(md, markdown(record).encode())
+    js = os.path.join(out, "report.json")
+    write_json_atomic(js, record)
+    return [js, md] + paths
