@@ -31,16 +31,28 @@ def run_cli(*args, env=None, timeout=900, cwd=None):
 
 @pytest.fixture(scope="session")
 def synthetic_export(tmp_path_factory):
-    """One synthetic-weights export (dynamic shape), shared by the suite."""
-    out = tmp_path_factory.mktemp("export") / "paddle"
-    proc = run_cli("export", "--weights", "synthetic", "--output", str(out))
+    """One synthetic-weights export (dynamic shape), shared by the suite; the
+    logits variant lies beside it in paddle-logits/."""
+    root = tmp_path_factory.mktemp("export")
+    proc = run_cli("export", "--weights", "synthetic", "--output", str(root / "paddle"),
+                   "--logits-output", str(root / "paddle-logits"))
     assert proc.returncode == 0, proc.stderr
-    return out
+    return root / "paddle"
 
 
 @pytest.fixture(scope="session")
-def synthetic_export_logits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export_logits") / "paddle"
-    proc = run_cli("export", "--weights", "synthetic", "--without-argmax", "--output", str(out))
-    assert proc.returncode == 0, proc.stderr
-    return out
+def synthetic_export_logits(synthetic_export):
+    return synthetic_export.parent / "paddle-logits"
+
+
+SMALL_SHAPE = "1,3,256,512"
+
+
+@pytest.fixture(scope="session")
+def small_workdir(synthetic_export):
+    """The export's folder converted to ONNX and IR at 1x3x256x512."""
+    work = synthetic_export.parent
+    for stage in ("onnx", "openvino"):
+        proc = run_cli(stage, "--workdir", str(work), "--input-shape", SMALL_SHAPE)
+        assert proc.returncode == 0, proc.stderr
+    return work

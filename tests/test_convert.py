@@ -7,22 +7,11 @@ import numpy as np
 import pytest
 
 from converter.images import bgr_nchw, load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
-from tests.conftest import run_cli
+from tests.conftest import SMALL_SHAPE as SHAPE, run_cli
 
-SHAPE = "1,3,256,512"
 ONNX = "onnx/ocrnet-hrnet-w48-paddle.onnx"
 IR32 = "openvino/FP32/ocrnet-hrnet-w48-paddle.xml"
 IR16 = "openvino/FP16/ocrnet-hrnet-w48-paddle.xml"
-
-
-@pytest.fixture(scope="session")
-def small_workdir(tmp_path_factory, synthetic_export):
-    work = tmp_path_factory.mktemp("work")
-    os.symlink(synthetic_export, work / "paddle")
-    for stage in ("onnx", "openvino"):
-        proc = run_cli(stage, "--workdir", str(work), "--input-shape", SHAPE)
-        assert proc.returncode == 0, proc.stderr
-    return work
 
 
 def _images():
