@@ -17,3 +17,17 @@ def colorize(classes):
     valid = (classes >= 0) & (classes < len(PALETTE))
     out[valid] = PALETTE[classes[valid]]
     return out
+
+
+# Official Cityscapes label table (cityscapesScripts labels.py): labelId ->
+# trainId for the 19 evaluated classes; every other id is ignored (255).
+LABEL_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                  24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+IGNORE = 255
+
+
+def label_ids_to_train_ids(label_ids):
+    lut = np.full(256, IGNORE, np.uint8)
+    for label, train in LABEL_TO_TRAIN.items():
+        lut[label] = train
+    return lut[label_ids]

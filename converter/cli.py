@@ -91,7 +91,45 @@ def build_parser():
     p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
                    help="images to compare on (default: the bundled samples)")
     p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
+    p = sub.add_parser("predict", help="segment images; write class, colour and overlay PNGs")
+    _add_common(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--backend", choices=["paddle", "onnx", "openvino"], default="openvino",
+                   help="default: %(default)s (FP32 IR at f32)")
+    p.add_argument("--output", default="predictions", help="output folder (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
+
+    p = sub.add_parser("evaluate", help="Cityscapes mIoU against the reference per-class IoU")
+    _add_common(p)
+    p.add_argument("--cityscapes", required=True, metavar="ROOT", help="dataset root (leftImg8bit/, gtFine/)")
+    p.add_argument("--split", default="val", help="default: %(default)s")
+    p.add_argument("--backend", choices=["paddle", "onnx", "openvino"], default="openvino",
+                   help="default: %(default)s")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--jobs", type=int, default=2, help="image-decoding threads (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
+    p.add_argument("--output", required=True, metavar="DIR", help="where metrics.json and metrics.md go")
     return parser
+
+
+def _cmd_predict(args, config):
+    from .predict import run_predict
+
+    paths, _ = run_predict(config, args.workdir, args.images, args.backend, args.output, args.threads)
+    print(f"predict: wrote {len(paths)} files to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(args, config):
+    from .evaluate import run_evaluate
+
+    if args.limit is not None and args.limit <= 0:
+        raise ConverterError("--limit must be positive")
+    paths, result = run_evaluate(config, args.workdir, args.cityscapes, args.split, args.backend,
+                                 args.output, args.limit, args.jobs, args.threads)
+    print(f"mIoU {result['miou']:.4f} (reference {config.reference['miou']:.4f}), pixel accuracy "
+          f"{result['pixel_accuracy']:.4f} over {result['images']} images; {paths[0]}")
+    return 0
 
 
 def _cmd_parity(args, config):
@@ -161,7 +199,7 @@ def _cmd_export(args, config):
 
 
 COMMANDS = {"fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx, "openvino": _cmd_openvino,
-            "parity": _cmd_parity}
+            "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate}
 
 
 def main(argv=None):

@@ -1,0 +1,160 @@
+"""predict on odd sizes and bad files; evaluate on a generated mini Cityscapes."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from converter.cityscapes import LABEL_TO_TRAIN, PALETTE, label_ids_to_train_ids
+from converter.images import load_rgb, sample_images
+from tests.conftest import run_cli
+
+TRAIN_TO_LABEL = {t: l for l, t in LABEL_TO_TRAIN.items()}
+
+
+def test_official_label_table():
+    ids = np.array([[7, 8, 26, 33], [0, 9, 24, 255]], np.uint8)
+    np.testing.assert_array_equal(label_ids_to_train_ids(ids), [[0, 1, 13, 18], [255, 255, 11, 255]])
+    assert len(LABEL_TO_TRAIN) == 19 and sorted(LABEL_TO_TRAIN.values()) == list(range(19))
+
+
+def _crop(h, w, index=0):
+    return load_rgb(sample_images()[index])[100:100 + h, 300:300 + w]
+
+
+def test_predict_odd_size_writes_three_pngs(small_workdir, tmp_path):
+    img = tmp_path / "odd.png"
+    rgb = _crop(333, 517)
+    Image.fromarray(rgb).save(img)
+    out = tmp_path / "pred"
+    proc = run_cli("predict", str(img), "--backend", "onnx", "--workdir", str(small_workdir), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    classes = np.asarray(Image.open(out / "odd_classes.png"))
+    colour = np.asarray(Image.open(out / "odd_color.png"))
+    overlay = np.asarray(Image.open(out / "odd_overlay.png"))
+    assert classes.shape == (333, 517) and classes.dtype == np.uint8 and classes.max() <= 18
+    np.testing.assert_array_equal(colour, PALETTE[classes])
+    np.testing.assert_array_equal(overlay, ((rgb.astype(np.uint16) + colour) // 2).astype(np.uint8))
+    shares = {int(c): float(n) / classes.size for c, n in zip(*np.unique(classes, return_counts=True))}
+    top = max(shares, key=shares.get)
+    from converter.cityscapes import CLASSES
+    assert f"{CLASSES[top]} {shares[top]:.1%}" in proc.stdout
+
+
+def test_predict_converts_grayscale_and_rgba(small_workdir, tmp_path):
+    Image.fromarray(_crop(64, 96)[..., 0]).save(tmp_path / "gray.png")
+    Image.fromarray(np.dstack([_crop(64, 96), np.full((64, 96), 200, np.uint8)])).save(tmp_path / "rgba.png")
+    out = tmp_path / "pred"
+    proc = run_cli("predict", str(tmp_path / "gray.png"), str(tmp_path / "rgba.png"), "--backend", "openvino",
+                   "--workdir", str(small_workdir), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert np.asarray(Image.open(out / "gray_classes.png")).shape == (64, 96)
+    assert np.asarray(Image.open(out / "rgba_classes.png")).shape == (64, 96)
+
+
+def _bad_files(tmp_path):
+    (tmp_path / "text.png").write_text("this is not an image")
+    data = (tmp_path / "t.jpg")
+    Image.fromarray(_crop(200, 300)).save(data, quality=90)
+    (tmp_path / "truncated.jpg").write_bytes(data.read_bytes()[:3000])
+    Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(tmp_path / "deep.png")
+    Image.new("1", (12000, 12000)).save(tmp_path / "bomb.png")
+    return {"text.png": "not a readable image", "truncated.jpg": "not a readable image",
+            "deep.png": "16-bit or float", "bomb.png": "too large"}
+
+
+def test_predict_rejects_bad_files_in_one_line(small_workdir, tmp_path):
+    for name, fragment in _bad_files(tmp_path).items():
+        out = tmp_path / ("out_" + name)
+        proc = run_cli("predict", str(tmp_path / name), "--workdir", str(small_workdir), "--output", str(out))
+        assert proc.returncode == 2, (name, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / name}") and fragment in lines[0], lines
+        assert not out.exists()
+
+
+def _write_dataset(root, predictions, damage):
+    """GT = the backend's own class maps, turned into labelIds, then damaged."""
+    for (city, stem), (rgb, pred) in predictions.items():
+        img_dir = root / "leftImg8bit" / "val" / city
+        gt_dir = root / "gtFine" / "val" / city
+        img_dir.mkdir(parents=True, exist_ok=True)
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).save(img_dir / f"{stem}_leftImg8bit.png")
+        label = np.vectorize(TRAIN_TO_LABEL.get)(pred).astype(np.uint8)
+        label = damage(label)
+        Image.fromarray(label).save(gt_dir / f"{stem}_gtFine_labelIds.png")
+
+
+def _expected(preds, gts):
+    """Independent IoU: per class, count TP/FP/FN with boolean masks over all images."""
+    tp, fp, fn = np.zeros(19), np.zeros(19), np.zeros(19)
+    correct = total = 0
+    for pred, label in zip(preds, gts):
+        train = np.full(label.shape, 255)
+        for l_id, t_id in LABEL_TO_TRAIN.items():
+            train[label == l_id] = t_id
+        valid = train != 255
+        for c in range(19):
+            tp[c] += np.sum((pred == c) & (train == c) & valid)
+            fp[c] += np.sum((pred == c) & (train != c) & valid)
+            fn[c] += np.sum((pred != c) & (train == c) & valid)
+        correct += np.sum((pred == train) & valid)
+        total += np.sum(valid)
+    iou = [tp[c] / (tp[c] + fp[c] + fn[c]) if tp[c] + fp[c] + fn[c] else None for c in range(19)]
+    present = [v for v in iou if v is not None]
+    return iou, sum(present) / len(present), correct / total
+
+
+def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
+    images = {("aachen", "aachen_000000_000019"): _crop(128, 256, 0),
+              ("aachen", "aachen_000001_000019"): _crop(128, 256, 1),
+              ("bremen", "bremen_000000_000019"): _crop(128, 256, 2)}
+    src = tmp_path / "src"
+    src.mkdir()
+    for (_, stem), rgb in images.items():
+        Image.fromarray(rgb).save(src / f"{stem}.png")
+    pred_dir = tmp_path / "pred"
+    proc = run_cli("predict", str(src), "--backend", "openvino", "--workdir", str(small_workdir),
+                   "--output", str(pred_dir))
+    assert proc.returncode == 0, proc.stderr
+    predictions = {key: (rgb, np.asarray(Image.open(pred_dir / f"{key[1]}_classes.png")))
+                   for key, rgb in images.items()}
+
+    def damage(label):
+        label = label.copy()
+        label[10:40, 20:90] = 7       # relabel a block as road
+        label[60:80, :] = 0          # unlabeled: ignored
+        label[100:110, 100:140] = 9  # parking: ignored too
+        label[0:5, 0:256] = 26       # a strip of car
+        return label
+    root = tmp_path / "cityscapes"
+    _write_dataset(root, predictions, damage)
+    out = tmp_path / "eval"
+    proc = run_cli("evaluate", "--cityscapes", str(root), "--backend", "openvino", "--workdir",
+                   str(small_workdir), "--output", str(out), "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "metrics.json").read_text())
+    preds = [p for _, p in predictions.values()]
+    gts = [damage(np.vectorize(TRAIN_TO_LABEL.get)(p).astype(np.uint8)) for p in preds]
+    iou, miou, accuracy = _expected(preds, gts)
+    from converter.cityscapes import CLASSES
+    for c, name in enumerate(CLASSES):
+        if iou[c] is None:
+            assert result["per_class_iou"][name] is None
+        else:
+            assert result["per_class_iou"][name] == pytest.approx(iou[c], abs=1e-12)
+    assert result["miou"] == pytest.approx(miou, abs=1e-12) and miou < 1.0
+    assert result["pixel_accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    assert result["images"] == 3
+    md = (out / "metrics.md").read_text()
+    assert "| train |" in md and "suspect" in md and "synthetic" in md
+
+
+def test_evaluate_limit_and_missing_dataset(small_workdir, tmp_path):
+    proc = run_cli("evaluate", "--cityscapes", str(tmp_path / "none"), "--workdir", str(small_workdir),
+                   "--output", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: no images under")
+    assert not (tmp_path / "o").exists()
