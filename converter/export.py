@@ -81,6 +81,21 @@ def normalize_program(path):
         fh.write(desc.SerializeToString(deterministic=True))
 
 
+def normalize_params_info(path):
+    """model.pdiparams.info is a pickled dict whose key order follows a hash
+    set, so it differs between runs; rewrite it with sorted keys. The file was
+    written by paddle in this process a moment ago, and is read back with the
+    restricted unpickler all the same."""
+    import pickle
+
+    from .checkpoint import _RestrictedUnpickler
+
+    with open(path, "rb") as fh:
+        info_dict = _RestrictedUnpickler(fh).load()
+    with open(path, "wb") as fh:
+        pickle.dump({k: info_dict[k] for k in sorted(info_dict)}, fh, protocol=2)
+
+
 def save_inference_model(model, folder, without_argmax=False):
     import paddle
     from paddle.static import InputSpec
@@ -92,6 +107,9 @@ def save_inference_model(model, folder, without_argmax=False):
     spec = [InputSpec([None, 3, None, None], "float32", "x")]
     paddle.jit.save(wrapper, os.path.join(folder, "model"), input_spec=spec)
     normalize_program(os.path.join(folder, "model.pdmodel"))
+    info_path = os.path.join(folder, "model.pdiparams.info")
+    if os.path.exists(info_path):
+        normalize_params_info(info_path)
     with open(os.path.join(folder, "deploy.yaml"), "w") as fh:
         fh.write(DEPLOY_YAML)
 

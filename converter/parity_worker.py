@@ -52,7 +52,9 @@ def _load(spec):
             config["INFERENCE_PRECISION_HINT"] = spec["precision"]
         compiled = core.compile_model(model, "CPU", config)
         request = compiled.create_infer_request()
-        effective = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        from .runners.ov_runner import precision_name
+
+        effective = precision_name(compiled)
 
         def infer(x):
             result = request.infer({0: x})

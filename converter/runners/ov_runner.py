@@ -10,6 +10,12 @@ import os
 from ..errors import StageError
 
 
+def precision_name(compiled):
+    """The precision the CPU plugin actually chose, as 'f32', 'bf16' or 'f16'."""
+    value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
 class OpenVinoRunner:
     name = "openvino"
 
@@ -25,7 +31,7 @@ class OpenVinoRunner:
         self.compiled = core.compile_model(model_path, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.info = {"threads": threads, "requested_precision": precision or "default",
-                     "effective_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))}
+                     "effective_precision": precision_name(self.compiled)}
 
     def infer(self, x):
         result = self.request.infer({0: x})
