@@ -27,6 +27,7 @@ convert: $(STAMP)
 	$(CLI) onnx --workdir $(WORKDIR) --input-shape $(SHAPE)
 	$(CLI) openvino --workdir $(WORKDIR) --input-shape $(SHAPE)
 	$(CLI) parity --workdir $(WORKDIR)
+	$(CLI) manifest --workdir $(WORKDIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

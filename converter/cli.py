@@ -75,10 +75,12 @@ def build_parser():
                    help="output the logits [N,19,H,W] instead of class indices")
     p.add_argument("--logits-output", metavar="DIR",
                    help="also write the --without-argmax variant there (used by parity)")
+    p.add_argument("--force", action="store_true", help="redo even when the outputs are up to date")
     p = sub.add_parser("onnx", help="convert the Paddle export to ONNX (BGR 0..255 input)")
     _add_common(p)
     p.add_argument("--input-shape", type=_shape, default=(1, 3, 1024, 2048),
                    help="static input shape N,C,H,W (default: 1,3,1024,2048)")
+    p.add_argument("--force", action="store_true", help="redo even when the output is up to date")
 
     p = sub.add_parser("openvino", help="convert to OpenVINO IR, FP32 and FP16 (BGR 0..255 input)")
     _add_common(p)
@@ -86,6 +88,7 @@ def build_parser():
                    help="static input shape N,C,H,W (default: 1,3,1024,2048)")
     p.add_argument("--from", dest="source", choices=["paddle", "onnx"], default="paddle",
                    help="convert the Paddle model (default) or the ONNX file")
+    p.add_argument("--force", action="store_true", help="redo even when the outputs are up to date")
     p = sub.add_parser("parity", help="compare original, ONNX and IR outputs; exit 10 when the gate fails")
     _add_common(p)
     p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
@@ -109,7 +112,36 @@ def build_parser():
     p.add_argument("--jobs", type=int, default=2, help="image-decoding threads (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
     p.add_argument("--output", required=True, metavar="DIR", help="where metrics.json and metrics.md go")
+    p = sub.add_parser("bench", help="latency, peak RSS and roofline fraction of each backend")
+    _add_common(p)
+    p.add_argument("--input-shape", type=_shape, help="must match the artifacts (default: theirs)")
+    p.add_argument("--runs", type=int, default=5, help="steady runs per backend (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
+    p.add_argument("--backends", nargs="+", help="subset of backends to run")
+
+    p = sub.add_parser("manifest", help="write MANIFEST.json and the model card README.md (last step)")
+    _add_common(p)
     return parser
+
+
+def _cmd_bench(args, config):
+    from .bench import markdown, run_bench
+
+    if args.runs < 1:
+        raise ConverterError("--runs must be at least 1")
+    paths, record = run_bench(config, args.workdir, args.input_shape, args.runs, args.threads, args.backends)
+    print(markdown(record))
+    print(f"bench: {paths[0]}")
+    return 0
+
+
+def _cmd_manifest(args, config):
+    from .manifest import run_manifest
+
+    paths, manifest = run_manifest(config, args.workdir)
+    n_model = sum(f["model_file"] for f in manifest["files"])
+    print(f"manifest: {len(manifest['files'])} files ({n_model} model files) -> {paths[0]}; card -> {paths[1]}")
+    return 0
 
 
 def _cmd_predict(args, config):
@@ -151,20 +183,22 @@ def _cmd_parity(args, config):
 def _cmd_onnx(args, config):
     from .onnx_stage import run_onnx
 
-    paths, record = run_onnx(config, args.workdir, args.input_shape)
+    paths, record = run_onnx(config, args.workdir, args.input_shape, args.force)
     for path in paths:
         print(path)
-    print(f"onnx: done in {record['seconds']} s", file=sys.stderr)
+    print("onnx: skipped, up to date" if record.get("skipped") else f"onnx: done in {record['seconds']} s",
+          file=sys.stderr)
     return 0
 
 
 def _cmd_openvino(args, config):
     from .openvino_stage import run_openvino
 
-    paths, record = run_openvino(config, args.workdir, args.input_shape, args.source)
+    paths, record = run_openvino(config, args.workdir, args.input_shape, args.source, args.force)
     for path in paths:
         print(path)
-    print(f"openvino: done in {record['seconds']} s", file=sys.stderr)
+    print("openvino: skipped, up to date" if record.get("skipped") else
+          f"openvino: done in {record['seconds']} s", file=sys.stderr)
     return 0
 
 
@@ -189,17 +223,20 @@ def _cmd_export(args, config):
 
     choice = resolve_weights(config, args.weights, args.seed, args.cache_dir, args.mirror,
                              args.allow_unverified)
-    paths, record = run_export(config, args.output, choice, args.without_argmax, args.logits_output)
+    paths, record = run_export(config, args.output, choice, args.without_argmax, args.logits_output,
+                               args.force)
     for path in paths:
         print(path)
     kind = record["weights"]["kind"]
-    print(f"export: done in {record['seconds']} s, weights: {kind}"
+    print(("export: skipped, up to date" if record.get("skipped") else f"export: done in {record['seconds']} s")
+          + f", weights: {kind}"
           + (f" (seed {record['weights']['seed']})" if kind == "synthetic" else ""), file=sys.stderr)
     return 0
 
 
 COMMANDS = {"fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx, "openvino": _cmd_openvino,
-            "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate}
+            "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
+            "manifest": _cmd_manifest, "bench": _cmd_bench}
 
 
 def main(argv=None):

@@ -3,6 +3,7 @@
 Writes model.pdmodel, model.pdiparams (+ .pdiparams.info, as paddle.jit.save
 does), deploy.yaml, and export.json (what was exported, from which weights).
 """
+import json
 import os
 import time
 
@@ -114,27 +115,52 @@ def save_inference_model(model, folder, without_argmax=False):
         fh.write(DEPLOY_YAML)
 
 
-def run_export(config, output_dir, choice, without_argmax=False, logits_output=None):
+def export_key(choice, without_argmax):
+    """What an export's bytes depend on: the weights, our model and calibration
+    code and images, the paddle version, and the argmax switch."""
+    import glob
+
+    from .incremental import source_digest, stage_key, tool_versions
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = (glob.glob(os.path.join(here, "model", "*.py")) + glob.glob(os.path.join(here, "samples", "*.jpg"))
+               + [os.path.join(here, n) for n in ("export.py", "synthetic.py", "checkpoint.py", "images.py")])
+    weights = {k: v for k, v in choice.provenance.items() if k in ("kind", "seed", "sha384")}
+    inputs = [choice.path] if choice.kind == "pretrained" and not choice.provenance.get("verified") else []
+    return stage_key({"stage": "export", "weights": weights, "without_argmax": without_argmax,
+                      "sources": source_digest(sources), "tools": tool_versions("paddlepaddle")}, inputs)
+
+
+def run_export(config, output_dir, choice, without_argmax=False, logits_output=None, force=False):
     """Export with already-resolved weights (see weights.resolve_weights).
 
     logits_output: also write the --without-argmax variant of the same
     network there (parity reads its logits for the tie analysis); loading the
-    weights once serves both.
+    weights once serves both. Skipped when every output is up to date.
     """
+    from .incremental import up_to_date
+
     start = time.perf_counter()
+    targets = [(output_dir, without_argmax)] + ([(logits_output, True)] if logits_output else [])
+    keys = {d: export_key(choice, wa) for d, wa in targets}
+    if not force and all(up_to_date(os.path.join(d, "export.json"), keys[d], {"": d}) for d, _ in targets):
+        info("export: up to date (same weights, code and parameters); skipped. Use --force to redo.")
+        with open(os.path.join(output_dir, "export.json")) as fh:
+            record = dict(json.load(fh), skipped=True)
+        return [os.path.join(output_dir, f) for f in record["files"]], record
     model = build_weighted_model(choice)
     if logits_output:
-        run_export_model(config, model, logits_output, choice, True, start)
-    return run_export_model(config, model, output_dir, choice, without_argmax, start)
+        run_export_model(config, model, logits_output, choice, True, start, keys[logits_output])
+    return run_export_model(config, model, output_dir, choice, without_argmax, start, keys[output_dir])
 
 
-def run_export_model(config, model, output_dir, choice, without_argmax, start):
+def run_export_model(config, model, output_dir, choice, without_argmax, start, key=None):
     with staging_dir(output_dir) as tmp:
         info(f"export: tracing and saving the inference model{' (logits)' if without_argmax else ''} to {output_dir}...")
         save_inference_model(model, tmp, without_argmax)
         files = describe_files(tmp, [f for f in MODEL_FILES if os.path.exists(os.path.join(tmp, f))])
     record = {
-        "stage": "export", "weights": choice.provenance, "without_argmax": without_argmax,
+        "stage": "export", "key": key, "weights": choice.provenance, "without_argmax": without_argmax,
         "input": {"name": "x", "shape": [-1, 3, -1, -1], "dtype": "float32", "color": "RGB",
                   "normalisation": "(v - 127.5) / 127.5"},
         "output": ({"name": "logits", "shape": [-1, config.num_classes, -1, -1], "dtype": "float32"}

@@ -54,6 +54,12 @@ def staging_dir(final_dir):
     final_dir changes."""
     parent = os.path.dirname(os.path.abspath(final_dir))
     os.makedirs(parent, exist_ok=True)
+    # A run killed with SIGKILL leaves its staging folder behind (never a
+    # final file); the next run of the same stage removes it.
+    prefix = f".{os.path.basename(final_dir)}."
+    for name in os.listdir(parent):
+        if name.startswith(prefix) and name.endswith(".staging"):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.", suffix=".staging", dir=parent)
     try:
         yield tmp

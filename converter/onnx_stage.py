@@ -101,14 +101,24 @@ def convert_to_onnx(paddle_dir, shape, opset, mean=127.5, scale=127.5, reverse=T
     return prepend_preprocessing(model, shape, mean, scale, reverse)
 
 
-def run_onnx(config, workdir, shape):
-    import onnx
+def run_onnx(config, workdir, shape, force=False):
+    from .incremental import stage_key, tool_versions, up_to_date
 
     start = time.perf_counter()
     paddle_dir, export_record = check_paddle_export(workdir)
+    out_dir = os.path.join(workdir, "onnx")
+    record_path = os.path.join(out_dir, "onnx.json")
+    key = stage_key({"stage": "onnx", "shape": list(shape), "opset": config.onnx_opset,
+                     "tools": tool_versions("paddlepaddle", "paddle2onnx", "onnx")},
+                    [os.path.join(paddle_dir, n) for n in ("model.pdmodel", "model.pdiparams")])
+    if not force and up_to_date(record_path, key, {"": out_dir}):
+        info("onnx: up to date (same inputs and parameters); skipped. Use --force to redo.")
+        with open(record_path) as fh:
+            return [os.path.join(out_dir, ONNX_NAME)], dict(json.load(fh), skipped=True)
+    import onnx
+
     info(f"onnx: converting {paddle_dir} with paddle2onnx (opset {config.onnx_opset}), input {list(shape)}...")
     model = convert_to_onnx(paddle_dir, shape, config.onnx_opset)
-    out_dir = os.path.join(workdir, "onnx")
     with staging_dir(out_dir) as tmp:
         path = os.path.join(tmp, ONNX_NAME)
         onnx.save_model(model, path)
@@ -121,12 +131,12 @@ def run_onnx(config, workdir, shape):
         ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # loads, or raises
         files = describe_files(tmp, [ONNX_NAME])
     record = {
-        "stage": "onnx", "opset": config.onnx_opset, "input_shape": list(shape),
+        "stage": "onnx", "key": key, "opset": config.onnx_opset, "input_shape": list(shape),
         "input": {"name": INPUT, "dtype": "float32", "layout": "NCHW", "color": "BGR", "range": "0..255"},
         "output": {"name": model.graph.output[0].name, "dtype": "int32", "shape": [shape[0], shape[2], shape[3]]},
         "preprocessing": "Gather[2,1,0] axis 1, Sub 127.5, Div 127.5",
         "weights": export_record.get("weights"), "files": files,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    write_json_atomic(os.path.join(out_dir, "onnx.json"), record)
+    write_json_atomic(record_path, record)
     return [os.path.join(out_dir, ONNX_NAME)], record

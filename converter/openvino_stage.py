@@ -50,18 +50,34 @@ def build_ir(source_path, shape, from_onnx=False, mean=127.5, scale=127.5, rever
     return model
 
 
-def run_openvino(config, workdir, shape, source="paddle"):
-    import openvino as ov
+def run_openvino(config, workdir, shape, source="paddle", force=False):
+    import json
+
+    from .incremental import stage_key, tool_versions, up_to_date
 
     start = time.perf_counter()
     if source == "onnx":
         src = os.path.join(workdir, "onnx", ONNX_NAME)
         if not os.path.isfile(src):
             raise StageError(f"missing {src}: run the onnx stage first")
-        export_record = {}
+        export_record, inputs = {}, [src]
     else:
         folder, export_record = check_paddle_export(workdir)
         src = os.path.join(folder, "model.pdmodel")
+        inputs = [src, os.path.join(folder, "model.pdiparams")]
+    out_root = os.path.join(workdir, "openvino")
+    record_path = os.path.join(out_root, "openvino.json")
+    key = stage_key({"stage": "openvino", "shape": list(shape), "source": source,
+                     "tools": tool_versions("openvino")}, inputs)
+    folders = {p: os.path.join(out_root, p) for p in ("FP32", "FP16")}
+    if not force and up_to_date(record_path, key, folders):
+        info("openvino: up to date (same inputs and parameters); skipped. Use --force to redo.")
+        with open(record_path) as fh:
+            record = json.load(fh)
+        return [os.path.join(folders[p], n) for p in ("FP32", "FP16") for n in record["files"][p]], \
+            dict(record, skipped=True)
+    import openvino as ov
+
     info(f"openvino: converting {src}, input {list(shape)}...")
     try:
         model = build_ir(src, shape, from_onnx=(source == "onnx"))
@@ -69,7 +85,6 @@ def run_openvino(config, workdir, shape, source="paddle"):
         raise
     except Exception as exc:
         raise StageError(f"OpenVINO conversion failed: {str(exc).splitlines()[0]}") from None
-    out_root = os.path.join(workdir, "openvino")
     paths, files = [], {}
     for precision in ("FP32", "FP16"):
         final = os.path.join(out_root, precision)
@@ -79,7 +94,7 @@ def run_openvino(config, workdir, shape, source="paddle"):
             files[precision] = describe_files(tmp, names)
         paths += [os.path.join(final, n) for n in names]
     record = {
-        "stage": "openvino", "source": source, "input_shape": list(shape), "openvino": ov.__version__,
+        "stage": "openvino", "key": key, "source": source, "input_shape": list(shape), "openvino": ov.__version__,
         "input": {"name": "x", "dtype": "float32", "layout": "NCHW", "color": "BGR", "range": "0..255"},
         "output": {"name": OUTPUT_NAME, "shape": [shape[0], shape[2], shape[3]],
                    "dtype": str(model.outputs[0].get_element_type().get_type_name())},
@@ -89,5 +104,5 @@ def run_openvino(config, workdir, shape, source="paddle"):
         "weights": export_record.get("weights"), "files": files,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    write_json_atomic(os.path.join(out_root, "openvino.json"), record)
+    write_json_atomic(record_path, record)
     return paths, record

@@ -1,0 +1,114 @@
+"""bench: latency and memory of each backend, against the machine's sgemm roofline.
+
+Each backend runs in its own subprocess (like parity): load, one first run,
+then N steady runs; we report the first-run latency, the median steady
+latency and the process's peak RSS. The roofline is the best f32 GEMM rate
+numpy reaches here (4096^3 sgemm, best of 5, in a subprocess with
+OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset so that OpenBLAS picks its own
+kernel). The model's FLOPs are 2 x the multiply-accumulates paddle.flops
+counts (324,658,293,504 at 1x3x512x1024), scaled by the pixel count (convs
+dominate and scale linearly; the fixture's 1x3x1024x2048 count is exactly 4x).
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from .errors import ConverterError
+from .fsutil import write_bytes_atomic, write_json_atomic
+from .images import load_rgb, resize_rgb, sample_images
+from .log import info
+from .parity import IR_PATH, ONNX_PATH, run_backend
+
+BACKENDS = [  # name, backend, model, input, precision
+    ("paddle-inference", "paddle", "paddle", "rgb-normalized", None),
+    ("onnxruntime", "onnxruntime", ONNX_PATH, "bgr-255", None),
+    ("openvino-fp32-f32", "openvino", IR_PATH.format("FP32"), "bgr-255", "f32"),
+    ("openvino-fp32-default", "openvino", IR_PATH.format("FP32"), "bgr-255", None),
+    ("openvino-fp16-default", "openvino", IR_PATH.format("FP16"), "bgr-255", None),
+]
+SGEMM = """
+import json, time, numpy as np
+n = 4096
+a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+a @ b
+best = min((lambda t: (a @ b, time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(5))
+print(json.dumps({"n": n, "seconds": best, "gflops": 2 * n ** 3 / best / 1e9}))
+"""
+
+
+def sgemm_gflops(threads):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", SGEMM], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def model_flops(config, shape):
+    macs = config.flops_512x1024 * (shape[2] * shape[3]) / (512 * 1024)
+    return 2 * macs
+
+
+def _static_shape(workdir):
+    path = os.path.join(workdir, "openvino", "openvino.json")
+    if not os.path.isfile(path):
+        raise ConverterError(f"missing {path}: run make convert first")
+    with open(path) as fh:
+        return tuple(json.load(fh)["input_shape"])
+
+
+def markdown(record):
+    lines = ["# Benchmark", "",
+             f"Input {'x'.join(map(str, record['input_shape']))}, {record['threads']} threads, "
+             f"{record['runs']} steady runs. Model: {record['model_gflop']:.0f} GFLOP per run. "
+             f"Roofline: numpy sgemm {record['sgemm']['gflops']:.0f} GFLOP/s.", "",
+             "| backend | first run s | median s | GFLOP/s | fraction of roofline | peak RSS MB | precision |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in record["backends"].items():
+        lines.append(f"| {name} | {r['first_seconds']} | {r['median_seconds']} | {r['gflops']:.0f} | "
+                     f"{r['roofline_fraction']:.2f} | {r['peak_rss_mb']} | "
+                     f"{r['info'].get('effective_precision', 'f32')} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None):
+    static = _static_shape(workdir)
+    shape = tuple(shape or static)
+    if shape != static:
+        raise ConverterError(f"the artifacts in {workdir} were built for {list(static)}, not {list(shape)}; "
+                             "rebuild them with that --input-shape")
+    info("bench: measuring sgemm throughput...")
+    sgemm = sgemm_gflops(threads)
+    flops = model_flops(config, shape)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        image = os.path.join(tmp, "input.npy")
+        np.save(image, resize_rgb(load_rgb(sample_images()[0]), shape[3], shape[2]))
+        for name, backend, rel, layout, precision in BACKENDS:
+            if backends and name not in backends:
+                continue
+            out = os.path.join(tmp, name)
+            os.makedirs(out)
+            info(f"bench: {name}...")
+            spec = {"name": name, "backend": backend, "model": os.path.join(workdir, rel), "inputs": [image],
+                    "out": out, "input": layout, "precision": precision, "threads": threads,
+                    "logits": False, "bench_runs": runs}
+            r = run_backend(spec)
+            r["gflops"] = flops / r["median_seconds"] / 1e9
+            r["roofline_fraction"] = r["gflops"] / sgemm["gflops"]
+            results[name] = r
+            info(f"bench: {name}: first {r['first_seconds']} s, median {r['median_seconds']} s, "
+                 f"{r['roofline_fraction']:.2f} of roofline, peak RSS {r['peak_rss_mb']} MB")
+    record = {"stage": "bench", "input_shape": list(shape), "runs": runs, "threads": threads,
+              "model_gflop": flops / 1e9, "sgemm": sgemm, "backends": results,
+              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out_dir = os.path.join(workdir, "bench")
+    os.makedirs(out_dir, exist_ok=True)
+    write_json_atomic(os.path.join(out_dir, "bench.json"), record)
+    write_bytes_atomic(os.path.join(out_dir, "bench.md"), markdown(record).encode())
+    return [os.path.join(out_dir, "bench.json"), os.path.join(out_dir, "bench.md")], record

@@ -1,0 +1,65 @@
+"""Skip a stage whose inputs (by content hash) and parameters are unchanged.
+
+A stage's key is the sha256 of its parameters, the sha256 of each input file,
+and the versions of the tools involved. The stage record (export.json,
+onnx.json, openvino.json) stores the key and the sha256 of every output; the
+stage is up to date when the stored key equals the new one and every output
+still has its recorded hash. `--force` ignores this.
+"""
+import hashlib
+import json
+import os
+
+from .fsutil import file_digest
+
+
+def stage_key(params, inputs=()):
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for path in inputs:
+        h.update(os.path.basename(path).encode() + b"\0" + file_digest(path).encode())
+    return h.hexdigest()
+
+
+def source_digest(paths):
+    """Hash of our own source files that determine a stage's output."""
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        with open(path, "rb") as fh:
+            h.update(os.path.basename(path).encode() + b"\0" + fh.read())
+    return h.hexdigest()
+
+
+def up_to_date(record_path, key, folders):
+    """folders: {subfolder name in record['files'] or '': folder on disk}."""
+    if not os.path.isfile(record_path):
+        return False
+    try:
+        with open(record_path) as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    if record.get("key") != key:
+        return False
+    files = record.get("files") or {}
+    groups = files if all(isinstance(v, dict) and "sha256" not in v for v in files.values()) else {"": files}
+    for group, entries in groups.items():
+        folder = folders.get(group)
+        if folder is None:
+            return False
+        for name, meta in entries.items():
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path) or os.path.getsize(path) != meta["size"] or file_digest(path) != meta["sha256"]:
+                return False
+    return True
+
+
+def tool_versions(*names):
+    import importlib.metadata
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out

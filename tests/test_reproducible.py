@@ -1,0 +1,119 @@
+"""Two builds into clean workdirs give byte-identical model files; the manifest lists them."""
+import hashlib
+import json
+
+import pytest
+
+from tests.conftest import SMALL_SHAPE, run_cli
+
+MODEL_FILES = ["paddle/model.pdmodel", "paddle/model.pdiparams", "paddle/model.pdiparams.info",
+               "paddle/deploy.yaml", "paddle-logits/model.pdmodel", "paddle-logits/model.pdiparams",
+               "onnx/ocrnet-hrnet-w48-paddle.onnx",
+               "openvino/FP32/ocrnet-hrnet-w48-paddle.xml", "openvino/FP32/ocrnet-hrnet-w48-paddle.bin",
+               "openvino/FP16/ocrnet-hrnet-w48-paddle.xml", "openvino/FP16/ocrnet-hrnet-w48-paddle.bin"]
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def second_build(tmp_path_factory):
+    """A build in another folder, with another thread count, from the same inputs."""
+    work = tmp_path_factory.mktemp("second build")  # a space in the path, too
+    env = {"OMP_NUM_THREADS": "1"}
+    proc = run_cli("export", "--weights", "synthetic", "--output", str(work / "paddle"),
+                   "--logits-output", str(work / "paddle-logits"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    for stage in ("onnx", "openvino"):
+        proc = run_cli(stage, "--workdir", str(work), "--input-shape", SMALL_SHAPE, env=env)
+        assert proc.returncode == 0, proc.stderr
+    return work
+
+
+def test_model_files_are_byte_identical(small_workdir, second_build):
+    different = [f for f in MODEL_FILES if _sha(small_workdir / f) != _sha(second_build / f)]
+    assert different == []
+
+
+def test_manifest_lists_every_model_file_with_its_hash(second_build):
+    proc = run_cli("manifest", "--workdir", str(second_build))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((second_build / "MANIFEST.json").read_text())
+    listed = {f["path"]: f for f in manifest["files"]}
+    for rel in MODEL_FILES:
+        assert listed[rel]["model_file"] and listed[rel]["sha256"] == _sha(second_build / rel)
+        assert listed[rel]["size"] == (second_build / rel).stat().st_size
+    assert not listed["paddle/export.json"]["model_file"]
+    assert manifest["weights"]["kind"] == "synthetic" and manifest["weights"]["seed"] == 0
+    from converter.config import load_config
+    assert manifest["config"]["sha256"] == load_config().sha256
+    assert manifest["stages"]["onnx"]["opset"] == 13
+    assert manifest["stages"]["openvino"]["input_shape"] == [1, 3, 256, 512]
+    for lib in ("python", "paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "openvino", "numpy"):
+        assert manifest["versions"][lib]
+    card = (second_build / "README.md").read_text()
+    assert "synthetic weights (seed 0)" in card and "| MParams | 70.47 |" in card and "324.66" in card
+    assert "Apache" in card
+
+
+def test_unchanged_export_is_skipped(second_build):
+    before = (second_build / "paddle" / "model.pdiparams").stat().st_mtime_ns
+    proc = run_cli("export", "--weights", "synthetic", "--output", str(second_build / "paddle"),
+                   "--logits-output", str(second_build / "paddle-logits"))
+    assert proc.returncode == 0, proc.stderr
+    assert "export: up to date" in proc.stderr and "skipped" in proc.stderr
+    assert (second_build / "paddle" / "model.pdiparams").stat().st_mtime_ns == before
+
+
+def test_stage_skips_when_unchanged_and_force_redoes(tmp_path, synthetic_export):
+    import os
+    work = tmp_path / "w"
+    work.mkdir()
+    os.symlink(synthetic_export, work / "paddle")
+    args = ("onnx", "--workdir", str(work), "--input-shape", "1,3,64,128")
+    first = run_cli(*args)
+    assert first.returncode == 0 and "onnx: done" in first.stderr
+    onnx_file = work / "onnx" / "ocrnet-hrnet-w48-paddle.onnx"
+    stamp = onnx_file.stat().st_mtime_ns
+    second = run_cli(*args)
+    assert second.returncode == 0 and "onnx: up to date" in second.stderr
+    assert onnx_file.stat().st_mtime_ns == stamp
+    onnx_file.write_bytes(b"tampered")  # an output that no longer matches its record is redone
+    third = run_cli(*args)
+    assert "onnx: done" in third.stderr and onnx_file.stat().st_size > 1000
+    forced = run_cli(*args, "--force")
+    assert forced.returncode == 0 and "onnx: done" in forced.stderr
+    other_shape = run_cli("onnx", "--workdir", str(work), "--input-shape", "1,3,64,96")
+    assert "onnx: done" in other_shape.stderr
+
+
+def test_sigkill_leaves_nothing_at_final_path_and_rerun_is_identical(tmp_path, small_workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tests.conftest import ROOT
+    work = tmp_path / "w"
+    work.mkdir()
+    os.symlink(small_workdir / "paddle", work / "paddle")
+    proc = subprocess.Popen([sys.executable, "-m", "converter", "onnx", "--workdir", str(work),
+                             "--input-shape", SMALL_SHAPE], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    staging = []
+    while time.time() < deadline and proc.poll() is None:
+        staging = [p for p in work.iterdir() if p.name.startswith(".onnx.") and p.name.endswith(".staging")]
+        if staging and any(staging[0].iterdir()):
+            break
+        time.sleep(0.01)
+    assert staging, "the stage never started writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / "onnx" / "ocrnet-hrnet-w48-paddle.onnx").exists()
+    rerun = run_cli("onnx", "--workdir", str(work), "--input-shape", SMALL_SHAPE)
+    assert rerun.returncode == 0, rerun.stderr
+    name = "onnx/ocrnet-hrnet-w48-paddle.onnx"
+    assert _sha(work / name) == _sha(small_workdir / name)
+    assert not [p for p in work.iterdir() if p.name.endswith(".staging")]
