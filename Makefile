@@ -10,7 +10,7 @@ WORKDIR ?= artifacts
 SHAPE   ?= 1,3,1024,2048
 CLI     := $(BIN)/ocrnet-convert
 
-.PHONY: setup convert test clean
+.PHONY: setup convert test bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ convert: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
+
+bench: $(STAMP)
+	$(CLI) bench --workdir $(WORKDIR)
 
 clean:
 	rm -rf $(WORKDIR)
