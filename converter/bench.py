@@ -23,6 +23,7 @@ from .fsutil import write_bytes_atomic, write_json_atomic
 from .images import load_rgb, resize_rgb, sample_images
 from .log import info
 from .parity import IR_PATH, ONNX_PATH, run_backend
+from .records import converted_input_shape
 
 BACKENDS = [  # name, backend, model, input, precision
     ("paddle-inference", "paddle", "paddle", "rgb-normalized", None),
@@ -54,14 +55,6 @@ def model_flops(config, shape):
     return 2 * macs
 
 
-def _static_shape(workdir):
-    path = os.path.join(workdir, "openvino", "openvino.json")
-    if not os.path.isfile(path):
-        raise ConverterError(f"missing {path}: run make convert first")
-    with open(path) as fh:
-        return tuple(json.load(fh)["input_shape"])
-
-
 def markdown(record):
     lines = ["# Benchmark", "",
              f"Input {'x'.join(map(str, record['input_shape']))}, {record['threads']} threads, "
@@ -77,7 +70,7 @@ def markdown(record):
 
 
 def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None):
-    static = _static_shape(workdir)
+    static = converted_input_shape(workdir, required=True)
     shape = tuple(shape or static)
     if shape != static:
         raise ConverterError(f"the artifacts in {workdir} were built for {list(static)}, not {list(shape)}; "

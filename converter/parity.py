@@ -20,6 +20,7 @@ import numpy as np
 from .errors import ParityFailure, StageError
 from .images import expand_image_args, load_rgb, resize_rgb, sample_images
 from .log import info
+from .records import converted_input_shape
 
 ONNX_PATH = os.path.join("onnx", "ocrnet-hrnet-w48-paddle.onnx")
 IR_PATH = os.path.join("openvino", "{}", "ocrnet-hrnet-w48-paddle.xml")
@@ -33,16 +34,6 @@ BACKENDS = [
     ("openvino-fp32-default", "openvino", IR_PATH.format("FP32"), "bgr-255", None, False),
     ("openvino-fp16-default", "openvino", IR_PATH.format("FP16"), "bgr-255", None, False),
 ]
-
-
-def _input_size(workdir):
-    """The converted models' static input size (W, H), from the stage records."""
-    for record in (os.path.join(workdir, "openvino", "openvino.json"), os.path.join(workdir, "onnx", "onnx.json")):
-        if os.path.isfile(record):
-            with open(record) as fh:
-                shape = json.load(fh)["input_shape"]
-            return shape[3], shape[2]
-    return 2048, 1024
 
 
 def _check_artifacts(workdir):
@@ -147,7 +138,8 @@ def run_parity(config, workdir, images=None, threads=2, backends=None):
 
     _check_artifacts(workdir)
     paths = expand_image_args(images) if images else sample_images()
-    width, height = _input_size(workdir)
+    shape = converted_input_shape(workdir)
+    width, height = shape[3], shape[2]
     selected = [b for b in BACKENDS if not backends or b[0] in backends or b[0].startswith("original")]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="parity-") as tmp:

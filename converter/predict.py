@@ -6,7 +6,6 @@ bilinear interpolation to the model's input size, segmented, and the class map
 is brought back to the image's own size with nearest-neighbour.
 """
 import io
-import json
 import os
 
 import numpy as np
@@ -15,18 +14,9 @@ from .cityscapes import CLASSES, colorize
 from .errors import ConverterError, StageError
 from .fsutil import write_bytes_atomic
 from .images import bgr_nchw, normalized_rgb_nchw, resize_rgb
+from .records import converted_input_shape
 
 BACKENDS = ("paddle", "onnx", "openvino")
-
-
-def model_input_size(workdir):
-    """(W, H) of the converted models (their records), else the card's 2048x1024."""
-    for rec in (os.path.join(workdir, "openvino", "openvino.json"), os.path.join(workdir, "onnx", "onnx.json")):
-        if os.path.isfile(rec):
-            with open(rec) as fh:
-                shape = json.load(fh)["input_shape"]
-            return shape[3], shape[2]
-    return 2048, 1024
 
 
 class Segmenter:
@@ -37,7 +27,8 @@ class Segmenter:
 
         if backend not in BACKENDS:
             raise ConverterError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
-        self.size = model_input_size(workdir)
+        shape = converted_input_shape(workdir)
+        self.size = (shape[3], shape[2])
         if backend == "paddle":
             self.runner = make_runner("paddle", os.path.join(workdir, "paddle"), threads=threads)
             self.prepare = normalized_rgb_nchw

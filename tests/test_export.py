@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from converter.images import load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
 from tests.conftest import run_cli

@@ -1,6 +1,5 @@
 """predict on odd sizes and bad files; evaluate on a generated mini Cityscapes."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -1,0 +1,20 @@
+"""Reading the stage records (export.json, onnx.json, openvino.json)."""
+import json
+import os
+
+from .errors import StageError
+
+CARD_SHAPE = (1, 3, 1024, 2048)
+
+
+def converted_input_shape(workdir, required=False):
+    """The static [N,C,H,W] the converted models were built for, from the
+    openvino or onnx record; the model card's shape when neither exists
+    (or a StageError when required)."""
+    for path in (os.path.join(workdir, "openvino", "openvino.json"), os.path.join(workdir, "onnx", "onnx.json")):
+        if os.path.isfile(path):
+            with open(path) as fh:
+                return tuple(json.load(fh)["input_shape"])
+    if required:
+        raise StageError(f"missing {os.path.join(workdir, 'openvino', 'openvino.json')}: run make convert first")
+    return CARD_SHAPE
