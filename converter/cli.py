@@ -141,6 +141,12 @@ def _cmd_manifest(args, config):
     paths, manifest = run_manifest(config, args.workdir)
     n_model = sum(f["model_file"] for f in manifest["files"])
     print(f"manifest: {len(manifest['files'])} files ({n_model} model files) -> {paths[0]}; card -> {paths[1]}")
+    # The manifest is the last step of `make convert`; repeat the parity
+    # verdict so that the build's last line says whether parity passed.
+    parity = manifest["stages"].get("parity")
+    if parity is not None:
+        print("PASSED: parity gate passed (see parity/report.md)" if parity["passed"]
+              else "FAILED: parity gate failed (see parity/report.md)")
     return 0
 
 
