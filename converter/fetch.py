@@ -24,6 +24,7 @@ from .fsutil import write_bytes_atomic
 
 CHUNK = 1 << 16
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+CONNECT_FAILURES = ("cannot connect to", "connection to")  # prefixes of _open's connect-phase errors
 NO_NETWORK_HINT = ("no network? Use --mirror URL or --from DIR, or pass a local "
                    "checkpoint with --weights PATH")
 
@@ -204,7 +205,8 @@ def _download(url, part, spec, progress, timeouts, retries, sleep=time.sleep):
             attempt += 1
             if attempt > retries:
                 reason = str(why)
-                if "connect" in reason or "timed out" in reason and received == 0:
+                if reason.startswith(CONNECT_FAILURES):
+                    # never reached the server: most likely no network at all
                     raise FetchError(f"{reason}: {NO_NETWORK_HINT}") from None
                 raise FetchError(f"giving up on {spec.name} after {retries} retries: {reason}") from None
             delay = min(0.5 * 2 ** (attempt - 1), 30.0)
