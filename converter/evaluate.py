@@ -20,6 +20,7 @@ from .cityscapes import CLASSES, IGNORE, label_ids_to_train_ids
 from .errors import ConverterError
 from .fsutil import write_bytes_atomic, write_json_atomic
 from .images import load_rgb
+from .records import export_weights
 
 NUM = len(CLASSES)
 
@@ -121,13 +122,8 @@ def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs
     if bar:
         bar.close()
     seconds = time.perf_counter() - start
-    weights = None
-    export_record = os.path.join(workdir, "paddle", "export.json")
-    if os.path.isfile(export_record):
-        import json
-        with open(export_record) as fh:
-            weights = json.load(fh).get("weights")
-    result = dict(metrics(conf), backend=backend, split=split, images=len(pairs), weights=weights,
+    result = dict(metrics(conf), backend=backend, split=split, images=len(pairs),
+                  weights=export_weights(workdir),
                   seconds=round(seconds, 1), seconds_per_image=round(seconds / len(pairs), 2),
                   confusion=conf.tolist(),
                   reference={"miou": config.reference["miou"], "per_class_iou": config.reference["per_class_iou"]})

@@ -20,7 +20,6 @@ import time
 import urllib.parse
 
 from .errors import ChecksumError, FetchError
-from .fsutil import write_bytes_atomic
 
 CHUNK = 1 << 16
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -332,5 +331,3 @@ def cached_checkpoint(config, cache_dir):
         return path
     return None
 
-
-__all__ = ["run_fetch", "fetch_file", "default_cache_dir", "cached_checkpoint", "verify", "write_bytes_atomic"]

@@ -1,6 +1,5 @@
 """Tiny logging helpers: progress to stderr, one prefix per stage."""
 import sys
-import time
 
 
 def info(msg):
@@ -13,12 +12,3 @@ def banner(lines):
     for line in lines:
         info(f"! {line.ljust(width - 4)} !")
     info("!" * width)
-
-
-class Timer:
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start

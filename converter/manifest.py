@@ -33,7 +33,7 @@ def build_manifest(config, workdir):
                 continue
             files.append({"path": rel, "size": os.path.getsize(path), "sha256": file_digest(path),
                           "model_file": rel.split(os.sep)[0] in MODEL_DIRS and name not in RECORD_NAMES})
-    export = _load(os.path.join(workdir, "paddle", "export.json")) or {}
+    export = _load(os.path.join(workdir, "paddle", "export.json")) or {}  # also its stage parameters
     onnx_rec = _load(os.path.join(workdir, "onnx", "onnx.json")) or {}
     ov_rec = _load(os.path.join(workdir, "openvino", "openvino.json")) or {}
     parity = _load(os.path.join(workdir, "parity", "report.json"))

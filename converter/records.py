@@ -18,3 +18,12 @@ def converted_input_shape(workdir, required=False):
     if required:
         raise StageError(f"missing {os.path.join(workdir, 'openvino', 'openvino.json')}: run make convert first")
     return CARD_SHAPE
+
+
+def export_weights(workdir):
+    """The weights' provenance recorded by the export stage, or None."""
+    path = os.path.join(workdir, "paddle", "export.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh).get("weights")

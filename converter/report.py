@@ -1,6 +1,5 @@
 """Parity report: report.json (schema in README), report.md and one PNG per image."""
 import importlib.metadata
-import json
 import os
 import platform
 
@@ -8,6 +7,7 @@ import numpy as np
 
 from .cityscapes import CLASSES, PALETTE, colorize
 from .fsutil import write_bytes_atomic, write_json_atomic
+from .records import export_weights
 
 PANEL = (512, 256)
 LIBRARIES = ("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "openvino", "numpy", "pillow")
@@ -33,14 +33,6 @@ def system_info():
     return {"cpu": cpu, "cores": os.cpu_count(),
             "cpu_flags": {f: f in flags for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2")},
             "versions": versions}
-
-
-def _weights(workdir):
-    path = os.path.join(workdir, "paddle", "export.json")
-    if os.path.isfile(path):
-        with open(path) as fh:
-            return json.load(fh).get("weights")
-    return None
 
 
 def _legend(width):
@@ -128,7 +120,7 @@ def write_report(config, workdir, record, maps):
     out = os.path.join(workdir, "parity")
     os.makedirs(out, exist_ok=True)
     record["system"] = system_info()
-    record["weights"] = _weights(workdir)
+    record["weights"] = export_weights(workdir)
     paths = []
     for name, image_maps in maps:
         import io
