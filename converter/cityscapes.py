@@ -31,3 +31,10 @@ def label_ids_to_train_ids(label_ids):
     for label, train in LABEL_TO_TRAIN.items():
         lut[label] = train
     return lut[label_ids]
+
+
+def confusion_matrix(truth, pred, num=len(CLASSES)):
+    """[num, num] counts of (truth class, predicted class); truth == IGNORE is skipped."""
+    valid = truth != IGNORE
+    idx = truth[valid].astype(np.int64) * num + pred[valid].astype(np.int64)
+    return np.bincount(idx, minlength=num * num).reshape(num, num)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .cityscapes import CLASSES, IGNORE, label_ids_to_train_ids
+from .cityscapes import CLASSES, confusion_matrix, label_ids_to_train_ids
 from .errors import ConverterError
 from .fsutil import write_bytes_atomic, write_json_atomic
 from .images import load_rgb
@@ -56,12 +56,6 @@ def load_gt(path):
     if ids.max(initial=0) > 255:
         raise ConverterError(f"{path}: label ids above 255")
     return label_ids_to_train_ids(ids.astype(np.uint8))
-
-
-def confusion(gt_train, pred, num=NUM):
-    valid = gt_train != IGNORE
-    idx = gt_train[valid].astype(np.int64) * num + pred[valid].astype(np.int64)
-    return np.bincount(idx, minlength=num * num).reshape(num, num)
 
 
 def metrics(conf):
@@ -114,7 +108,7 @@ def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs
         for i, (rgb, gt) in enumerate(pool.map(load, pairs)):
             if gt.shape != rgb.shape[:2]:
                 raise ConverterError(f"{pairs[i][1]}: size {gt.shape[::-1]} differs from its image's {rgb.shape[1::-1]}")
-            conf += confusion(gt, segmenter.segment(rgb))
+            conf += confusion_matrix(gt, segmenter.segment(rgb))
             if bar:
                 bar.update(1)
             else:

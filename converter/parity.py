@@ -17,6 +17,7 @@ from collections import Counter
 
 import numpy as np
 
+from .cityscapes import confusion_matrix
 from .errors import ParityFailure, StageError
 from .images import expand_image_args, load_rgb, resize_rgb, sample_images
 from .log import info
@@ -75,8 +76,7 @@ def run_backend(spec):
 
 
 def class_iou(ref, got, num_classes):
-    idx = ref.astype(np.int64) * num_classes + got
-    conf = np.bincount(idx.ravel(), minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    conf = confusion_matrix(ref, got, num_classes)
     inter = np.diag(conf)
     union = conf.sum(0) + conf.sum(1) - inter
     return {c: float(inter[c] / union[c]) for c in range(num_classes) if union[c] > 0}

@@ -16,59 +16,23 @@ import time
 import numpy as np
 
 
-def _onnx_with_logits(path):
-    import onnx
-
-    model = onnx.load(path)
-    argmax = next(n for n in model.graph.node if n.op_type == "ArgMax")
-    model.graph.output.append(onnx.helper.make_tensor_value_info(argmax.input[0], onnx.TensorProto.FLOAT, None))
-    return model.SerializeToString()
-
-
 def _load(spec):
-    backend, path, threads = spec["backend"], spec["model"], spec["threads"]
-    if backend == "onnxruntime" and spec["logits"]:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        session = ort.InferenceSession(_onnx_with_logits(path), opts, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-
-        def infer(x):
-            classes, logits = session.run(names, {"x": x})
-            return classes, logits
-        return infer, {"threads": threads}
-    if backend == "openvino":
-        import openvino as ov
-
-        core = ov.Core()
-        model = core.read_model(path)
-        if spec["logits"]:
-            argmax = next(op for op in model.get_ordered_ops() if op.get_type_name() in ("TopK", "ArgMax"))
-            model.add_outputs([argmax.input_value(0)])
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-        if spec.get("precision"):
-            config["INFERENCE_PRECISION_HINT"] = spec["precision"]
-        compiled = core.compile_model(model, "CPU", config)
-        request = compiled.create_infer_request()
-        from .runners.ov_runner import precision_name
-
-        effective = precision_name(compiled)
-
-        def infer(x):
-            result = request.infer({0: x})
-            outs = [result[o] for o in compiled.outputs]
-            return outs[0], (outs[1] if len(outs) > 1 else None)
-        return infer, {"threads": threads, "requested_precision": spec.get("precision") or "default",
-                       "effective_precision": effective}
+    """A runner for the spec's backend; infer(x) -> (classes or None, logits or None)."""
     from .runners import make_runner
 
-    runner = make_runner(backend, path, threads=threads)
+    options = {}
+    if spec["backend"] != "paddle":
+        options["logits"] = spec["logits"]  # converted models: add the ArgMax input as an output
+    if spec["backend"] == "openvino":
+        options["precision"] = spec.get("precision")
+    runner = make_runner(spec["backend"], spec["model"], threads=spec["threads"], **options)
 
     def infer(x):
-        out = next(iter(runner.infer(x).values()))
-        return (out, None) if out.ndim == 3 else (None, out)
+        out = runner.infer(x)
+        if "argmax_0.tmp_0" in out:
+            return out["argmax_0.tmp_0"], out.get("logits")
+        only = next(iter(out.values()))  # the paddle --without-argmax export: logits alone
+        return None, only
     return infer, dict(runner.info)
 
 
@@ -120,8 +84,4 @@ def _bench(spec, infer, info, load_s):
 
 
 if __name__ == "__main__":
-    from .paddle_env import import_paddle
-
-    if json.load(open(sys.argv[1]))["backend"] == "paddle":
-        import_paddle()
     sys.exit(main(sys.argv[1]))

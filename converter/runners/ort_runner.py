@@ -7,19 +7,33 @@ from ..errors import StageError
 class OrtRunner:
     name = "onnxruntime"
 
-    def load(self, model_path, threads=2):
+    def load(self, model_path, threads=2, logits=False):
+        """logits=True also returns the ArgMax's input, as output "logits"
+        (the file is not changed; the extra output is added in memory)."""
         import onnxruntime as ort
 
         if not os.path.isfile(model_path):
             raise StageError(f"missing ONNX model: {model_path} (run the onnx stage)")
+        self.logits_name = None
+        model = model_path
+        if logits:
+            import onnx
+
+            proto = onnx.load(model_path)
+            self.logits_name = next(n for n in proto.graph.node if n.op_type == "ArgMax").input[0]
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(self.logits_name, onnx.TensorProto.FLOAT, None))
+            model = proto.SerializeToString()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.info = {"threads": threads, "providers": self.session.get_providers()}
 
     def infer(self, x):
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, {self.input_name: x})))
+        outputs = dict(zip(names, self.session.run(names, {self.input_name: x})))
+        if self.logits_name:
+            outputs["logits"] = outputs.pop(self.logits_name)
+        return outputs

@@ -19,16 +19,23 @@ def precision_name(compiled):
 class OpenVinoRunner:
     name = "openvino"
 
-    def load(self, model_path, threads=2, precision="f32"):
+    def load(self, model_path, threads=2, precision="f32", logits=False):
+        """logits=True also returns the ArgMax's input, as output "logits"
+        (added to the model in memory; the IR on disk is not changed)."""
         import openvino as ov
 
         if not os.path.isfile(model_path):
             raise StageError(f"missing model: {model_path} (run the openvino stage)")
         core = ov.Core()
+        model = core.read_model(model_path)
+        if logits:
+            argmax = next(op for op in model.get_ordered_ops() if op.get_type_name() in ("TopK", "ArgMax"))
+            extra = model.add_outputs([argmax.input_value(0)])[0]
+            extra.get_tensor().set_names({"logits"})
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
-        self.compiled = core.compile_model(model_path, "CPU", config)
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.info = {"threads": threads, "requested_precision": precision or "default",
                      "effective_precision": precision_name(self.compiled)}
