@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from converter.images import load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
 from tests.conftest import run_cli
@@ -47,6 +48,45 @@ def test_round_trip_paddle_inference_equals_dygraph(synthetic_export, synthetic_
     top2 = np.sort(ref, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
     assert np.all(margin[differ] < 1e-3 * scale)  # any flip is a near-tie
+
+
+def test_paddle_runner_logits_equal_the_without_argmax_export(synthetic_export, synthetic_export_logits):
+    """Parity takes the original's logits from an extra fetch on the shipped
+    program; they must be the --without-argmax export's logits, and the class
+    map must be the plain run's, bit for bit. The artifact is left unchanged."""
+    from converter.runners import make_runner
+    x = _small_input()
+    before = (synthetic_export / "model.pdmodel").read_bytes()
+    both = make_runner("paddle", str(synthetic_export), logits=True).infer(x)
+    assert sorted(both) == ["argmax_0.tmp_0", "logits"]
+    assert (synthetic_export / "model.pdmodel").read_bytes() == before
+    exported = next(iter(make_runner("paddle", str(synthetic_export_logits)).infer(x).values()))
+    np.testing.assert_array_equal(both["logits"], exported)
+    plain = make_runner("paddle", str(synthetic_export)).infer(x)["argmax_0.tmp_0"]
+    np.testing.assert_array_equal(both["argmax_0.tmp_0"], plain)
+    np.testing.assert_array_equal(plain, exported.argmax(1))
+
+
+def test_paddle_runner_refuses_logits_on_a_logits_export(synthetic_export_logits):
+    from converter.errors import StageError
+    from converter.runners import make_runner
+    with pytest.raises(StageError, match="arg_max"):
+        make_runner("paddle", str(synthetic_export_logits), logits=True)
+
+
+def test_residual_fusion_changes_speed_not_the_classes(synthetic_export):
+    """The benchmark keeps Paddle's conv+add fusion pass that parity skips
+    (it costs ~11 s of load); both configurations must compute the same map
+    up to near-ties."""
+    from converter.runners import make_runner
+    x = _small_input()
+    fused = make_runner("paddle", str(synthetic_export), logits=True, fuse_residual_add=True)
+    plain = make_runner("paddle", str(synthetic_export), logits=True)
+    assert fused.info["fuse_residual_add"] and not plain.info["fuse_residual_add"]
+    a, b = fused.infer(x), plain.infer(x)
+    scale = np.abs(b["logits"]).max()
+    assert np.abs(a["logits"] - b["logits"]).max() <= 1e-4 * scale
+    assert (a["argmax_0.tmp_0"] != b["argmax_0.tmp_0"]).mean() < 1e-4
 
 
 def test_dynamic_shape_runs_at_another_size(synthetic_export):

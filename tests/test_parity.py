@@ -80,7 +80,7 @@ def test_gate_fails_for_broken_ir_in_copied_workdir(parity_workdir, tmp_path, pr
     from converter.openvino_stage import IR_NAME, build_ir
     work = tmp_path / "work"
     work.mkdir()
-    for name in ("paddle", "paddle-logits", "onnx"):
+    for name in ("paddle", "onnx"):  # parity needs no paddle-logits export
         os.symlink(parity_workdir / name, work / name)
     shutil.copytree(parity_workdir / "openvino", work / "openvino")
     model = build_ir(str(parity_workdir / "paddle" / "model.pdmodel"), (1, 3, 256, 512), **preprocess)
@@ -98,7 +98,7 @@ def test_gate_fails_for_broken_ir_in_copied_workdir(parity_workdir, tmp_path, pr
 def test_missing_artifacts_is_a_user_error(tmp_path):
     proc = run_cli("parity", "--workdir", str(tmp_path))
     assert proc.returncode == 8
-    assert proc.stderr.strip() == f"error: missing {tmp_path}/paddle/model.pdmodel (make convert)"
+    assert proc.stderr.strip() == f"error: missing {tmp_path}/paddle/model.pdmodel (run make convert, or the export stage)"
 
 
 def test_unreadable_image_is_a_user_error(parity_workdir, tmp_path):
