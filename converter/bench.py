@@ -60,16 +60,20 @@ def markdown(record):
              f"Input {'x'.join(map(str, record['input_shape']))}, {record['threads']} threads, "
              f"{record['runs']} steady runs. Model: {record['model_gflop']:.0f} GFLOP per run. "
              f"Roofline: numpy sgemm {record['sgemm']['gflops']:.0f} GFLOP/s.", "",
-             "| backend | first run s | median s | GFLOP/s | fraction of roofline | peak RSS MB | precision |",
-             "|---|---|---|---|---|---|---|"]
+             "| backend | load s | first run s | median s | GFLOP/s | fraction of roofline | peak RSS MB | precision |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in record["backends"].items():
-        lines.append(f"| {name} | {r['first_seconds']} | {r['median_seconds']} | {r['gflops']:.0f} | "
+        lines.append(f"| {name} | {r['load_seconds']} | {r['first_seconds']} | {r['median_seconds']} | {r['gflops']:.0f} | "
                      f"{r['roofline_fraction']:.2f} | {r['peak_rss_mb']} | "
                      f"{r['info'].get('effective_precision', 'f32')} |")
     return "\n".join(lines) + "\n"
 
 
 def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None):
+    known = [b[0] for b in BACKENDS]
+    unknown = sorted(set(backends or ()) - set(known))
+    if unknown:
+        raise ConverterError(f"unknown bench backend(s) {', '.join(unknown)} (choose from {', '.join(known)})")
     static = converted_input_shape(workdir, required=True)
     shape = tuple(shape or static)
     if shape != static:

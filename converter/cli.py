@@ -117,7 +117,8 @@ def build_parser():
     p.add_argument("--input-shape", type=_shape, help="must match the artifacts (default: theirs)")
     p.add_argument("--runs", type=int, default=5, help="steady runs per backend (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
-    p.add_argument("--backends", nargs="+", help="subset of backends to run")
+    p.add_argument("--backends", nargs="+", metavar="NAME",
+                   help="subset to run (default: all; names as in bench.md and the README)")
 
     p = sub.add_parser("manifest", help="write MANIFEST.json and the model card README.md (last step)")
     _add_common(p)
