@@ -74,7 +74,7 @@ def build_parser():
     p.add_argument("--without-argmax", action="store_true",
                    help="output the logits [N,19,H,W] instead of class indices")
     p.add_argument("--logits-output", metavar="DIR",
-                   help="also write the --without-argmax variant there (used by parity)")
+                   help="also write the --without-argmax variant there, from the same weights load")
     p.add_argument("--force", action="store_true", help="redo even when the outputs are up to date")
     p = sub.add_parser("onnx", help="convert the Paddle export to ONNX (BGR 0..255 input)")
     _add_common(p)

@@ -135,8 +135,9 @@ def run_export(config, output_dir, choice, without_argmax=False, logits_output=N
     """Export with already-resolved weights (see weights.resolve_weights).
 
     logits_output: also write the --without-argmax variant of the same
-    network there (parity reads its logits for the tie analysis); loading the
-    weights once serves both. Skipped when every output is up to date.
+    network there (a diagnostic; parity gets the logits from the argmax model
+    itself); loading the weights once serves both. Skipped when every output
+    is up to date.
     """
     from .incremental import up_to_date
 
