@@ -64,7 +64,8 @@ def _parity_lines(parity):
     if not parity:
         return ["Parity was not run."]
     lines = [f"Parity: **{'PASSED' if parity['passed'] else 'FAILED'}** at {parity['input_size'][0]}x"
-             f"{parity['input_size'][1]} on {len(parity['images'])} image(s).", "",
+             f"{parity['input_size'][1]} on {len(parity['images'])} image(s): "
+             + ", ".join(os.path.basename(p) for p in parity["images"]) + ".", "",
              "| backend | gated | lowest agreement | largest flip margin |", "|---|---|---|---|"]
     for name, entry in parity["results"].items():
         worst = min(m["agreement"] for m in entry["images"].values())
