@@ -7,7 +7,6 @@ from the same inputs (records and reports hold timings, so they are not).
 """
 import json
 import os
-import platform
 
 from .fsutil import file_digest, write_bytes_atomic, write_json_atomic
 from .report import system_info
@@ -38,7 +37,6 @@ def build_manifest(config, workdir):
     ov_rec = _load(os.path.join(workdir, "openvino", "openvino.json")) or {}
     parity = _load(os.path.join(workdir, "parity", "report.json"))
     versions = system_info()["versions"]
-    versions["python"] = platform.python_version()
     return {
         "schema": "ocrnet-convert/manifest/1",
         "model": config.name,

@@ -1,5 +1,4 @@
 """Parity report: report.json (schema in README), report.md and one PNG per image."""
-import importlib.metadata
 import os
 import platform
 
@@ -7,6 +6,7 @@ import numpy as np
 
 from .cityscapes import CLASSES, PALETTE, colorize
 from .fsutil import write_bytes_atomic, write_json_atomic
+from .incremental import tool_versions
 from .records import export_weights
 
 PANEL = (512, 256)
@@ -24,12 +24,7 @@ def system_info():
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    versions = {"python": platform.python_version()}
-    for lib in LIBRARIES:
-        try:
-            versions[lib] = importlib.metadata.version(lib)
-        except importlib.metadata.PackageNotFoundError:
-            versions[lib] = None
+    versions = {"python": platform.python_version(), **tool_versions(*LIBRARIES)}
     return {"cpu": cpu, "cores": os.cpu_count(),
             "cpu_flags": {f: f in flags for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2")},
             "versions": versions}
