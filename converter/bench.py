@@ -22,15 +22,15 @@ from .errors import ConverterError
 from .fsutil import write_bytes_atomic, write_json_atomic
 from .images import load_rgb, resize_rgb, sample_images
 from .log import info
-from .parity import IR_PATH, ONNX_PATH, run_backend
-from .records import converted_input_shape
+from .parity import run_backend
+from .records import ONNX_PATH, converted_input_shape, ir_path
 
 BACKENDS = [  # name, backend, model, input, precision
     ("paddle-inference", "paddle", "paddle", "rgb-normalized", None),
     ("onnxruntime", "onnxruntime", ONNX_PATH, "bgr-255", None),
-    ("openvino-fp32-f32", "openvino", IR_PATH.format("FP32"), "bgr-255", "f32"),
-    ("openvino-fp32-default", "openvino", IR_PATH.format("FP32"), "bgr-255", None),
-    ("openvino-fp16-default", "openvino", IR_PATH.format("FP16"), "bgr-255", None),
+    ("openvino-fp32-f32", "openvino", ir_path("FP32"), "bgr-255", "f32"),
+    ("openvino-fp32-default", "openvino", ir_path("FP32"), "bgr-255", None),
+    ("openvino-fp16-default", "openvino", ir_path("FP16"), "bgr-255", None),
 ]
 SGEMM = """
 import json, time, numpy as np

@@ -24,8 +24,8 @@ from .errors import StageError
 from .fsutil import describe_files, staging_dir, write_json_atomic
 from .log import info
 from .no_install import no_runtime_installs
+from .records import ONNX_NAME
 
-ONNX_NAME = "ocrnet-hrnet-w48-paddle.onnx"
 INPUT = "x"
 INTERNAL_INPUT = "x_rgb_normalized"
 

@@ -14,9 +14,8 @@ import time
 from .errors import StageError
 from .fsutil import describe_files, staging_dir, write_json_atomic
 from .log import info
-from .onnx_stage import ONNX_NAME, check_paddle_export
-
-IR_NAME = "ocrnet-hrnet-w48-paddle"
+from .onnx_stage import check_paddle_export
+from .records import MODEL_STEM as IR_NAME, ONNX_PATH
 OUTPUT_NAME = "argmax_0.tmp_0"
 
 
@@ -57,7 +56,7 @@ def run_openvino(config, workdir, shape, source="paddle", force=False):
 
     start = time.perf_counter()
     if source == "onnx":
-        src = os.path.join(workdir, "onnx", ONNX_NAME)
+        src = os.path.join(workdir, ONNX_PATH)
         if not os.path.isfile(src):
             raise StageError(f"missing {src}: run the onnx stage first")
         export_record, inputs = {}, [src]

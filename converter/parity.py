@@ -21,18 +21,15 @@ from .cityscapes import confusion_matrix
 from .errors import ParityFailure, StageError
 from .images import expand_image_args, load_rgb, resize_rgb, sample_images
 from .log import info
-from .records import converted_input_shape
-
-ONNX_PATH = os.path.join("onnx", "ocrnet-hrnet-w48-paddle.onnx")
-IR_PATH = os.path.join("openvino", "{}", "ocrnet-hrnet-w48-paddle.xml")
+from .records import ONNX_PATH, converted_input_shape, ir_path
 
 # name, backend, model path (relative to workdir), input, precision, gated
 BACKENDS = [
     ("original", "paddle", "paddle", "rgb-normalized", None, False),
     ("onnxruntime", "onnxruntime", ONNX_PATH, "bgr-255", None, True),
-    ("openvino-fp32-f32", "openvino", IR_PATH.format("FP32"), "bgr-255", "f32", True),
-    ("openvino-fp32-default", "openvino", IR_PATH.format("FP32"), "bgr-255", None, False),
-    ("openvino-fp16-default", "openvino", IR_PATH.format("FP16"), "bgr-255", None, False),
+    ("openvino-fp32-f32", "openvino", ir_path("FP32"), "bgr-255", "f32", True),
+    ("openvino-fp32-default", "openvino", ir_path("FP32"), "bgr-255", None, False),
+    ("openvino-fp16-default", "openvino", ir_path("FP16"), "bgr-255", None, False),
 ]
 
 

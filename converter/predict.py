@@ -14,7 +14,7 @@ from .cityscapes import CLASSES, colorize
 from .errors import ConverterError, StageError
 from .fsutil import write_bytes_atomic
 from .images import bgr_nchw, normalized_rgb_nchw, resize_rgb
-from .records import converted_input_shape
+from .records import ONNX_PATH, converted_input_shape, ir_path
 
 BACKENDS = ("paddle", "onnx", "openvino")
 
@@ -33,13 +33,11 @@ class Segmenter:
             self.runner = make_runner("paddle", os.path.join(workdir, "paddle"), threads=threads)
             self.prepare = normalized_rgb_nchw
         elif backend == "onnx":
-            self.runner = make_runner("onnxruntime", os.path.join(workdir, "onnx", "ocrnet-hrnet-w48-paddle.onnx"),
-                                      threads=threads)
+            self.runner = make_runner("onnxruntime", os.path.join(workdir, ONNX_PATH), threads=threads)
             self.prepare = bgr_nchw
         else:
-            self.runner = make_runner("openvino", os.path.join(workdir, "openvino", "FP32",
-                                                               "ocrnet-hrnet-w48-paddle.xml"),
-                                      threads=threads, precision="f32")
+            self.runner = make_runner("openvino", os.path.join(workdir, ir_path("FP32")), threads=threads,
+                                      precision="f32")
             self.prepare = bgr_nchw
 
     def segment(self, rgb):

@@ -1,10 +1,21 @@
-"""Reading the stage records (export.json, onnx.json, openvino.json)."""
+"""The artifact layout, and reading the stage records (export.json,
+onnx.json, openvino.json)."""
 import json
 import os
 
 from .errors import StageError
 
 CARD_SHAPE = (1, 3, 1024, 2048)
+
+# Converted model files, relative to the workdir.
+MODEL_STEM = "ocrnet-hrnet-w48-paddle"
+ONNX_NAME = MODEL_STEM + ".onnx"
+ONNX_PATH = os.path.join("onnx", ONNX_NAME)
+
+
+def ir_path(precision):
+    """The IR's .xml for "FP32" or "FP16"."""
+    return os.path.join("openvino", precision, MODEL_STEM + ".xml")
 
 
 def converted_input_shape(workdir, required=False):
