@@ -90,3 +90,7 @@ def normalized_rgb_nchw(rgb, mean=(127.5,) * 3, scale=(127.5,) * 3):
 def bgr_nchw(rgb):
     """The converted models' input: raw 0..255 in BGR order, NCHW float32."""
     return np.ascontiguousarray(rgb[:, :, ::-1].astype(np.float32).transpose(2, 0, 1)[None])
+
+
+# The two input contracts by name (the parity and bench specs' "input").
+INPUT_LAYOUTS = {"rgb-normalized": normalized_rgb_nchw, "bgr-255": bgr_nchw}

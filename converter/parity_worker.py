@@ -37,17 +37,17 @@ def _load(spec):
 def main(spec_path):
     with open(spec_path) as fh:
         spec = json.load(fh)
-    from .images import bgr_nchw, normalized_rgb_nchw
+    from .images import INPUT_LAYOUTS
 
+    prepare = INPUT_LAYOUTS[spec["input"]]
     start = time.perf_counter()
     infer, info = _load(spec)
     load_s = time.perf_counter() - start
     if spec.get("bench_runs"):
-        return _bench(spec, infer, info, load_s)
+        return _bench(spec, prepare(np.load(spec["inputs"][0])), infer, info, load_s)
     times = []
     for i, path in enumerate(spec["inputs"]):
-        rgb = np.load(path)
-        x = normalized_rgb_nchw(rgb) if spec["input"] == "rgb-normalized" else bgr_nchw(rgb)
+        x = prepare(np.load(path))
         t = time.perf_counter()
         classes, logits = infer(x)
         times.append(time.perf_counter() - t)
@@ -59,12 +59,8 @@ def main(spec_path):
     return 0
 
 
-def _bench(spec, infer, info, load_s):
-    """First-run latency, then the median of bench_runs steady runs, on inputs[0]."""
-    from .images import bgr_nchw, normalized_rgb_nchw
-
-    rgb = np.load(spec["inputs"][0])
-    x = normalized_rgb_nchw(rgb) if spec["input"] == "rgb-normalized" else bgr_nchw(rgb)
+def _bench(spec, x, infer, info, load_s):
+    """First-run latency, then the median of bench_runs steady runs, on x."""
     t = time.perf_counter()
     infer(x)
     first = time.perf_counter() - t
