@@ -3,7 +3,6 @@
 Writes model.pdmodel, model.pdiparams (+ .pdiparams.info, as paddle.jit.save
 does), deploy.yaml, and export.json (what was exported, from which weights).
 """
-import json
 import os
 import time
 
@@ -139,16 +138,18 @@ def run_export(config, output_dir, choice, without_argmax=False, logits_output=N
     itself); loading the weights once serves both. Skipped when every output
     is up to date.
     """
-    from .incremental import up_to_date
+    from .incremental import current_record
 
     start = time.perf_counter()
     targets = [(output_dir, without_argmax)] + ([(logits_output, True)] if logits_output else [])
     keys = {d: export_key(choice, wa) for d, wa in targets}
-    if not force and all(up_to_date(os.path.join(d, "export.json"), keys[d], {"": d}) for d, _ in targets):
+
+    def current(folder):
+        return current_record(os.path.join(folder, "export.json"), keys[folder], {"": folder})
+    record = None if force else current(output_dir)
+    if record and all(current(d) for d, _ in targets[1:]):
         info("export: up to date (same weights, code and parameters); skipped. Use --force to redo.")
-        with open(os.path.join(output_dir, "export.json")) as fh:
-            record = dict(json.load(fh), skipped=True)
-        return [os.path.join(output_dir, f) for f in record["files"]], record
+        return [os.path.join(output_dir, f) for f in record["files"]], dict(record, skipped=True)
     model = build_weighted_model(choice)
     if logits_output:
         run_export_model(config, model, logits_output, choice, True, start, keys[logits_output])

@@ -4,7 +4,8 @@ A stage's key is the sha256 of its parameters, the sha256 of each input file,
 and the versions of the tools involved. The stage record (export.json,
 onnx.json, openvino.json) stores the key and the sha256 of every output; the
 stage is up to date when the stored key equals the new one and every output
-still has its recorded hash. `--force` ignores this.
+still has its recorded hash, and its record is then reused as it is.
+`--force` ignores this.
 """
 import hashlib
 import json
@@ -29,28 +30,32 @@ def source_digest(paths):
     return h.hexdigest()
 
 
-def up_to_date(record_path, key, folders):
-    """folders: {subfolder name in record['files'] or '': folder on disk}."""
+def current_record(record_path, key, folders):
+    """The stage record at record_path if the stage is up to date, else None.
+
+    folders: {"": folder} when record["files"] is {name: {size, sha256}};
+    {group: folder} when it is {group: {name: {size, sha256}}} (openvino's
+    FP32 and FP16)."""
     if not os.path.isfile(record_path):
-        return False
+        return None
     try:
         with open(record_path) as fh:
             record = json.load(fh)
     except (OSError, ValueError):
-        return False
+        return None
     if record.get("key") != key:
-        return False
+        return None
     files = record.get("files") or {}
-    groups = files if all(isinstance(v, dict) and "sha256" not in v for v in files.values()) else {"": files}
+    groups = {"": files} if "" in folders else files
     for group, entries in groups.items():
         folder = folders.get(group)
         if folder is None:
-            return False
+            return None
         for name, meta in entries.items():
             path = os.path.join(folder, name)
             if not os.path.isfile(path) or os.path.getsize(path) != meta["size"] or file_digest(path) != meta["sha256"]:
-                return False
-    return True
+                return None
+    return record
 
 
 def tool_versions(*names):

@@ -102,7 +102,7 @@ def convert_to_onnx(paddle_dir, shape, opset, mean=127.5, scale=127.5, reverse=T
 
 
 def run_onnx(config, workdir, shape, force=False):
-    from .incremental import stage_key, tool_versions, up_to_date
+    from .incremental import current_record, stage_key, tool_versions
 
     start = time.perf_counter()
     paddle_dir, export_record = check_paddle_export(workdir)
@@ -111,10 +111,10 @@ def run_onnx(config, workdir, shape, force=False):
     key = stage_key({"stage": "onnx", "shape": list(shape), "opset": config.onnx_opset,
                      "tools": tool_versions("paddlepaddle", "paddle2onnx", "onnx")},
                     [os.path.join(paddle_dir, n) for n in ("model.pdmodel", "model.pdiparams")])
-    if not force and up_to_date(record_path, key, {"": out_dir}):
+    record = None if force else current_record(record_path, key, {"": out_dir})
+    if record:
         info("onnx: up to date (same inputs and parameters); skipped. Use --force to redo.")
-        with open(record_path) as fh:
-            return [os.path.join(out_dir, ONNX_NAME)], dict(json.load(fh), skipped=True)
+        return [os.path.join(out_dir, ONNX_NAME)], dict(record, skipped=True)
     import onnx
 
     info(f"onnx: converting {paddle_dir} with paddle2onnx (opset {config.onnx_opset}), input {list(shape)}...")

@@ -50,9 +50,7 @@ def build_ir(source_path, shape, from_onnx=False, mean=127.5, scale=127.5, rever
 
 
 def run_openvino(config, workdir, shape, source="paddle", force=False):
-    import json
-
-    from .incremental import stage_key, tool_versions, up_to_date
+    from .incremental import current_record, stage_key, tool_versions
 
     start = time.perf_counter()
     if source == "onnx":
@@ -69,10 +67,9 @@ def run_openvino(config, workdir, shape, source="paddle", force=False):
     key = stage_key({"stage": "openvino", "shape": list(shape), "source": source,
                      "tools": tool_versions("openvino")}, inputs)
     folders = {p: os.path.join(out_root, p) for p in ("FP32", "FP16")}
-    if not force and up_to_date(record_path, key, folders):
+    record = None if force else current_record(record_path, key, folders)
+    if record:
         info("openvino: up to date (same inputs and parameters); skipped. Use --force to redo.")
-        with open(record_path) as fh:
-            record = json.load(fh)
         return [os.path.join(folders[p], n) for p in ("FP32", "FP16") for n in record["files"][p]], \
             dict(record, skipped=True)
     import openvino as ov
