@@ -187,14 +187,19 @@ def _cmd_parity(args, config):
     return 0
 
 
+def _report_stage(stage, paths, record, detail=""):
+    """A conversion stage's output paths on stdout; its outcome on stderr."""
+    for path in paths:
+        print(path)
+    outcome = "skipped, up to date" if record.get("skipped") else f"done in {record['seconds']} s"
+    print(f"{stage}: {outcome}{detail}", file=sys.stderr)
+
+
 def _cmd_onnx(args, config):
     from .onnx_stage import run_onnx
 
     paths, record = run_onnx(config, args.workdir, args.input_shape, args.force)
-    for path in paths:
-        print(path)
-    print("onnx: skipped, up to date" if record.get("skipped") else f"onnx: done in {record['seconds']} s",
-          file=sys.stderr)
+    _report_stage("onnx", paths, record)
     return 0
 
 
@@ -202,10 +207,7 @@ def _cmd_openvino(args, config):
     from .openvino_stage import run_openvino
 
     paths, record = run_openvino(config, args.workdir, args.input_shape, args.source, args.force)
-    for path in paths:
-        print(path)
-    print("openvino: skipped, up to date" if record.get("skipped") else
-          f"openvino: done in {record['seconds']} s", file=sys.stderr)
+    _report_stage("openvino", paths, record)
     return 0
 
 
@@ -232,12 +234,9 @@ def _cmd_export(args, config):
                              args.allow_unverified)
     paths, record = run_export(config, args.output, choice, args.without_argmax, args.logits_output,
                                args.force)
-    for path in paths:
-        print(path)
     kind = record["weights"]["kind"]
-    print(("export: skipped, up to date" if record.get("skipped") else f"export: done in {record['seconds']} s")
-          + f", weights: {kind}"
-          + (f" (seed {record['weights']['seed']})" if kind == "synthetic" else ""), file=sys.stderr)
+    _report_stage("export", paths, record,
+                  f", weights: {kind}" + (f" (seed {record['weights']['seed']})" if kind == "synthetic" else ""))
     return 0
 
 
