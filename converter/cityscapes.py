@@ -38,3 +38,12 @@ def confusion_matrix(truth, pred, num=len(CLASSES)):
     valid = truth != IGNORE
     idx = truth[valid].astype(np.int64) * num + pred[valid].astype(np.int64)
     return np.bincount(idx, minlength=num * num).reshape(num, num)
+
+
+def iou_per_class(conf):
+    """IoU of each class, TP / (TP + FP + FN), from a confusion matrix; NaN
+    for a class that occurs in neither truth nor prediction."""
+    tp = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .cityscapes import CLASSES, confusion_matrix, label_ids_to_train_ids
+from .cityscapes import CLASSES, confusion_matrix, iou_per_class, label_ids_to_train_ids
 from .errors import ConverterError
 from .fsutil import write_bytes_atomic, write_json_atomic
 from .images import load_rgb
@@ -59,13 +59,11 @@ def load_gt(path):
 
 
 def metrics(conf):
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    per_class = {CLASSES[c]: (float(tp[c] / union[c]) if union[c] > 0 else None) for c in range(NUM)}
+    per_class = {name: (None if np.isnan(v) else float(v)) for name, v in zip(CLASSES, iou_per_class(conf))}
     present = [v for v in per_class.values() if v is not None]
     return {"miou": float(np.mean(present)) if present else None,
             "per_class_iou": per_class,
-            "pixel_accuracy": float(tp.sum() / conf.sum()) if conf.sum() else None,
+            "pixel_accuracy": float(np.trace(conf) / conf.sum()) if conf.sum() else None,
             "pixels": int(conf.sum())}
 
 

@@ -17,7 +17,7 @@ from collections import Counter
 
 import numpy as np
 
-from .cityscapes import confusion_matrix
+from .cityscapes import confusion_matrix, iou_per_class
 from .errors import ParityFailure, StageError
 from .images import expand_image_args, load_rgb, resize_rgb, sample_images
 from .log import info
@@ -72,10 +72,8 @@ def run_backend(spec):
 
 
 def class_iou(ref, got, num_classes):
-    conf = confusion_matrix(ref, got, num_classes)
-    inter = np.diag(conf)
-    union = conf.sum(0) + conf.sum(1) - inter
-    return {c: float(inter[c] / union[c]) for c in range(num_classes) if union[c] > 0}
+    ious = iou_per_class(confusion_matrix(ref, got, num_classes))
+    return {c: float(v) for c, v in enumerate(ious) if not np.isnan(v)}
 
 
 def top2_margin(logits):
