@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from .cityscapes import CLASSES, colorize
-from .errors import ConverterError, StageError
+from .errors import ConverterError
 from .fsutil import write_bytes_atomic
 from .images import bgr_nchw, normalized_rgb_nchw, resize_rgb
 from .records import ONNX_PATH, converted_input_shape, ir_path
@@ -84,10 +84,7 @@ def run_predict(config, workdir, images, backend, output_dir, threads=2, log=pri
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     if len(set(stems)) != len(stems):
         raise ConverterError("two input images share a file name stem; their outputs would collide")
-    try:
-        segmenter = Segmenter(workdir, backend, threads)
-    except StageError:
-        raise
+    segmenter = Segmenter(workdir, backend, threads)
     os.makedirs(output_dir, exist_ok=True)
     written, shares = [], {}
     for (path, rgb), stem in zip(decoded, stems):
