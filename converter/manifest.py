@@ -22,7 +22,8 @@ def _load(path):
     return None
 
 
-def build_manifest(config, workdir):
+def build_manifest(config, workdir, parity):
+    """parity: the parity report (report.json), or None when parity was not run."""
     files = []
     for folder, _, names in sorted(os.walk(workdir)):
         for name in sorted(names):
@@ -35,7 +36,6 @@ def build_manifest(config, workdir):
     export = _load(os.path.join(workdir, "paddle", "export.json")) or {}  # also its stage parameters
     onnx_rec = _load(os.path.join(workdir, "onnx", "onnx.json")) or {}
     ov_rec = _load(os.path.join(workdir, "openvino", "openvino.json")) or {}
-    parity = _load(os.path.join(workdir, "parity", "report.json"))
     versions = system_info()["versions"]
     return {
         "schema": "ocrnet-convert/manifest/1",
@@ -72,10 +72,9 @@ def _parity_lines(parity):
     return lines
 
 
-def model_card(config, workdir, manifest):
+def model_card(config, manifest, parity):
     weights = manifest["weights"] or {}
     synthetic = weights.get("kind") == "synthetic"
-    parity = _load(os.path.join(workdir, "parity", "report.json"))
     shape = (manifest["stages"].get("openvino") or {}).get("input_shape") or [1, 3, 1024, 2048]
     lines = [f"# {config.name}", ""]
     if synthetic:
@@ -112,9 +111,10 @@ def model_card(config, workdir, manifest):
 
 
 def run_manifest(config, workdir):
-    manifest = build_manifest(config, workdir)
+    parity = _load(os.path.join(workdir, "parity", "report.json"))
+    manifest = build_manifest(config, workdir, parity)
     card = os.path.join(workdir, "README.md")
-    write_bytes_atomic(card, model_card(config, workdir, manifest).encode())
+    write_bytes_atomic(card, model_card(config, manifest, parity).encode())
     path = os.path.join(workdir, "MANIFEST.json")
     write_json_atomic(path, manifest)
     return [path, card], manifest
