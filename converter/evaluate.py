@@ -88,7 +88,7 @@ def markdown(result, reference):
 def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs=2, threads=2):
     from .predict import Segmenter
 
-    pairs = find_pairs(root, split)[:limit] if limit else find_pairs(root, split)
+    pairs = find_pairs(root, split)[:limit]  # limit None: all
     segmenter = Segmenter(workdir, backend, threads)
     conf = np.zeros((NUM, NUM), np.int64)
     start = time.perf_counter()

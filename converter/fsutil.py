@@ -56,11 +56,11 @@ def staging_dir(final_dir):
     os.makedirs(parent, exist_ok=True)
     # A run killed with SIGKILL leaves its staging folder behind (never a
     # final file); the next run of the same stage removes it.
-    prefix = f".{os.path.basename(final_dir)}."
+    prefix, suffix = f".{os.path.basename(final_dir)}.", ".staging"
     for name in os.listdir(parent):
-        if name.startswith(prefix) and name.endswith(".staging"):
+        if name.startswith(prefix) and name.endswith(suffix):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.", suffix=".staging", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent)
     try:
         yield tmp
         os.makedirs(final_dir, exist_ok=True)
