@@ -47,6 +47,19 @@ def write_json_atomic(path, obj):
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def write_png_atomic(path, image, optimize=False):
+    """image: a PIL Image, or an array Pillow can take."""
+    import io
+
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=optimize)
+    write_bytes_atomic(path, buf.getvalue())
+
+
 @contextlib.contextmanager
 def staging_dir(final_dir):
     """Yield a temporary folder beside final_dir; on success, move each file in

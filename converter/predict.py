@@ -5,14 +5,13 @@ composited on black, 16-bit refused: see images.load_rgb), resized with
 bilinear interpolation to the model's input size, segmented, and the class map
 is brought back to the image's own size with nearest-neighbour.
 """
-import io
 import os
 
 import numpy as np
 
 from .cityscapes import CLASSES, colorize
 from .errors import ConverterError
-from .fsutil import write_bytes_atomic
+from .fsutil import write_png_atomic
 from .images import bgr_nchw, normalized_rgb_nchw, resize_rgb
 from .records import ONNX_PATH, converted_input_shape, ir_path
 
@@ -51,14 +50,6 @@ class Segmenter:
         return classes
 
 
-def _png(array):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def write_outputs(rgb, classes, output_dir, stem):
     colour = colorize(classes)
     # 50/50 blend of image and colour mask, as the Open Model Zoo demo shows it.
@@ -66,7 +57,7 @@ def write_outputs(rgb, classes, output_dir, stem):
     paths = []
     for suffix, array in (("classes", classes), ("color", colour), ("overlay", overlay)):
         path = os.path.join(output_dir, f"{stem}_{suffix}.png")
-        write_bytes_atomic(path, _png(array))
+        write_png_atomic(path, array)
         paths.append(path)
     return paths
 

@@ -5,7 +5,7 @@ import platform
 import numpy as np
 
 from .cityscapes import CLASSES, PALETTE, colorize
-from .fsutil import write_bytes_atomic, write_json_atomic
+from .fsutil import write_bytes_atomic, write_json_atomic, write_png_atomic
 from .incremental import tool_versions
 from .records import export_weights
 
@@ -118,11 +118,8 @@ def write_report(config, workdir, record, maps):
     record["weights"] = export_weights(workdir)
     paths = []
     for name, image_maps in maps:
-        import io
-        buf = io.BytesIO()
-        image_png(name, image_maps).save(buf, format="PNG", optimize=True)
         path = os.path.join(out, os.path.splitext(name)[0] + ".png")
-        write_bytes_atomic(path, buf.getvalue())
+        write_png_atomic(path, image_png(name, image_maps), optimize=True)
         paths.append(path)
     md = os.path.join(out, "report.md")
     write_bytes_atomic(md, markdown(record).encode())
