@@ -34,11 +34,12 @@ BACKENDS = [
 
 
 def _check_artifacts(workdir):
-    for name, _, rel, *_ in BACKENDS:
-        path = os.path.join(workdir, rel)
-        probe = os.path.join(path, "model.pdmodel") if rel == "paddle" else path
+    for _, _, rel, *_ in BACKENDS:
+        if rel == "paddle":
+            probe, stage = os.path.join(workdir, rel, "model.pdmodel"), "export"
+        else:
+            probe, stage = os.path.join(workdir, rel), rel.split(os.sep)[0]
         if not os.path.exists(probe):
-            stage = "export" if rel == "paddle" else rel.split(os.sep)[0]
             raise StageError(f"missing {probe} (run make convert, or the {stage} stage)")
 
 
