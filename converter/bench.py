@@ -22,7 +22,7 @@ from .errors import ConverterError
 from .fsutil import write_bytes_atomic, write_json_atomic
 from .images import load_rgb, resize_rgb, sample_images
 from .log import info
-from .parity import BACKENDS as PARITY_BACKENDS, run_backend
+from .parity import BACKENDS as PARITY_BACKENDS, check_artifacts, run_backend
 from .records import converted_input_shape
 
 # The parity backends (name, backend, model, input, precision), with the
@@ -71,6 +71,8 @@ def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None):
     unknown = sorted(set(backends or ()) - set(known))
     if unknown:
         raise ConverterError(f"unknown bench backend(s) {', '.join(unknown)} (choose from {', '.join(known)})")
+    chosen = [b for b in BACKENDS if not backends or b[0] in backends]
+    check_artifacts(workdir, chosen)
     static = converted_input_shape(workdir, required=True)
     shape = tuple(shape or static)
     if shape != static:
@@ -83,9 +85,7 @@ def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None):
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         image = os.path.join(tmp, "input.npy")
         np.save(image, resize_rgb(load_rgb(sample_images()[0]), shape[3], shape[2]))
-        for name, backend, rel, layout, precision in BACKENDS:
-            if backends and name not in backends:
-                continue
+        for name, backend, rel, layout, precision in chosen:
             out = os.path.join(tmp, name)
             os.makedirs(out)
             info(f"bench: {name}...")

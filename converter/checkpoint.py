@@ -1,72 +1,83 @@
 """Read a release-2.3 `model.pdparams` without running code from it.
 
 A .pdparams file is a pickle: a dict of parameter name -> numpy array, written
-by paddle.save. Plain `pickle.load` (and so `paddle.load`) would execute any
-callable the file names, so we use an Unpickler whose find_class admits only
-what such a checkpoint needs to rebuild numpy arrays and plain containers.
+by paddle.save. `pickle.load` (and so `paddle.load`) would execute whatever
+the file names; safe_pickle interprets the opcodes itself and can only ever
+produce plain containers and numeric arrays. This module then holds the
+checkpoint to the model: every expected parameter present, float32, of the
+right shape and finite.
 """
-import pickle
+import hashlib
+import os
 
 import numpy as np
 
 from .errors import CheckpointError, UnsafeCheckpointError
+from .safe_pickle import loads
 
-# (module, name) pairs a numpy-array state dict can reference. numpy 2 writes
-# `numpy._core`; numpy 1 writes `numpy.core`. `_codecs.encode` turns text into
-# bytes (protocol-2 pickles of arrays use it) and nothing else.
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),
-}
 # paddle.save adds bookkeeping entries whose keys end with '@@'.
 _META_SUFFIX = "@@"
+# The published checkpoint is 425 MB; nothing for this model needs more, and
+# the whole file is held in memory while it is parsed.
+MAX_BYTES = 2 << 30
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        raise UnsafeCheckpointError(
-            f"refusing to load checkpoint: it references {module}.{name}, "
-            "which a parameter file never needs (possibly malicious)")
-
-
-def read_state_dict(path):
-    """Return {name: float32 ndarray} from a .pdparams file, safely."""
+def read_bytes(path, max_bytes=MAX_BYTES):
+    """The file's bytes (read once: what is hashed is what is parsed)."""
     try:
         with open(path, "rb") as fh:
-            obj = _RestrictedUnpickler(fh).load()
-    except UnsafeCheckpointError:
-        raise
+            size = os.fstat(fh.fileno()).st_size
+            if not os.path.isfile(path):
+                raise CheckpointError(f"{path}: not a regular file")
+            if size > max_bytes:
+                raise CheckpointError(f"{path}: {size} bytes is larger than any checkpoint of this model "
+                                      f"(limit {max_bytes})")
+            data = fh.read(max_bytes + 1)
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
-    except Exception as exc:  # corrupt or truncated pickle
-        raise CheckpointError(f"{path} is not a readable .pdparams file ({type(exc).__name__})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict of parameters, got {type(obj).__name__}")
+    if len(data) > max_bytes:
+        raise CheckpointError(f"{path}: grew beyond {max_bytes} bytes while being read")
+    return data
+
+
+def read_state_dict(path, max_bytes=MAX_BYTES):
+    """Return ({name: ndarray}, sha384 of the bytes parsed) from a .pdparams file."""
+    data = read_bytes(path, max_bytes)
+    digest = hashlib.sha384(data).hexdigest()
+    try:
+        obj = loads(data)
+    except UnsafeCheckpointError as exc:
+        raise UnsafeCheckpointError(f"{exc} [{path}]") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError, MemoryError) as exc:
+        # safe_pickle checks what it reads; this is the net under those checks.
+        raise CheckpointError(f"{path}: not a readable .pdparams file ({type(exc).__name__})") from None
     state = {}
     for key, value in obj.items():
-        if not isinstance(key, str) or key.endswith(_META_SUFFIX):
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: a parameter name is a {type(key).__name__}, not a string")
+        if key.endswith(_META_SUFFIX):
             continue
         if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], np.ndarray):
             value = value[1]  # (tensor name, array), as paddle.save writes bare tensors
-        if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
+        if not isinstance(value, np.ndarray):
             raise CheckpointError(f"{path}: entry '{key}' is not a numeric array")
         state[key] = value
-    return state
+    return state, digest
+
+
+def _listing(items, sep=", "):
+    return sep.join(items[:3]) + (sep.rstrip() + " ..." if len(items) > 3 else "")
 
 
 def match_state_dict(expected_shapes, state):
     """Check a loaded state dict against the model's {name: shape}.
 
-    Returns (ordered arrays, extra keys). Missing keys and shape mismatches are
-    an error naming the first few and giving the count.
+    Returns (ordered float32 arrays, extra keys). Missing keys, shape
+    mismatches, any dtype but float32 (a cast would silently change the
+    weights) and NaN or Inf values are errors naming the first few and
+    giving the count.
     """
     missing = [k for k in expected_shapes if k not in state]
     mismatched = [f"{k} {list(state[k].shape)} != {list(shape)}"
@@ -74,24 +85,44 @@ def match_state_dict(expected_shapes, state):
                   if k in state and tuple(state[k].shape) != tuple(shape)]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:3])}"
-                        + (", ..." if len(missing) > 3 else ""))
+        problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
     if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): {'; '.join(mismatched[:3])}"
-                        + ("; ..." if len(mismatched) > 3 else ""))
+        problems.append(f"{len(mismatched)} shape mismatch(es): {_listing(mismatched, '; ')}")
     if problems:
         raise CheckpointError("checkpoint does not fit OCRNet-HRNet_W48: " + "; ".join(problems))
-    extra = sorted(k for k in state if k not in expected_shapes)
+    wrong = [f"{k} is {state[k].dtype.name}" for k in expected_shapes if state[k].dtype.newbyteorder("=") != np.float32]
+    if wrong:
+        raise CheckpointError(f"{len(wrong)} parameter(s) not float32 (refusing a silent cast): {_listing(wrong)}")
     arrays = {k: np.ascontiguousarray(state[k], dtype=np.float32) for k in expected_shapes}
+    bad = [k for k, v in arrays.items() if not np.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{len(bad)} parameter(s) hold NaN or Inf: {_listing(bad)}")
+    extra = sorted(k for k in state if k not in expected_shapes)
     return arrays, extra
 
 
-def load_into(model, path, log=print):
-    """Load a checkpoint into the model strictly; report and ignore extra keys."""
+def read_checkpoint(path, expected_sha384=None):
+    """read_state_dict, refusing bytes other than the ones that were verified
+    (expected_sha384): a file swapped after its check is never loaded."""
+    from .errors import ChecksumError
+
+    state, digest = read_state_dict(path)
+    if expected_sha384 and digest != expected_sha384:
+        raise ChecksumError(f"{path} changed after it was verified: sha384 {digest} != {expected_sha384}")
+    return state
+
+
+def load_state(model, state, log=print):
+    """Load a state dict into the model strictly; report and return extra keys."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    arrays, extra = match_state_dict(expected, read_state_dict(path))
+    arrays, extra = match_state_dict(expected, state)
     if extra:
         log(f"checkpoint: ignoring {len(extra)} extra key(s): {', '.join(extra[:5])}"
             + (", ..." if len(extra) > 5 else ""))
     model.set_state_dict(arrays)
     return extra
+
+
+def load_into(model, path, log=print):
+    """read_state_dict + load_state; returns the extra keys."""
+    return load_state(model, read_state_dict(path)[0], log)

@@ -4,12 +4,14 @@ Heavy libraries (paddle, onnx, openvino) are imported inside the commands, so
 `--help` and `fetch` start fast.
 """
 import argparse
+import errno
 import json
 import os
+import signal
 import sys
 
 from . import __version__
-from .errors import ConverterError, ParityFailure
+from .errors import ConverterError, DiskFullError, ParityFailure
 
 DEFAULT_WORKDIR = "artifacts"
 
@@ -24,6 +26,35 @@ def _shape(text):
     if dims[2] % 32 or dims[3] % 32:
         raise argparse.ArgumentTypeError(f"H and W must be multiples of 32, got '{text}'")
     return tuple(dims)
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got '{text}'")
+        return value
+    return parse
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got '{text}'")
+    return value
+
+
+def _output_folder(path):
+    """--output must be a folder or not exist yet (never an existing file)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ConverterError(f"--output {path} exists and is not a folder")
+    return path
 
 
 def _add_common(p, workdir=True):
@@ -62,15 +93,14 @@ def build_parser():
     out.add_argument("--json", action="store_true", help="progress events as JSON lines on stdout")
     p.add_argument("--only", choices=["checkpoint", "training-config"], action="append",
                    help="fetch only files with this role (repeatable)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds (default: %(default)s)")
-    p.add_argument("--read-timeout", type=float, default=30.0, help="seconds (default: %(default)s)")
-    p.add_argument("--retries", type=int, default=4, help="retries per file (default: %(default)s)")
+    p.add_argument("--connect-timeout", type=_positive(float), default=10.0, help="seconds (default: %(default)s)")
+    p.add_argument("--read-timeout", type=_positive(float), default=30.0, help="seconds (default: %(default)s)")
+    p.add_argument("--retries", type=_non_negative_int, default=4, help="retries per file (default: %(default)s)")
 
     p = sub.add_parser("export", help="write the Paddle inference model (release-2.3 format)")
-    _add_common(p, workdir=False)
+    _add_common(p)
     _add_weights(p)
-    p.add_argument("--output", default=os.path.join(DEFAULT_WORKDIR, "paddle"),
-                   help="output folder (default: %(default)s)")
+    p.add_argument("--output", help="output folder (default: WORKDIR/paddle)")
     p.add_argument("--without-argmax", action="store_true",
                    help="output the logits [N,19,H,W] instead of class indices")
     p.add_argument("--logits-output", metavar="DIR",
@@ -125,6 +155,11 @@ def build_parser():
     return parser
 
 
+def _check_threads(args):
+    if getattr(args, "threads", 1) < 1:
+        raise ConverterError("--threads must be at least 1")
+
+
 def _cmd_bench(args, config):
     from .bench import markdown, run_bench
 
@@ -164,6 +199,8 @@ def _cmd_evaluate(args, config):
 
     if args.limit is not None and args.limit <= 0:
         raise ConverterError("--limit must be positive")
+    if args.jobs < 1:
+        raise ConverterError("--jobs must be at least 1")
     paths, result = run_evaluate(config, args.workdir, args.cityscapes, args.split, args.backend,
                                  args.output, args.limit, args.jobs, args.threads)
     print(f"mIoU {result['miou']:.4f} (reference {config.reference['miou']:.4f}), pixel accuracy "
@@ -212,9 +249,12 @@ def _cmd_openvino(args, config):
 
 
 def _cmd_fetch(args, config):
+    from . import fetch
     from .fetch import default_cache_dir, run_fetch
 
     mode = "json" if args.json else "quiet" if args.quiet or not sys.stderr.isatty() else "bar"
+    if args.mirror:
+        fetch.check_url(args.mirror)
     paths, record = run_fetch(config, args.output, args.cache_dir or default_cache_dir(),
                               args.mirror, args.from_dir, mode, roles=args.only,
                               timeouts=(args.connect_timeout, args.read_timeout), retries=args.retries)
@@ -232,8 +272,8 @@ def _cmd_export(args, config):
 
     choice = resolve_weights(config, args.weights, args.seed, args.cache_dir, args.mirror,
                              args.allow_unverified)
-    paths, record = run_export(config, args.output, choice, args.without_argmax, args.logits_output,
-                               args.force)
+    paths, record = run_export(config, _output_folder(os.path.join(args.workdir, "paddle")) if not args.output else args.output,
+                               choice, args.without_argmax, args.logits_output, args.force)
     kind = record["weights"]["kind"]
     _report_stage("export", paths, record,
                   f", weights: {kind}" + (f" (seed {record['weights']['seed']})" if kind == "synthetic" else ""))
@@ -243,6 +283,24 @@ def _cmd_export(args, config):
 COMMANDS = {"fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx, "openvino": _cmd_openvino,
             "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
             "manifest": _cmd_manifest, "bench": _cmd_bench}
+# The folder each command locks, and how: writers exclusively, readers shared.
+READERS = ("predict", "evaluate")
+
+
+def _lock_folder(args):
+    if args.command == "fetch":
+        return args.output
+    if args.command == "export" and args.output:
+        return os.path.dirname(os.path.abspath(args.output))
+    return args.workdir
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: workers stopped, temporary files removed."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def main(argv=None):
@@ -250,14 +308,32 @@ def main(argv=None):
     # oversubscribes small machines; keep it explicit and overridable.
     os.environ.setdefault("OMP_NUM_THREADS", str(min(os.cpu_count() or 2, 8)))
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         from .config import load_config
+        from .fsutil import workdir_lock
+        from .log import info
 
         config = load_config(args.config)
-        return COMMANDS[args.command](args, config)
+        _check_threads(args)
+        if getattr(args, "output", None):
+            _output_folder(args.output)  # before the lock, which creates its folder
+        with workdir_lock(_lock_folder(args), shared=args.command in READERS, log=info):
+            return COMMANDS[args.command](args, config)
     except ConverterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A user-caused I/O failure outside the stages' own checks: a full
+        # disk, a read-only or unwritable folder, a path that is a file.
+        what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        print(f"error: {what}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return DiskFullError.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -4,6 +4,7 @@ Every problem is reported as a ConfigError naming the field, e.g.
 `files[0].sha384: expected 96 hex digits`.
 """
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ def _get(mapping, key, where, kind):
         raise ConfigError(f"{path}: expected an integer, got {value!r}")
     if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}")
     if kind in (str, list, dict) and not isinstance(value, kind):
         raise ConfigError(f"{path}: expected a {kind.__name__}, got {value!r}")
     return float(value) if kind is float else value
@@ -96,7 +99,7 @@ def _tensor(mapping, where):
 
 def _file(entry, where):
     name = _get(entry, "name", where, str)
-    if not _NAME.match(name):
+    if not _NAME.match(name) or name in (".", ".."):
         raise ConfigError(f"{where}.name: not a plain file name: {name!r}")
     size = _get(entry, "size", where, int)
     if size <= 0:

@@ -32,6 +32,11 @@ class StageError(ConverterError):
     exit_code = 8
 
 
+class DiskFullError(StageError):
+    """No space left while writing an artifact (nothing is left at a final path)."""
+    exit_code = 11
+
+
 class ParityFailure(ConverterError):
     """Converted models disagree with the original beyond the config's gate."""
     exit_code = 10

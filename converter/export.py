@@ -6,6 +6,7 @@ does), deploy.yaml, and export.json (what was exported, from which weights).
 import os
 import time
 
+from .errors import ConverterError
 from .fsutil import describe_files, staging_dir, write_json_atomic
 from .log import info
 
@@ -22,18 +23,24 @@ MODEL_FILES = ("model.pdmodel", "model.pdiparams", "model.pdiparams.info", "depl
 
 def build_weighted_model(choice):
     """Our model with the chosen weights loaded, in eval mode."""
-    from .checkpoint import load_into
+    from .checkpoint import load_state, read_checkpoint
+
+    state = None
+    if choice.kind == "pretrained":
+        # Read and check the file before paddle is even imported: a hostile
+        # checkpoint is refused in a fraction of a second and small memory.
+        info(f"export: reading checkpoint {choice.path}")
+        state = read_checkpoint(choice.path, choice.sha384)
     from .model import build_model
     from .synthetic import synthetic_state_dict
 
     model = build_model()
-    if choice.kind == "synthetic":
+    if state is None:
         info(f"export: making synthetic weights (seed {choice.provenance['seed']}; "
              "BatchNorm recalibration on the sample images)...")
         synthetic_state_dict(model, choice.provenance["seed"])
     else:
-        info(f"export: loading checkpoint {choice.path}")
-        extra = load_into(model, choice.path, log=info)
+        extra = load_state(model, state, log=info)
         choice.provenance["ignored_keys"] = len(extra)
     model.eval()
     return model
@@ -88,10 +95,10 @@ def normalize_params_info(path):
     restricted unpickler all the same."""
     import pickle
 
-    from .checkpoint import _RestrictedUnpickler
+    from .safe_pickle import loads
 
     with open(path, "rb") as fh:
-        info_dict = _RestrictedUnpickler(fh).load()
+        info_dict = loads(fh.read())
     with open(path, "wb") as fh:
         pickle.dump({k: info_dict[k] for k in sorted(info_dict)}, fh, protocol=2)
 
@@ -141,11 +148,14 @@ def run_export(config, output_dir, choice, without_argmax=False, logits_output=N
     from .incremental import current_record
 
     start = time.perf_counter()
+    for folder in (output_dir, logits_output):
+        if folder and os.path.lexists(folder) and not os.path.isdir(folder):
+            raise ConverterError(f"--output {folder} exists and is not a folder")
     targets = [(output_dir, without_argmax)] + ([(logits_output, True)] if logits_output else [])
     keys = {d: export_key(choice, wa) for d, wa in targets}
 
     def current(folder):
-        return current_record(os.path.join(folder, "export.json"), keys[folder], {"": folder})
+        return current_record(folder, "export", keys[folder])
     record = None if force else current(output_dir)
     if record and all(current(d) for d, _ in targets[1:]):
         info("export: up to date (same weights, code and parameters); skipped. Use --force to redo.")
@@ -157,7 +167,7 @@ def run_export(config, output_dir, choice, without_argmax=False, logits_output=N
 
 
 def run_export_model(config, model, output_dir, choice, without_argmax, start, key=None):
-    with staging_dir(output_dir) as tmp:
+    with staging_dir(output_dir, record="export.json") as tmp:
         info(f"export: tracing and saving the inference model{' (logits)' if without_argmax else ''} to {output_dir}...")
         save_inference_model(model, tmp, without_argmax)
         files = describe_files(tmp, [f for f in MODEL_FILES if os.path.exists(os.path.join(tmp, f))])

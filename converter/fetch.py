@@ -17,9 +17,11 @@ import shutil
 import socket
 import sys
 import time
+import stat
 import urllib.parse
 
 from .errors import ChecksumError, FetchError
+from .fsutil import file_digest
 
 CHUNK = 1 << 16
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -47,12 +49,39 @@ def cache_path(cache_dir, sha384):
     return os.path.join(cache_dir, "sha384", sha384[:2], sha384)
 
 
-def _hash_file(path):
-    h = hashlib.sha384()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def file_sha384(path):
+    return file_digest(path, "sha384")
+
+
+def _regular_size(path):
+    """Size of path, 0 when absent; refuse a symlink or a non-regular file,
+    which a hostile local user could plant to redirect our writes."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISREG(st.st_mode):
+        raise FetchError(f"refusing to write through {path}: it is a "
+                         f"{'symbolic link' if stat.S_ISLNK(st.st_mode) else 'special file'}")
+    return st.st_size
+
+
+def _open_for_write(path, append=False):
+    """A binary file object that never follows a symlink: appended to (a
+    regular .part being resumed) or newly created (O_EXCL)."""
+    flags = os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    if append:
+        flags |= os.O_APPEND
+    else:
+        if _regular_size(path) or os.path.lexists(path):
+            os.unlink(path)
+        flags |= os.O_CREAT | os.O_EXCL
+    try:
+        return os.fdopen(os.open(path, flags, 0o644), "ab" if append else "wb")
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EEXIST):
+            raise FetchError(f"refusing to write {path}: another file appeared there") from None
+        raise
 
 
 def verify(path, spec, delete_bad=True):
@@ -63,7 +92,7 @@ def verify(path, spec, delete_bad=True):
             os.unlink(path)
         raise ChecksumError(f"size mismatch for {spec.name}: expected {spec.size} bytes, got {size}"
                             + ("; the bad file was deleted" if delete_bad else ""))
-    got = _hash_file(path)
+    got = file_sha384(path)
     if got != spec.sha384:
         if delete_bad:
             os.unlink(path)
@@ -112,9 +141,8 @@ class _Retry(Exception):
 def _open(url, offset, timeouts, redirects=5):
     """Return (response, connection) for a GET of url from byte offset."""
     for _ in range(redirects + 1):
+        check_url(url)  # also each redirect target
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise FetchError(f"unsupported URL scheme in {url}")
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = cls(parts.hostname, parts.port, timeout=timeouts[0])
         try:
@@ -149,7 +177,7 @@ def _download(url, part, spec, progress, timeouts, retries, sleep=time.sleep):
     received = 0
     attempt = 0
     while True:
-        offset = os.path.getsize(part) if os.path.exists(part) else 0
+        offset = _regular_size(part)
         if offset > spec.size:
             os.unlink(part)
             offset = 0
@@ -169,10 +197,9 @@ def _download(url, part, spec, progress, timeouts, retries, sleep=time.sleep):
                     raise FetchError(f"HTTP {resp.status} {resp.reason} for {url}")
                 if offset and resp.status == 200:
                     offset = 0  # the server ignored Range: it sends the whole file
-                mode = "ab" if offset else "wb"
                 progress.start(spec.name, spec.size, offset)
                 done = offset
-                with open(part, mode) as fh:
+                with _open_for_write(part, append=bool(offset)) as fh:
                     while True:
                         try:
                             # read1: what has arrived, so a stall loses nothing already received
@@ -193,7 +220,7 @@ def _download(url, part, spec, progress, timeouts, retries, sleep=time.sleep):
                 progress.close()
                 if done < spec.size:
                     length = resp.getheader("Content-Length")
-                    if length is not None and offset + int(length) == done:
+                    if length is not None and length.strip().isdigit() and offset + int(length) == done:
                         return received  # the server's file is shorter: verify() will say so
                     raise _Retry(f"connection closed after {done} of {spec.size} bytes")
                 return received
@@ -225,20 +252,25 @@ def _check_space(folder, needed):
         raise FetchError(f"not enough disk space in {folder}: {needed} bytes needed, {free} free")
 
 
+def _copy_to(src, dst):
+    """Copy src into a new file dst (O_EXCL, no symlink followed)."""
+    with open(src, "rb") as fin, _open_for_write(dst) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
 def _place(src, dst, move):
-    """Put a verified file at dst atomically (hard link or copy to a temp name, then rename)."""
+    """Put a verified file at dst atomically (rename, or a copy under a temp
+    name then a rename). Never a hard link: the cache and the user's copy must
+    not be one file, or editing one would edit the other."""
     tmp = f"{dst}.tmp-{os.getpid()}"
     try:
         if move:
             os.replace(src, dst)
             return
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
+        _copy_to(src, tmp)
         os.replace(tmp, dst)
     except OSError as exc:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         if exc.errno == errno.ENOSPC:
             raise FetchError(f"disk full while writing {dst}") from None
@@ -287,9 +319,9 @@ def fetch_file(spec, output_dir, cache_dir=None, mirror=None, from_dir=None, pro
             raise FetchError(f"{spec.name} not found in --from folder {from_dir}")
         _check_space(output_dir, spec.size)
         try:
-            shutil.copyfile(local, part)
+            _copy_to(local, part)
         except OSError as exc:
-            if os.path.exists(part):
+            if os.path.lexists(part) and not os.path.islink(part):
                 os.unlink(part)
             if exc.errno == errno.ENOSPC:
                 raise FetchError(f"disk full while copying {spec.name} to {output_dir}") from None
@@ -299,7 +331,8 @@ def fetch_file(spec, output_dir, cache_dir=None, mirror=None, from_dir=None, pro
         _place(part, final, move=True)
         return final, dict(record, source="local", origin=local)
     url = (mirror.rstrip("/") + "/" + spec.name) if mirror else spec.source
-    have = os.path.getsize(part) if os.path.exists(part) else 0
+    check_url(url)
+    have = _regular_size(part)
     _check_space(output_dir, max(spec.size - have, 0))
     received = _download(url, part, spec, progress, timeouts, retries, sleep)
     verify(part, spec)
@@ -324,10 +357,31 @@ def run_fetch(config, output_dir, cache_dir=None, mirror=None, from_dir=None, pr
 
 
 def cached_checkpoint(config, cache_dir):
-    """Path of the verified checkpoint in the cache, or None."""
+    """Path of the checkpoint in the cache after verifying its size and
+    sha384, or None when there is none. A bad entry is deleted and reported
+    (ChecksumError): a cache is trusted only as far as its hashes."""
     spec = config.checkpoint
     path = cache_path(cache_dir, spec.sha384)
-    if os.path.isfile(path) and os.path.getsize(path) == spec.size:
-        return path
-    return None
+    if not os.path.lexists(path):
+        return None
+    if not os.path.isfile(path) or os.path.islink(path):
+        os.unlink(path)
+        raise ChecksumError(f"cache entry {path} was not a regular file; deleted it")
+    try:
+        verify(path, spec)
+    except ChecksumError as exc:
+        raise ChecksumError(f"cached checkpoint {path} is corrupt ({exc})") from None
+    return path
+
+
+def check_url(url):
+    """A one-line FetchError for a URL that urllib cannot use (bad port,
+    unclosed IPv6 bracket, no host, another scheme)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise FetchError(f"malformed URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError(f"malformed URL {url!r}: expected http(s)://host[:port]/...")
 

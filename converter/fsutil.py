@@ -5,6 +5,7 @@ renamed into place, so a killed process never leaves a half-written file at a
 final path.
 """
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -60,25 +61,72 @@ def write_png_atomic(path, image, optimize=False):
     write_bytes_atomic(path, buf.getvalue())
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_stale_staging(parent, name):
+    """Remove staging folders of `name` left by runs that are no longer alive
+    (SIGKILL, power loss); a live run's folder carries its pid and is kept."""
+    prefix, suffix = f".{name}.", ".staging"
+    try:
+        entries = os.listdir(parent)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.startswith(prefix) and entry.endswith(suffix):
+            pid = entry[len(prefix):-len(suffix)].split(".")[0]
+            if not pid.isdigit() or not _pid_alive(int(pid)):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def disk_nearly_full(folder, margin=64 << 20):
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
-def staging_dir(final_dir):
-    """Yield a temporary folder beside final_dir; on success, move each file in
-    it to final_dir with os.replace (atomic per file). On failure nothing at
-    final_dir changes."""
+def staging_dir(final_dir, record=None):
+    """Yield a temporary folder beside final_dir, to be filled with the
+    stage's files (subfolders allowed). On success, the old record (if named)
+    is removed first, then each file is moved into final_dir with os.replace.
+    A run killed half-way through leaves files without their record, which
+    every reader refuses (records.verified_record); the stage then writes its
+    new record last. On failure nothing at final_dir changes, and a failure
+    caused by a full disk (also inside C++ writers) becomes DiskFullError."""
+    from .errors import ConverterError, DiskFullError
+
     parent = os.path.dirname(os.path.abspath(final_dir))
     os.makedirs(parent, exist_ok=True)
-    # A run killed with SIGKILL leaves its staging folder behind (never a
-    # final file); the next run of the same stage removes it.
-    prefix, suffix = f".{os.path.basename(final_dir)}.", ".staging"
-    for name in os.listdir(parent):
-        if name.startswith(prefix) and name.endswith(suffix):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    tmp = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent)
+    name = os.path.basename(os.path.abspath(final_dir))
+    remove_stale_staging(parent, name)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".staging", dir=parent)
     try:
-        yield tmp
-        os.makedirs(final_dir, exist_ok=True)
-        for name in sorted(os.listdir(tmp)):
-            os.replace(os.path.join(tmp, name), os.path.join(final_dir, name))
+        try:
+            yield tmp
+        except (ConverterError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or disk_nearly_full(parent):
+                raise DiskFullError(f"disk full while writing {final_dir} "
+                                    f"({shutil.disk_usage(parent).free} bytes free)") from None
+            raise
+        if record:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(final_dir, record))
+        for folder, _, names in sorted(os.walk(tmp)):
+            target = os.path.join(final_dir, os.path.relpath(folder, tmp))
+            os.makedirs(target, exist_ok=True)
+            for file_name in sorted(names):
+                os.replace(os.path.join(folder, file_name), os.path.join(target, file_name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -86,3 +134,32 @@ def staging_dir(final_dir):
 def describe_files(folder, names):
     return {n: {"size": os.path.getsize(os.path.join(folder, n)),
                 "sha256": file_digest(os.path.join(folder, n))} for n in names}
+
+
+@contextlib.contextmanager
+def workdir_lock(folder, shared=False, log=None):
+    """Hold an flock on folder/.ocrnet-convert.lock for the duration.
+
+    Stages that write take it exclusively; readers (predict, evaluate) take
+    it shared. A second run waits for the first, saying so, instead of
+    reading or writing files the first is replacing."""
+    import fcntl
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".ocrnet-convert.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if log:
+                log(f"waiting for another ocrnet-convert run on {folder} (pid {holder}) to finish...")
+            fcntl.flock(fd, mode)
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

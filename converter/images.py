@@ -3,7 +3,9 @@
 Pillow rather than OpenCV: importing cv2 after paddle once crashed in zlib here.
 """
 import glob
+import hashlib
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -21,20 +23,50 @@ def sample_images():
 
 
 def expand_image_args(items):
-    """Files stay as given; folders contribute their images, sorted."""
+    """Files stay as given; folders contribute their regular image files,
+    sorted (a FIFO or device named like an image is skipped, not read)."""
     paths = []
     for item in items:
         if os.path.isdir(item):
-            found = sorted(p for p in glob.glob(os.path.join(item, "*"))
-                           if p.lower().endswith(IMAGE_EXTS))
+            with os.scandir(item) as entries:
+                found = sorted(e.path for e in entries
+                               if e.name.lower().endswith(IMAGE_EXTS) and e.is_file())
             if not found:
                 raise ConverterError(f"no images in folder {item}")
             paths.extend(found)
         elif os.path.isfile(item):
             paths.append(item)
+        elif os.path.exists(item):
+            raise ConverterError(f"{item}: not a regular file or folder")
         else:
             raise ConverterError(f"image not found: {item}")
     return paths
+
+
+def image_ids(paths):
+    """A unique key per image for reports and file names: the file name, or,
+    when two inputs share one, the file name plus a hash of the full path."""
+    names = [os.path.basename(p) for p in paths]
+    out = []
+    for path, name in zip(paths, names):
+        if names.count(name) > 1:
+            stem, ext = os.path.splitext(name)
+            digest = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:8]
+            name = f"{stem}~{digest}{ext}"
+        out.append(name)
+    return out
+
+
+def _bits_per_sample(img, path):
+    """Bit depth Pillow hides: it opens a 16-bit RGB PNG as 8-bit "RGB"."""
+    if img.format == "PNG":
+        with open(path, "rb") as fh:
+            head = fh.read(25)
+        return head[24] if len(head) == 25 and head[12:16] == b"IHDR" else 8
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258, (8,))
+        return max(bits) if isinstance(bits, tuple) else int(bits)
+    return 8
 
 
 def load_rgb(path):
@@ -44,18 +76,21 @@ def load_rgb(path):
     black (alpha dropped). 16-bit and float images are refused, since scaling
     them to 8 bit silently would change what the model sees.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ConverterError(f"{path}: not a regular file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise ConverterError(f"{path}: {img.width}x{img.height} is too large (decompression bomb?)")
-                if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                    raise ConverterError(f"{path}: {img.mode} images (16-bit or float) are not supported; use 8-bit RGB")
+                if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") or _bits_per_sample(img, path) > 8:
+                    raise ConverterError(f"{path}: 16-bit or float images are not supported; use 8-bit RGB")
                 img.load()
+                img = ImageOps.exif_transpose(img)  # the camera's orientation, as viewers show it
                 if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
                     img = img.convert("RGBA")
                     img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img)

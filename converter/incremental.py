@@ -30,32 +30,17 @@ def source_digest(paths):
     return h.hexdigest()
 
 
-def current_record(record_path, key, folders):
-    """The stage record at record_path if the stage is up to date, else None.
+def current_record(folder, stage, key):
+    """The stage's record in folder if the stage is up to date (same key,
+    every listed output unchanged), else None."""
+    from .errors import StageError
+    from .records import verified_record
 
-    folders: {"": folder} when record["files"] is {name: {size, sha256}};
-    {group: folder} when it is {group: {name: {size, sha256}}} (openvino's
-    FP32 and FP16)."""
-    if not os.path.isfile(record_path):
-        return None
     try:
-        with open(record_path) as fh:
-            record = json.load(fh)
-    except (OSError, ValueError):
+        record = verified_record(None, stage, folder)
+    except StageError:
         return None
-    if record.get("key") != key:
-        return None
-    files = record.get("files") or {}
-    groups = {"": files} if "" in folders else files
-    for group, entries in groups.items():
-        folder = folders.get(group)
-        if folder is None:
-            return None
-        for name, meta in entries.items():
-            path = os.path.join(folder, name)
-            if not os.path.isfile(path) or os.path.getsize(path) != meta["size"] or file_digest(path) != meta["sha256"]:
-                return None
-    return record
+    return record if record.get("key") == key else None
 
 
 def tool_versions(*names):

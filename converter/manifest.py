@@ -5,37 +5,46 @@ hash, the weights' provenance, tool versions and each stage's parameters.
 `model_files` is the subset that must be byte-identical between two builds
 from the same inputs (records and reports hold timings, so they are not).
 """
-import json
 import os
+import stat
 
+from .errors import StageError
 from .fsutil import file_digest, write_bytes_atomic, write_json_atomic
+from .records import STAGES, read_json, record_path, verify_build
 from .report import system_info
 
 MODEL_DIRS = ("paddle", "paddle-logits", "onnx", "openvino")
 RECORD_NAMES = ("export.json", "onnx.json", "openvino.json", "report.json", "metrics.json", "bench.json")
 
 
-def _load(path):
-    if os.path.isfile(path):
-        with open(path) as fh:
-            return json.load(fh)
-    return None
-
-
-def build_manifest(config, workdir, parity):
-    """parity: the parity report (report.json), or None when parity was not run."""
-    files = []
-    for folder, _, names in sorted(os.walk(workdir)):
-        for name in sorted(names):
+def workdir_files(workdir):
+    """Relative paths of the regular files of a build, sorted; hidden entries
+    (locks, staging folders of a killed run), symlinks, FIFOs and other
+    special files are left out, so a planted FIFO cannot hang the walk."""
+    found = []
+    for folder, dirs, names in os.walk(workdir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(folder, d)))
+        for name in names:
             path = os.path.join(folder, name)
-            rel = os.path.relpath(path, workdir)
-            if name.startswith(".") or rel in ("MANIFEST.json", "README.md"):
-                continue
-            files.append({"path": rel, "size": os.path.getsize(path), "sha256": file_digest(path),
-                          "model_file": rel.split(os.sep)[0] in MODEL_DIRS and name not in RECORD_NAMES})
-    export = _load(os.path.join(workdir, "paddle", "export.json")) or {}  # also its stage parameters
-    onnx_rec = _load(os.path.join(workdir, "onnx", "onnx.json")) or {}
-    ov_rec = _load(os.path.join(workdir, "openvino", "openvino.json")) or {}
+            if not name.startswith(".") and stat.S_ISREG(os.lstat(path).st_mode):
+                found.append(os.path.relpath(path, workdir))
+    return sorted(found)
+
+
+def build_manifest(config, workdir, parity, records):
+    """parity: the parity report (report.json), or None when parity was not run;
+    records: {stage: verified record} of the stages that ran."""
+    files = []
+    for rel in workdir_files(workdir):
+        if rel in ("MANIFEST.json", "README.md"):
+            continue
+        path = os.path.join(workdir, rel)
+        files.append({"path": rel, "size": os.path.getsize(path), "sha256": file_digest(path),
+                      "model_file": rel.split(os.sep)[0] in MODEL_DIRS
+                      and os.path.basename(rel) not in RECORD_NAMES})
+    export = records["export"]  # also its stage parameters
+    onnx_rec = records.get("onnx") or {}
+    ov_rec = records.get("openvino") or {}
     versions = system_info()["versions"]
     return {
         "schema": "ocrnet-convert/manifest/1",
@@ -111,10 +120,19 @@ def model_card(config, manifest, parity):
 
 
 def run_manifest(config, workdir):
-    parity = _load(os.path.join(workdir, "parity", "report.json"))
-    manifest = build_manifest(config, workdir, parity)
+    if not os.path.lexists(record_path(workdir, "export")):
+        raise StageError(f"{workdir} holds no build (no {record_path(workdir, 'export')}): run make convert first")
+    records = verify_build(workdir, [s for s in STAGES if os.path.lexists(record_path(workdir, s))])
+    report = os.path.join(workdir, "parity", "report.json")
+    parity = read_json(report, "parity report") if os.path.lexists(report) else None
+    try:
+        manifest = build_manifest(config, workdir, parity, records)
+        card_text = model_card(config, manifest, parity)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        # Only the parity report is read unchecked; our own records are verified.
+        raise StageError(f"{report}: not a parity report of this version (missing or malformed fields)") from None
     card = os.path.join(workdir, "README.md")
-    write_bytes_atomic(card, model_card(config, manifest, parity).encode())
+    write_bytes_atomic(card, card_text.encode())
     path = os.path.join(workdir, "MANIFEST.json")
     write_json_atomic(path, manifest)
     return [path, card], manifest

@@ -14,7 +14,6 @@ supported by ONNX Runtime and OpenVINO's ONNX frontend.
 Output: `argmax_0.tmp_0`, int32 [1,H,W] (ArgMax's int64 cast back to the
 int32 that paddle.argmax(dtype='int32') gives in the original).
 """
-import json
 import os
 import time
 
@@ -31,17 +30,16 @@ INTERNAL_INPUT = "x_rgb_normalized"
 
 
 def check_paddle_export(workdir):
+    """The export's folder and record, its files verified against it."""
+    from .records import verified_record
+
     folder = os.path.join(workdir, "paddle")
+    record = verified_record(workdir, "export")
+    if record.get("without_argmax"):
+        raise StageError(f"{folder} holds a --without-argmax export; convert an export with argmax")
     for name in ("model.pdmodel", "model.pdiparams"):
-        if not os.path.isfile(os.path.join(folder, name)):
-            raise StageError(f"missing {os.path.join(folder, name)}: run the export stage first")
-    record_path = os.path.join(folder, "export.json")
-    record = {}
-    if os.path.isfile(record_path):
-        with open(record_path) as fh:
-            record = json.load(fh)
-        if record.get("without_argmax"):
-            raise StageError(f"{folder} holds a --without-argmax export; convert an export with argmax")
+        if name not in record["files"]:
+            raise StageError(f"{os.path.join(folder, 'export.json')} does not list {name}")
     return folder, record
 
 
@@ -83,8 +81,10 @@ def prepend_preprocessing(model, shape, mean=127.5, scale=127.5, reverse=True):
 
 def convert_to_onnx(paddle_dir, shape, opset, mean=127.5, scale=127.5, reverse=True):
     from .paddle_env import import_paddle
+    from .runners.paddle_runner import check_program
 
     import_paddle()
+    check_program(os.path.join(paddle_dir, "model.pdmodel"))
     with no_runtime_installs():
         import onnx
         import paddle2onnx
@@ -97,6 +97,9 @@ def convert_to_onnx(paddle_dir, shape, opset, mean=127.5, scale=127.5, reverse=T
         except Exception as exc:
             raise StageError(f"paddle2onnx failed: {exc}") from None
     model = onnx.load_from_string(raw)
+    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+        raise StageError(f"paddle2onnx produced a graph with {len(model.graph.input)} inputs and "
+                         f"{len(model.graph.output)} outputs from {paddle_dir}; expected one of each")
     model.producer_name = "ocrnet-convert (paddle2onnx 1.3.1)"
     return prepend_preprocessing(model, shape, mean, scale, reverse)
 
@@ -111,7 +114,7 @@ def run_onnx(config, workdir, shape, force=False):
     key = stage_key({"stage": "onnx", "shape": list(shape), "opset": config.onnx_opset,
                      "tools": tool_versions("paddlepaddle", "paddle2onnx", "onnx")},
                     [os.path.join(paddle_dir, n) for n in ("model.pdmodel", "model.pdiparams")])
-    record = None if force else current_record(record_path, key, {"": out_dir})
+    record = None if force else current_record(out_dir, "onnx", key)
     if record:
         info("onnx: up to date (same inputs and parameters); skipped. Use --force to redo.")
         return [os.path.join(out_dir, ONNX_NAME)], dict(record, skipped=True)
@@ -119,7 +122,7 @@ def run_onnx(config, workdir, shape, force=False):
 
     info(f"onnx: converting {paddle_dir} with paddle2onnx (opset {config.onnx_opset}), input {list(shape)}...")
     model = convert_to_onnx(paddle_dir, shape, config.onnx_opset)
-    with staging_dir(out_dir) as tmp:
+    with staging_dir(out_dir, record="onnx.json") as tmp:
         path = os.path.join(tmp, ONNX_NAME)
         onnx.save_model(model, path)
         try:

@@ -15,7 +15,7 @@ from .errors import StageError
 from .fsutil import describe_files, staging_dir, write_json_atomic
 from .log import info
 from .onnx_stage import check_paddle_export
-from .records import MODEL_STEM as IR_NAME, ONNX_PATH
+from .records import MODEL_STEM as IR_NAME, ONNX_PATH, record_files, verified_record
 OUTPUT_NAME = "argmax_0.tmp_0"
 
 
@@ -55,23 +55,23 @@ def run_openvino(config, workdir, shape, source="paddle", force=False):
     start = time.perf_counter()
     if source == "onnx":
         src = os.path.join(workdir, ONNX_PATH)
-        if not os.path.isfile(src):
-            raise StageError(f"missing {src}: run the onnx stage first")
+        verified_record(workdir, "onnx")
         export_record, inputs = {}, [src]
     else:
+        from .runners.paddle_runner import check_program
+
         folder, export_record = check_paddle_export(workdir)
         src = os.path.join(folder, "model.pdmodel")
+        check_program(src)
         inputs = [src, os.path.join(folder, "model.pdiparams")]
     out_root = os.path.join(workdir, "openvino")
     record_path = os.path.join(out_root, "openvino.json")
     key = stage_key({"stage": "openvino", "shape": list(shape), "source": source,
                      "tools": tool_versions("openvino")}, inputs)
-    folders = {p: os.path.join(out_root, p) for p in ("FP32", "FP16")}
-    record = None if force else current_record(record_path, key, folders)
+    record = None if force else current_record(out_root, "openvino", key)
     if record:
         info("openvino: up to date (same inputs and parameters); skipped. Use --force to redo.")
-        return [os.path.join(folders[p], n) for p in ("FP32", "FP16") for n in record["files"][p]], \
-            dict(record, skipped=True)
+        return [p for p, _ in record_files(out_root, "openvino", record)], dict(record, skipped=True)
     import openvino as ov
 
     info(f"openvino: converting {src}, input {list(shape)}...")
@@ -82,13 +82,17 @@ def run_openvino(config, workdir, shape, source="paddle", force=False):
     except Exception as exc:
         raise StageError(f"OpenVINO conversion failed: {str(exc).splitlines()[0]}") from None
     paths, files = [], {}
-    for precision in ("FP32", "FP16"):
-        final = os.path.join(out_root, precision)
-        with staging_dir(final) as tmp:
-            ov.save_model(model, os.path.join(tmp, IR_NAME + ".xml"), compress_to_fp16=(precision == "FP16"))
-            names = [IR_NAME + ".xml", IR_NAME + ".bin"]
-            files[precision] = describe_files(tmp, names)
-        paths += [os.path.join(final, n) for n in names]
+    # Both precisions are staged together and published as one step, the
+    # record last: a run killed half-way leaves no record beside a mix of
+    # old and new IRs, and every reader refuses files without their record.
+    with staging_dir(out_root, record="openvino.json") as tmp:
+        names = [IR_NAME + ".xml", IR_NAME + ".bin"]
+        for precision in ("FP32", "FP16"):
+            os.makedirs(os.path.join(tmp, precision))
+            ov.save_model(model, os.path.join(tmp, precision, IR_NAME + ".xml"),
+                          compress_to_fp16=(precision == "FP16"))
+            files[precision] = describe_files(os.path.join(tmp, precision), names)
+            paths += [os.path.join(out_root, precision, n) for n in names]
     record = {
         "stage": "openvino", "key": key, "source": source, "input_shape": list(shape), "openvino": ov.__version__,
         "input": {"name": "x", "dtype": "float32", "layout": "NCHW", "color": "BGR", "range": "0..255"},

@@ -9,6 +9,7 @@ i.e. it is a near-tie that rounding may legitimately flip.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,9 +20,9 @@ import numpy as np
 
 from .cityscapes import confusion_matrix, iou_per_class
 from .errors import ParityFailure, StageError
-from .images import expand_image_args, load_rgb, resize_rgb, sample_images
+from .images import expand_image_args, image_ids, load_rgb, resize_rgb, sample_images
 from .log import info
-from .records import ONNX_PATH, converted_input_shape, ir_path
+from .records import ONNX_PATH, converted_input_shape, ir_path, verify_build
 
 # name, backend, model path (relative to workdir), input, precision, gated
 BACKENDS = [
@@ -33,23 +34,35 @@ BACKENDS = [
 ]
 
 
-def _check_artifacts(workdir):
-    for _, _, rel, *_ in BACKENDS:
-        if rel == "paddle":
-            probe, stage = os.path.join(workdir, rel, "model.pdmodel"), "export"
-        else:
-            probe, stage = os.path.join(workdir, rel), rel.split(os.sep)[0]
-        if not os.path.exists(probe):
-            raise StageError(f"missing {probe} (run make convert, or the {stage} stage)")
+def stage_of(rel):
+    """The stage that wrote a backend's model (its path relative to the workdir)."""
+    return "export" if rel == "paddle" else rel.split(os.sep)[0]
+
+
+def check_artifacts(workdir, selected):
+    """Every model the selected backends load, verified against its stage's record."""
+    verify_build(workdir, sorted({stage_of(b[2]) for b in selected}))
 
 
 def _peak_rss_mb(rusage):
     return round(rusage.ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
+def _die_with_parent():
+    """In the worker, before exec: Linux sends it SIGKILL when the parent
+    dies, even by SIGKILL, so no 3 GB worker outlives an interrupted run."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_backend(spec):
     """Run one parity worker; return its JSON line plus wall time and the
-    child's own peak RSS (os.wait4 gives the rusage of that pid alone)."""
+    child's own peak RSS (os.wait4 gives the rusage of that pid alone).
+    An interrupt (SIGINT, or SIGTERM turned into one by the CLI) terminates
+    and reaps the worker before it propagates."""
     spec_path = os.path.join(spec["out"], "spec.json")
     with open(spec_path, "w") as fh:
         json.dump(spec, fh)
@@ -57,17 +70,30 @@ def run_backend(spec):
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, "-m", "converter.parity_worker", spec_path],
-                                stdout=out, stderr=err, env=env)
-        _, status, rusage = os.wait4(proc.pid, 0)
+                                stdout=out, stderr=err, env=env,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        try:
+            _, status, rusage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
         out.seek(0)
         err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if proc.returncode != 0:
         tail = stderr.strip().splitlines()[-1:] or ["(no output)"]
         raise StageError(f"{spec['name']} backend failed (exit {proc.returncode}): {tail[0][:200]}")
-    result = json.loads(stdout.strip().splitlines()[-1])
+    try:
+        result = json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise StageError(f"{spec['name']} backend printed no result") from None
     result.update(wall_seconds=round(wall, 1), peak_rss_mb=_peak_rss_mb(rusage))
     return result
 
@@ -136,11 +162,11 @@ def run_parity(config, workdir, images=None, threads=2, backends=None):
     """Returns (paths, record); raises ParityFailure when the gate fails."""
     from .report import write_report
 
-    _check_artifacts(workdir)
+    selected = [b for b in BACKENDS if not backends or b[0] in backends or b[0] == "original"]
+    check_artifacts(workdir, selected)
     paths = expand_image_args(images) if images else sample_images()
     shape = converted_input_shape(workdir)
     width, height = shape[3], shape[2]
-    selected = [b for b in BACKENDS if not backends or b[0] in backends or b[0] == "original"]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
         inputs = []
@@ -162,6 +188,7 @@ def run_parity(config, workdir, images=None, threads=2, backends=None):
                  f"infer {runs[name]['infer_seconds']} s, peak RSS {runs[name]['peak_rss_mb']} MB")
         results = {}
         maps = []
+        ids = image_ids(paths)  # two scene.jpg from different folders are two images
         for i, path in enumerate(paths):
             ref = np.load(os.path.join(tmp, "original", f"{i}_classes.npy"))
             # The original's logits come from the same run as its class map
@@ -176,10 +203,10 @@ def run_parity(config, workdir, images=None, threads=2, backends=None):
                 lp = os.path.join(tmp, name, f"{i}_logits.npy")
                 got_logits = np.load(lp) if os.path.exists(lp) else None
                 entry = results.setdefault(name, {"gated": runs[name]["gated"], "images": {}})
-                entry["images"][os.path.basename(path)] = compare(ref, got, ref_logits, got_logits,
+                entry["images"][ids[i]] = compare(ref, got, ref_logits, got_logits,
                                                                   config.num_classes)
                 image_maps[name] = got
-            maps.append((os.path.basename(path), image_maps))
+            maps.append((ids[i], image_maps))
         failures = gate(results, config)
         record = {"stage": "parity", "input_size": [width, height], "threads": threads,
                   "images": [os.path.abspath(p) for p in paths], "runs": runs, "results": results,

@@ -76,4 +76,11 @@ def _bench(spec, x, infer, info, load_s):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    try:
+        sys.exit(main(sys.argv[1]))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # the parent reports our last stderr line: make it one line with the cause
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: {type(exc).__name__}: {first[:300]}", file=sys.stderr)
+        sys.exit(1)

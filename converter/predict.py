@@ -13,7 +13,7 @@ from .cityscapes import CLASSES, colorize
 from .errors import ConverterError
 from .fsutil import write_png_atomic
 from .images import bgr_nchw, normalized_rgb_nchw, resize_rgb
-from .records import ONNX_PATH, converted_input_shape, ir_path
+from .records import ONNX_PATH, converted_input_shape, ir_path, verified_record
 
 BACKENDS = ("paddle", "onnx", "openvino")
 
@@ -26,6 +26,7 @@ class Segmenter:
 
         if backend not in BACKENDS:
             raise ConverterError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+        verified_record(workdir, {"paddle": "export", "onnx": "onnx", "openvino": "openvino"}[backend])
         shape = converted_input_shape(workdir)
         self.size = (shape[3], shape[2])
         if backend == "paddle":

@@ -1,9 +1,18 @@
-"""The artifact layout, and reading the stage records (export.json,
-onnx.json, openvino.json)."""
+"""The artifact layout, and reading stage records safely.
+
+Every stage record (export.json, onnx.json, openvino.json) lists the files
+the stage wrote with their size and sha256. A later stage reads its inputs
+only through `verified_record`, which checks the record's form and every
+listed file, so a tampered model file, a record from another build, or a mix
+left by an interrupted run is refused in one line (StageError, exit 8)
+instead of being converted.
+"""
 import json
 import os
+import re
 
 from .errors import StageError
+from .fsutil import file_digest
 
 CARD_SHAPE = (1, 3, 1024, 2048)
 
@@ -12,29 +21,150 @@ MODEL_STEM = "ocrnet-hrnet-w48-paddle"
 ONNX_NAME = MODEL_STEM + ".onnx"
 ONNX_PATH = os.path.join("onnx", ONNX_NAME)
 
+# stage -> (folder in the workdir, record file name, whether `files` is
+# grouped by subfolder, as openvino's {FP32: {...}, FP16: {...}})
+STAGES = {
+    "export": ("paddle", "export.json", False),
+    "onnx": ("onnx", "onnx.json", False),
+    "openvino": ("openvino", "openvino.json", True),
+}
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_RECORD_BYTES = 16 << 20
+
 
 def ir_path(precision):
     """The IR's .xml for "FP32" or "FP16"."""
     return os.path.join("openvino", precision, MODEL_STEM + ".xml")
 
 
+def record_path(workdir, stage):
+    folder, name, _ = STAGES[stage]
+    return os.path.join(workdir, folder, name)
+
+
+def read_json(path, what="record"):
+    """A JSON object from path, or a one-line StageError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            if not os.path.isfile(path):
+                raise StageError(f"{path}: not a regular file")
+            data = fh.read(MAX_RECORD_BYTES + 1)
+    except FileNotFoundError:
+        raise StageError(f"missing {path}") from None
+    except OSError as exc:
+        raise StageError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_RECORD_BYTES:
+        raise StageError(f"{path}: larger than any {what} ({MAX_RECORD_BYTES} bytes)")
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise StageError(f"{path}: not a valid JSON {what} ({str(exc).splitlines()[0][:80]})") from None
+    if not isinstance(obj, dict):
+        raise StageError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _file_table(entries, path, where="files"):
+    if not isinstance(entries, dict) or not entries:
+        raise StageError(f"{path}: '{where}' must be a non-empty object of file name -> size and sha256")
+    for name, meta in entries.items():
+        if not _PLAIN_NAME.match(name):
+            raise StageError(f"{path}: '{where}' names {name[:60]!r}, not a plain file name")
+        if not (isinstance(meta, dict) and type(meta.get("size")) is int and meta["size"] >= 0
+                and isinstance(meta.get("sha256"), str) and _SHA256.match(meta["sha256"])):
+            raise StageError(f"{path}: '{where}.{name}' must have an integer size and a sha256")
+    return entries
+
+
+def load_record(path, stage):
+    """The record at path, checked for form (not yet against its files)."""
+    try:
+        record = read_json(path)
+    except StageError as exc:
+        if str(exc) == f"missing {path}":
+            raise StageError(f"missing {path}: run the {stage} stage first (make convert)") from None
+        raise
+    if record.get("stage") != stage:
+        raise StageError(f"{path}: not a {stage} record (stage is {str(record.get('stage'))[:40]!r})")
+    files = record.get("files")
+    if STAGES[stage][2]:
+        if not isinstance(files, dict) or not files:
+            raise StageError(f"{path}: 'files' must map each precision to its files")
+        for group, entries in files.items():
+            if not _PLAIN_NAME.match(str(group)):
+                raise StageError(f"{path}: 'files' names the folder {str(group)[:60]!r}")
+            _file_table(entries, path, f"files.{group}")
+    else:
+        _file_table(files, path)
+    return record
+
+
+def read_record(workdir, stage):
+    return load_record(record_path(workdir, stage), stage)
+
+
+def record_files(folder, stage, record):
+    """[(path, meta)] of every file a record lists, under the stage's folder."""
+    files = record["files"]
+    if STAGES[stage][2]:
+        return [(os.path.join(folder, g, n), m) for g, entries in files.items() for n, m in entries.items()]
+    return [(os.path.join(folder, n), m) for n, m in files.items()]
+
+
+def files_match(folder, stage, record):
+    """The first listed file that differs from the record, as (path, why), or None."""
+    for path, meta in record_files(folder, stage, record):
+        size = os.path.getsize(path) if os.path.isfile(path) and not os.path.islink(path) else None
+        if size is None:
+            return path, "is missing or not a regular file"
+        if size != meta["size"]:
+            return path, f"has {size} bytes, the {stage} record says {meta['size']}"
+        if file_digest(path) != meta["sha256"]:
+            return path, f"does not match the sha256 the {stage} stage recorded"
+    return None
+
+
+def verified_record(workdir, stage, folder=None):
+    """The stage's record after checking every file it lists; a StageError
+    naming the first file that is missing or differs (tampered, or left by
+    an interrupted run). folder: the stage's folder, when not the layout's."""
+    folder = folder or os.path.join(workdir, STAGES[stage][0])
+    record = load_record(os.path.join(folder, STAGES[stage][1]), stage)
+    bad = files_match(folder, stage, record)
+    if bad:
+        raise StageError(f"{bad[0]} {bad[1]}: refusing to use it (rerun the {stage} stage with --force)")
+    return record
+
+
+def verify_build(workdir, stages):
+    """{stage: record} for each stage, every file verified (see verified_record)."""
+    return {stage: verified_record(workdir, stage) for stage in stages}
+
+
+def input_shape_of(record, path):
+    shape = record.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and all(type(d) is int and d > 0 for d in shape)):
+        raise StageError(f"{path}: 'input_shape' must be four positive integers")
+    return tuple(shape)
+
+
 def converted_input_shape(workdir, required=False):
     """The static [N,C,H,W] the converted models were built for, from the
     openvino or onnx record; the model card's shape when neither exists
     (or a StageError when required)."""
-    for path in (os.path.join(workdir, "openvino", "openvino.json"), os.path.join(workdir, "onnx", "onnx.json")):
-        if os.path.isfile(path):
-            with open(path) as fh:
-                return tuple(json.load(fh)["input_shape"])
+    for stage in ("openvino", "onnx"):
+        path = record_path(workdir, stage)
+        if os.path.lexists(path):
+            return input_shape_of(read_record(workdir, stage), path)
     if required:
-        raise StageError(f"missing {os.path.join(workdir, 'openvino', 'openvino.json')}: run make convert first")
+        raise StageError(f"missing {record_path(workdir, 'openvino')}: run make convert first")
     return CARD_SHAPE
 
 
 def export_weights(workdir):
     """The weights' provenance recorded by the export stage, or None."""
-    path = os.path.join(workdir, "paddle", "export.json")
-    if not os.path.isfile(path):
+    if not os.path.lexists(record_path(workdir, "export")):
         return None
-    with open(path) as fh:
-        return json.load(fh).get("weights")
+    weights = read_record(workdir, "export").get("weights")
+    return weights if isinstance(weights, dict) else None

@@ -19,6 +19,7 @@ class WeightsChoice:
     kind: str            # "pretrained" or "synthetic"
     path: str = ""       # checkpoint file, when kind is "pretrained"
     provenance: dict = None
+    sha384: str = ""     # of the file as verified; the loader refuses other bytes
 
 
 def _synthetic(seed, reason=None):
@@ -29,15 +30,15 @@ def _synthetic(seed, reason=None):
     return WeightsChoice("synthetic", "", prov)
 
 
-def _real(path, config, verified=True):
-    spec = config.checkpoint
+def _real(path, config, digest, verified=True):
+    """digest: the sha384 computed from the file itself, never the config's claim."""
     return WeightsChoice("pretrained", path, {
-        "kind": "pretrained", "file": os.path.abspath(path), "sha384": spec.sha384 if verified else None,
-        "verified": verified, "source": spec.source})
+        "kind": "pretrained", "file": os.path.abspath(path), "sha384": digest,
+        "verified": verified, "source": config.checkpoint.source}, digest)
 
 
 def _get_checkpoint(config, cache_dir, mirror, offline):
-    cached = fetch.cached_checkpoint(config, cache_dir)
+    cached = fetch.cached_checkpoint(config, cache_dir)  # verified, or deleted and ChecksumError
     if cached:
         return cached
     if offline:
@@ -57,7 +58,10 @@ def resolve_weights(config, choice="auto", seed=0, cache_dir=None, mirror=None,
         return _synthetic(seed)
     if choice in ("auto", "pretrained"):
         try:
-            return _real(_get_checkpoint(config, cache_dir, mirror, offline), config)
+            path = _get_checkpoint(config, cache_dir, mirror, offline)
+            return _real(path, config, config.checkpoint.sha384)  # just verified by sha384
+        except ChecksumError:
+            raise  # a poisoned cache or a bad download is reported, never papered over
         except FetchError as exc:
             if choice == "pretrained":
                 raise FetchError(f"the pretrained checkpoint is not available: {exc}") from None
@@ -75,5 +79,5 @@ def resolve_weights(config, choice="auto", seed=0, cache_dir=None, mirror=None,
         if not allow_unverified:
             raise CheckpointError(f"{path}: {exc} (pass --allow-unverified to load it anyway)") from None
         info(f"warning: {exc}; loading it anyway because of --allow-unverified")
-        return _real(path, config, verified=False)
-    return _real(path, config)
+        return _real(path, config, fetch.file_sha384(path), verified=False)
+    return _real(path, config, config.checkpoint.sha384)

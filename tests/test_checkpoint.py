@@ -93,6 +93,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     with pytest.raises(UnsafeCheckpointError) as err:
         read_state_dict(str(path))
     assert "posix.system" in str(err.value) or "os.system" in str(err.value)
+    assert str(path) in str(err.value)
     assert not marker.exists()
 
 
@@ -116,3 +117,138 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="not a readable .pdparams"):
         read_state_dict(str(path))
+
+
+# --- the hostile corpus (tests/hostile_checkpoints.py) ----------------------
+
+AS_LIMIT = 3 << 30  # address space for each refusal: a few GB, far below what the worst cases ask
+
+
+def _limited(limit=AS_LIMIT):
+    import resource
+
+    def apply():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def test_address_space_limit_is_effective():
+    """Negative control: under the corpus's limit, allocating what the
+    huge-object-array file asks of numpy fails."""
+    proc = subprocess.run([sys.executable, "-c", "import numpy as np; np.ones(2**29, object)"],
+                          capture_output=True, text=True, preexec_fn=_limited())
+    assert proc.returncode != 0 and "MemoryError" in proc.stderr
+
+
+def test_the_scalar_pointer_file_is_live():
+    """Control: the forged-dtype + numpy scalar file crashes a plain unpickler
+    (SIGSEGV), so refusing it below is not a formality."""
+    from tests.hostile_checkpoints import CASES
+    data = dict((n, d) for n, d, _ in CASES)["object_scalar_pointer"]
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c",
+                           "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"],
+                          input=data, capture_output=True, preexec_fn=_limited())
+    assert proc.returncode < 0, proc.returncode  # killed by a signal
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from tests.hostile_checkpoints import CASES, main
+    folder = tmp_path_factory.mktemp("hostile")
+    main(str(folder))
+    return folder, CASES
+
+
+def test_every_hostile_checkpoint_is_refused_in_one_line(corpus, tmp_path):
+    """Each file through the real CLI, under an address-space limit: one
+    `error:` line, the expected exit code, no traceback, nothing written."""
+    from tests.conftest import ROOT
+    folder, cases = corpus
+    failures = []
+    for name, _, code in cases:
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "converter", "export", "--weights",
+                               str(folder / f"{name}.pdparams"), "--allow-unverified", "--output", str(out)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120, preexec_fn=_limited(),
+                              env=dict(os.environ, OCRNET_CONVERT_OFFLINE="1"))
+        lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("warning:")
+                 and not ln.startswith("export: reading")]
+        ok = (proc.returncode == code and len(lines) == 1 and lines[0].startswith("error: ")
+              and "Traceback" not in proc.stderr and not out.exists())
+        if not ok:
+            failures.append(f"{name}: exit {proc.returncode} (want {code}): {proc.stderr.strip()[-300:]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_mutated_checkpoints_only_ever_raise_checkpoint_errors():
+    """2,000 random byte edits of a valid pickle (protocols 2 and 4): each
+    loads or raises CheckpointError, nothing else."""
+    import collections
+    import random
+
+    from converter.safe_pickle import loads
+    state = collections.OrderedDict((f"k{i}", np.arange(i + 1, dtype=np.float32)) for i in range(4))
+    state["meta@@"] = {"a": "b"}
+    for protocol in (2, 4):
+        base = pickle.dumps(state, protocol=protocol)
+        rng = random.Random(protocol)
+        for _ in range(1000):
+            data = bytearray(base)
+            for _ in range(rng.randint(1, 4)):
+                i = rng.randrange(len(data))
+                kind = rng.random()
+                if kind < 0.5:
+                    data[i] = rng.randrange(256)
+                elif kind < 0.75:
+                    del data[i]
+                else:
+                    data.insert(i, rng.randrange(256))
+            try:
+                loads(bytes(data))
+            except CheckpointError:
+                pass
+
+
+def test_protocols_two_to_four_load_exactly():
+    import collections
+
+    from converter.safe_pickle import loads
+    state = collections.OrderedDict(
+        a=np.arange(6, dtype=np.float32).reshape(2, 3), big_endian=np.ones((2, 2), ">f8"),
+        fortran=np.asfortranarray(np.arange(6.0).reshape(2, 3)), empty=np.zeros((0, 3), np.int64))
+    state["StructuredToParameterName@@"] = {"a": "linear_0.w_0"}
+    for protocol in (2, 3, 4):
+        out = loads(pickle.dumps(state, protocol=protocol))
+        for key in ("a", "big_endian", "fortran", "empty"):
+            assert out[key].dtype == state[key].dtype and out[key].shape == state[key].shape
+            np.testing.assert_array_equal(out[key], state[key])
+        assert out["StructuredToParameterName@@"] == {"a": "linear_0.w_0"}
+
+
+def test_nan_and_wrong_dtype_are_refused_naming_the_key():
+    shapes = {"a.weight": (2,), "b.weight": (2,)}
+    good = {"a.weight": np.zeros(2, np.float32), "b.weight": np.zeros(2, np.float32)}
+    match_state_dict(shapes, good)  # control: accepted
+    with pytest.raises(CheckpointError, match=r"NaN or Inf: b\.weight"):
+        match_state_dict(shapes, dict(good, **{"b.weight": np.array([0, np.nan], np.float32)}))
+    with pytest.raises(CheckpointError, match=r"NaN or Inf: a\.weight"):
+        match_state_dict(shapes, dict(good, **{"a.weight": np.array([np.inf, 0], np.float32)}))
+    with pytest.raises(CheckpointError, match=r"not float32.*a\.weight is float64"):
+        match_state_dict(shapes, dict(good, **{"a.weight": np.zeros(2, np.float64)}))
+    with pytest.raises(CheckpointError, match=r"b\.weight is int8"):
+        match_state_dict(shapes, dict(good, **{"b.weight": np.zeros(2, np.int8)}))
+    # big-endian float32 is float32: converted, not refused
+    arrays, _ = match_state_dict(shapes, dict(good, **{"a.weight": np.ones(2, ">f4")}))
+    assert arrays["a.weight"].dtype == np.float32 and arrays["a.weight"].tolist() == [1, 1]
+
+
+def test_file_swapped_after_verification_is_not_loaded(tmp_path):
+    from converter.checkpoint import read_checkpoint
+    from converter.errors import ChecksumError
+    path = tmp_path / "w.pdparams"
+    path.write_bytes(pickle.dumps({"a": np.zeros(2, np.float32)}, protocol=4))
+    _, digest = read_state_dict(str(path))
+    read_checkpoint(str(path), digest)  # control
+    path.write_bytes(pickle.dumps({"a": np.ones(2, np.float32)}, protocol=4))
+    with pytest.raises(ChecksumError, match="changed after it was verified"):
+        read_checkpoint(str(path), digest)

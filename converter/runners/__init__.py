@@ -5,7 +5,7 @@
 
 Heavy libraries are imported inside the runner modules, only when used.
 """
-from ..errors import ConverterError
+from ..errors import ConverterError, StageError
 
 KINDS = ("paddle", "onnxruntime", "openvino")
 
@@ -20,5 +20,13 @@ def make_runner(kind, model_path, threads=2, **options):
     else:
         raise ConverterError(f"unknown backend '{kind}' (choose from {', '.join(KINDS)})")
     runner = cls()
-    runner.load(model_path, threads=threads, **options)
+    try:
+        runner.load(model_path, threads=threads, **options)
+    except ConverterError:
+        raise
+    except Exception as exc:
+        # The runtimes' own messages run to several lines with C++ source
+        # locations; the last line says what is wrong with the file.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise StageError(f"{kind} cannot load {model_path}: {(lines or [type(exc).__name__])[-1][:200]}") from None
     return runner

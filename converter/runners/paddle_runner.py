@@ -12,6 +12,28 @@ from ..errors import StageError
 RESIDUAL_FUSE_PASS = "conv_elementwise_add_mkldnn_fuse_pass"
 
 
+def check_program(model_path):
+    """Parse model.pdmodel in Python before Paddle's C++ sees it: a garbage or
+    truncated file makes Paddle Inference segfault, and paddle2onnx return
+    an empty graph. Returns the parsed ProgramDesc."""
+    from google.protobuf.message import DecodeError
+
+    from ..paddle_env import import_paddle
+
+    import_paddle()
+    from paddle.base.proto import framework_pb2
+
+    try:
+        with open(model_path, "rb") as fh:
+            desc = framework_pb2.ProgramDesc.FromString(fh.read())
+    except (DecodeError, ValueError, RuntimeError):
+        raise StageError(f"{model_path}: not a Paddle program (cannot be parsed)") from None
+    types = {op.type for block in desc.blocks for op in block.ops}
+    if not desc.blocks or not {"feed", "fetch"} <= types:
+        raise StageError(f"{model_path}: not a Paddle inference program (no feed/fetch ops)")
+    return desc
+
+
 def program_with_logits(model_path, out_path):
     """Write a copy of model.pdmodel that also fetches the ArgMax's input.
 
@@ -21,8 +43,7 @@ def program_with_logits(model_path, out_path):
     the name of the logits variable."""
     from paddle.base.proto import framework_pb2
 
-    with open(model_path, "rb") as fh:
-        desc = framework_pb2.ProgramDesc.FromString(fh.read())
+    desc = check_program(model_path)
     block = desc.blocks[0]
     argmax = [op for op in block.ops if op.type == "arg_max"]
     fetches = [op for op in block.ops if op.type == "fetch"]
@@ -60,6 +81,7 @@ class PaddleRunner:
             if not os.path.isfile(path):
                 raise StageError(f"missing Paddle inference model file: {path} (run the export stage)")
         self.logits_name = None
+        check_program(model)
         with tempfile.TemporaryDirectory(prefix="paddle-logits-") as tmp:
             if logits:
                 patched = os.path.join(tmp, "model.pdmodel")

@@ -1,0 +1,444 @@
+"""Hostile and careless use: tampered artifacts, poisoned caches, bad records,
+planted symlinks and FIFOs, interrupted and concurrent runs, full disks.
+
+Every case asserts a one-line `error:` and its exit code, and that nothing
+was left at a final path; each guard has a control that passes untouched."""
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from converter.config import DEFAULT_CONFIG
+from tests.conftest import ROOT, SMALL_SHAPE, run_cli
+
+
+def one_line_error(proc, code, *fragments):
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def build_copy(small_workdir, tmp_path_factory):
+    """A pristine copy of the small build (export, onnx, openvino at 256x512)."""
+    root = tmp_path_factory.mktemp("pristine") / "w"
+    shutil.copytree(small_workdir, root, ignore=shutil.ignore_patterns("paddle-logits", "parity", ".*"))
+    return root
+
+
+@pytest.fixture
+def workdir(build_copy, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(build_copy, work)
+    return work
+
+
+def _flip_byte(path, offset=-100):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# --- chain of custody: each stage checks its inputs ---------------------------
+
+@pytest.mark.parametrize("command", [
+    ("onnx", "--input-shape", SMALL_SHAPE, "--force"),
+    ("openvino", "--input-shape", SMALL_SHAPE, "--force"),
+    ("parity",),
+    ("predict", os.path.join(ROOT, "converter", "samples", "street_1.jpg"), "--backend", "paddle"),
+    ("bench", "--runs", "1", "--backends", "paddle-inference"),
+    ("manifest",),
+])
+def test_tampered_paddle_weights_are_refused_by_every_later_stage(workdir, tmp_path, command):
+    _flip_byte(workdir / "paddle" / "model.pdiparams")
+    extra = ("--output", str(tmp_path / "pred")) if command[0] == "predict" else ()
+    proc = run_cli(command[0], "--workdir", str(workdir), *command[1:], *extra)
+    one_line_error(proc, 8, "model.pdiparams", "sha256")
+    assert not (workdir / "MANIFEST.json").exists() and not (tmp_path / "pred").exists()
+
+
+def test_tampered_ir_is_refused_and_untampered_copy_is_not(workdir, tmp_path):
+    sample = os.path.join(ROOT, "converter", "samples", "street_1.jpg")
+    ok = run_cli("predict", sample, "--workdir", str(workdir), "--output", str(tmp_path / "a"))
+    assert ok.returncode == 0, ok.stderr  # control
+    _flip_byte(workdir / "openvino" / "FP16" / "ocrnet-hrnet-w48-paddle.bin")
+    proc = run_cli("predict", sample, "--workdir", str(workdir), "--output", str(tmp_path / "b"))
+    one_line_error(proc, 8, "FP16", "ocrnet-hrnet-w48-paddle.bin")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("[1, 2, 3]", "expected a JSON object, got list"),
+    ("{}", "not a openvino record"),
+    ("not json at all", "not a valid JSON record"),
+    ('{"stage": "openvino", "files": {"FP32": {"../../etc/passwd": {"size": 1, "sha256": "' + "0" * 64 + '"}}}}',
+     "not a plain file name"),
+    ('{"stage": "openvino", "files": {"FP32": {"x.xml": {"size": "big"}}}}', "integer size"),
+])
+def test_corrupt_stage_records_are_one_line_errors(workdir, tmp_path, content, fragment):
+    (workdir / "openvino" / "openvino.json").write_text(content)
+    for command in (("predict", os.path.join(ROOT, "converter", "samples", "street_1.jpg"),
+                     "--output", str(tmp_path / "p")), ("manifest",), ("parity",)):
+        one_line_error(run_cli(command[0], "--workdir", str(workdir), *command[1:]), 8, "openvino.json", fragment)
+
+
+def test_corrupt_export_record_is_refused_by_onnx(workdir):
+    (workdir / "paddle" / "export.json").write_text('["stage", "export"]')
+    one_line_error(run_cli("onnx", "--workdir", str(workdir), "--input-shape", SMALL_SHAPE), 8,
+                   "export.json", "expected a JSON object")
+
+
+def test_garbage_model_with_a_matching_record_is_a_one_line_error(workdir, tmp_path):
+    """A record rewritten to match a truncated IR: the loader's own failure
+    is still one line (predict in-process, bench in a worker)."""
+    from converter.fsutil import describe_files
+    folder = workdir / "openvino" / "FP32"
+    binary = folder / "ocrnet-hrnet-w48-paddle.bin"
+    binary.write_bytes(binary.read_bytes()[:1000])
+    record = json.loads((workdir / "openvino" / "openvino.json").read_text())
+    record["files"]["FP32"] = describe_files(str(folder), list(record["files"]["FP32"]))
+    (workdir / "openvino" / "openvino.json").write_text(json.dumps(record))
+    sample = os.path.join(ROOT, "converter", "samples", "street_1.jpg")
+    one_line_error(run_cli("predict", sample, "--workdir", str(workdir), "--output", str(tmp_path / "p")), 8,
+                   "ocrnet-hrnet-w48-paddle")
+    one_line_error(run_cli("bench", "--workdir", str(workdir), "--runs", "1", "--backends", "openvino-fp32-f32"),
+                   8, "openvino-fp32-f32 backend failed")
+
+
+def test_manifest_refuses_a_folder_without_a_build(tmp_path):
+    one_line_error(run_cli("manifest", "--workdir", str(tmp_path)), 8, "holds no build")
+    assert not (tmp_path / "MANIFEST.json").exists()
+
+
+def test_manifest_skips_fifos_and_hidden_staging(workdir):
+    os.mkfifo(workdir / "onnx" / "trap.onnx")
+    (workdir / ".paddle.1.x.staging").mkdir()
+    (workdir / ".paddle.1.x.staging" / "half.bin").write_bytes(b"x")
+    proc = run_cli("manifest", "--workdir", str(workdir), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    listed = [f["path"] for f in json.loads((workdir / "MANIFEST.json").read_text())["files"]]
+    assert "onnx/ocrnet-hrnet-w48-paddle.onnx" in listed
+    assert not any("trap" in p or "staging" in p for p in listed)
+
+
+# --- interrupted and concurrent runs -----------------------------------------
+
+def _children(pid):
+    import psutil
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _start_parity(workdir, tmp):
+    env = dict(os.environ, TMPDIR=str(tmp))
+    return subprocess.Popen([sys.executable, "-m", "converter", "parity", "--workdir", str(workdir)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_worker(proc, deadline=120):
+    end = time.time() + deadline
+    while time.time() < end:
+        workers = [c for c in _children(proc.pid) if "parity_worker" in " ".join(c.cmdline())]
+        if workers:
+            return workers[0]
+        time.sleep(0.2)
+    raise AssertionError("no parity worker started")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stopping_parity_stops_its_worker_and_removes_its_temporary_folder(workdir, tmp_path, sig, code):
+    import psutil
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = _start_parity(workdir, tmp)
+    worker = _wait_for_worker(proc)
+    assert list(tmp.iterdir()), "parity should have made its temporary folder"  # control
+    proc.send_signal(sig)  # to the parent only, as `kill` or a supervisor does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    _, alive = psutil.wait_procs([worker], timeout=15)
+    assert not alive, "the worker outlived the interrupted parent"
+    assert list(tmp.iterdir()) == []
+
+
+def test_sigkill_of_parity_takes_its_worker_down(workdir, tmp_path):
+    import psutil
+    proc = _start_parity(workdir, tmp_path)
+    worker = _wait_for_worker(proc)
+    proc.kill()
+    proc.wait(timeout=30)
+    try:
+        worker.wait(timeout=15)
+    except psutil.TimeoutExpired:
+        worker.kill()
+        pytest.fail("the worker outlived its SIGKILLed parent")
+
+
+def test_two_runs_on_one_workdir_wait_for_each_other(workdir):
+    first = subprocess.Popen([sys.executable, "-m", "converter", "onnx", "--workdir", str(workdir),
+                              "--input-shape", SMALL_SHAPE, "--force"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = workdir / ".ocrnet-convert.lock"
+    end = time.time() + 60
+    while time.time() < end and not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+        time.sleep(0.1)
+    second = run_cli("onnx", "--workdir", str(workdir), "--input-shape", SMALL_SHAPE)
+    first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert f"waiting for another ocrnet-convert run on {workdir} (pid {first.pid})" in second.stderr
+    assert "up to date" in second.stderr  # it saw the first run's finished output
+
+
+def test_only_stale_staging_folders_are_removed(tmp_path):
+    from converter.fsutil import staging_dir
+    final = tmp_path / "onnx"
+    dead = tmp_path / ".onnx.999999999.abc.staging"
+    live = tmp_path / f".onnx.{os.getpid()}.def.staging"
+    dead.mkdir()
+    live.mkdir()
+    with staging_dir(str(final)) as tmp:
+        (open(os.path.join(tmp, "f"), "w")).close()
+    assert not dead.exists() and live.exists() and (final / "f").exists()
+
+
+def test_an_interrupted_publication_leaves_no_record_beside_its_files(tmp_path, monkeypatch):
+    """Kill between two files of a multi-file stage: the record is gone, so
+    every reader refuses the mix instead of using it."""
+    from converter import fsutil
+    from converter.errors import StageError
+    from converter.records import verified_record
+    out = tmp_path / "openvino"
+    for precision in ("FP32", "FP16"):
+        (out / precision).mkdir(parents=True)
+        (out / precision / "m.xml").write_text(f"old {precision}")
+    files = {p: fsutil.describe_files(str(out / p), ["m.xml"]) for p in ("FP32", "FP16")}
+    (out / "openvino.json").write_text(json.dumps({"stage": "openvino", "files": files}))
+    assert verified_record(str(tmp_path), "openvino")  # control: consistent
+    real_replace, moved = os.replace, []
+
+    def dying_replace(src, dst):
+        if moved:
+            raise KeyboardInterrupt  # the second file: as if killed here
+        moved.append(dst)
+        real_replace(src, dst)
+    with pytest.raises(KeyboardInterrupt):
+        with fsutil.staging_dir(str(out), record="openvino.json") as tmp:
+            for precision in ("FP16", "FP32"):
+                os.makedirs(os.path.join(tmp, precision))
+                with open(os.path.join(tmp, precision, "m.xml"), "w") as fh:
+                    fh.write(f"new {precision}")
+            monkeypatch.setattr(os, "replace", dying_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert {(out / p / "m.xml").read_text() for p in ("FP32", "FP16")} == {"new FP16", "old FP32"}
+    with pytest.raises(StageError, match="missing .*openvino.json"):
+        verified_record(str(tmp_path), "openvino")
+
+
+# --- inputs --------------------------------------------------------------------
+
+def test_parity_judges_two_images_with_one_file_name(workdir, tmp_path):
+    from converter.config import load_config
+    from converter.parity import run_parity
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    shutil.copy(os.path.join(ROOT, "converter", "samples", "street_1.jpg"), a / "scene.jpg")
+    shutil.copy(os.path.join(ROOT, "converter", "samples", "street_2.jpg"), b / "scene.jpg")
+    _, record = run_parity(load_config(), str(workdir), [str(a / "scene.jpg"), str(b / "scene.jpg")],
+                           backends=["onnxruntime"])
+    keys = sorted(record["results"]["onnxruntime"]["images"])
+    assert len(keys) == 2 and all(k.startswith("scene~") for k in keys)
+    pngs = sorted(p.name for p in (workdir / "parity").glob("scene*.png"))
+    assert len(pngs) == 2
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    from converter.images import load_rgb
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 10, 20))  # blue band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    img.save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
+    img.save(tmp_path / "plain.jpg", quality=95)
+    assert load_rgb(str(tmp_path / "plain.jpg")).shape == (20, 40, 3)  # control
+    rotated = load_rgb(str(tmp_path / "rot.jpg"))
+    assert rotated.shape == (40, 20, 3)
+    assert rotated[2, 10, 2] > 200 and rotated[-3, 10, 0] > 200  # blue band now on top
+
+
+def _png16(path, rgb16):
+    import struct
+    import zlib
+    h, w = rgb16.shape[:2]
+    raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_rgb_png_is_refused_not_truncated(tmp_path):
+    from converter.errors import ConverterError
+    from converter.images import load_rgb
+    _png16(tmp_path / "deep.png", np.full((4, 5, 3), 40000, np.uint16))
+    with pytest.raises(ConverterError, match="16-bit"):
+        load_rgb(str(tmp_path / "deep.png"))
+
+
+def test_fifos_are_skipped_in_folders_and_refused_as_files(tmp_path):
+    from converter.errors import ConverterError
+    from converter.images import expand_image_args, load_rgb
+    shutil.copy(os.path.join(ROOT, "converter", "samples", "street_1.jpg"), tmp_path / "a.jpg")
+    os.mkfifo(tmp_path / "b.jpg")
+    assert expand_image_args([str(tmp_path)]) == [str(tmp_path / "a.jpg")]
+    with pytest.raises(ConverterError, match="not a regular file"):
+        expand_image_args([str(tmp_path / "b.jpg")])
+    with pytest.raises(ConverterError, match="not a regular file"):
+        load_rgb(str(tmp_path / "b.jpg"))
+
+
+# --- config --------------------------------------------------------------------
+
+def _config_with(tmp_path, edit):
+    with open(DEFAULT_CONFIG) as fh:
+        raw = yaml.safe_load(fh)
+    edit(raw)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda r: r["parity"].update(tie_margin=float("nan")), "parity.tie_margin"),
+    (lambda r: r["parity"].update(tie_margin=float("inf")), "parity.tie_margin"),
+    (lambda r: r["parity"].update(tie_margin=-0.5), "parity.tie_margin"),
+    (lambda r: r["parity"].update(min_agreement=float("nan")), "parity.min_agreement"),
+    (lambda r: r["parity"].update(min_agreement=1.5), "parity.min_agreement"),
+    (lambda r: r["files"][1].update(name=".."), "files[1].name"),
+    (lambda r: r["files"][0].update(name="."), "files[0].name"),
+])
+def test_config_values_out_of_range_are_refused(tmp_path, edit, field):
+    proc = run_cli("fetch", "--config", _config_with(tmp_path, edit), "--output", str(tmp_path / "o"))
+    one_line_error(proc, 3, field)
+
+
+# --- command-line values -----------------------------------------------------------
+
+@pytest.mark.parametrize("args, fragment", [
+    (("parity", "--threads", "-2"), "--threads"),
+    (("predict", "x.jpg", "--threads", "0"), "--threads"),
+    (("fetch", "--read-timeout", "-1"), "--read-timeout"),
+    (("fetch", "--connect-timeout", "nan"), "--connect-timeout"),
+    (("fetch", "--retries", "-1"), "--retries"),
+])
+def test_negative_threads_and_timeouts_are_refused(args, fragment):
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("mirror", ["http://127.0.0.1:99999/x", "http://[::1/x", "http://127.0.0.1:port/",
+                                    "ftp://127.0.0.1/x", "http:///nohost"])
+def test_malformed_mirror_urls_are_one_line_errors(tmp_path, mirror):
+    proc = run_cli("fetch", "--mirror", mirror, "--output", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"))
+    one_line_error(proc, 4, "malformed URL")
+
+
+def test_output_naming_an_existing_file_is_refused(tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("mine")
+    for args in (("export", "--weights", "synthetic", "--output", str(target)),
+                 ("predict", "x.jpg", "--output", str(target)),
+                 ("fetch", "--output", str(target), "--from", str(tmp_path))):
+        one_line_error(run_cli(*args), 2, str(target), "not a folder")
+    assert target.read_text() == "mine"
+
+
+# --- the cache and fetch's files -------------------------------------------------
+
+def _tiny_checkpoint_config(tmp_path, data):
+    def edit(raw):
+        raw["files"] = [dict(raw["files"][0], size=len(data), sha384=hashlib.sha384(data).hexdigest())]
+    return _config_with(tmp_path, edit)
+
+
+def test_a_poisoned_cache_entry_is_deleted_and_reported(tmp_path):
+    good = pickle.dumps({"a": np.zeros(4, np.float32)}, protocol=4)
+    config = _tiny_checkpoint_config(tmp_path, good)
+    digest = hashlib.sha384(good).hexdigest()
+    entry = tmp_path / "cache" / "sha384" / digest[:2] / digest
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(good.replace(b"\x00\x00\x00\x00", b"\x00\x00\x80\x7f", 1))  # same size, a NaN
+    out = tmp_path / "w"
+    proc = run_cli("export", "--config", config, "--weights", "auto", "--cache-dir", str(tmp_path / "cache"),
+                   "--workdir", str(out))
+    one_line_error(proc, 5, "cached checkpoint", "corrupt", "deleted")
+    assert not entry.exists() and not (out / "paddle").exists()
+    # Control: the genuine entry is used (and then found not to fit the model).
+    entry.write_bytes(good)
+    proc = run_cli("export", "--config", config, "--weights", "auto", "--cache-dir", str(tmp_path / "cache"),
+                   "--workdir", str(out))
+    one_line_error(proc, 6, "does not fit")
+
+
+def test_fetched_file_and_cache_entry_are_separate_copies(tmp_path):
+    data = b"checkpoint bytes " * 100
+    config = _tiny_checkpoint_config(tmp_path, data)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.pdparams").write_bytes(data)
+    proc = run_cli("fetch", "--config", config, "--from", str(src), "--output", str(tmp_path / "out"),
+                   "--cache-dir", str(tmp_path / "cache"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    digest = hashlib.sha384(data).hexdigest()
+    cached, fetched = tmp_path / "cache" / "sha384" / digest[:2] / digest, tmp_path / "out" / "model.pdparams"
+    assert os.stat(cached).st_ino != os.stat(fetched).st_ino and os.stat(cached).st_nlink == 1
+    with open(fetched, "r+b") as fh:  # the user edits their copy in place
+        fh.write(b"X")
+    assert cached.read_bytes() == data
+
+
+def test_a_planted_part_symlink_does_not_redirect_the_write(tmp_path):
+    data = b"checkpoint bytes " * 100
+    config = _tiny_checkpoint_config(tmp_path, data)
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    (src / "model.pdparams").write_bytes(data)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    os.symlink(victim, out / "model.pdparams.part")
+    proc = run_cli("fetch", "--config", config, "--from", str(src), "--output", str(out),
+                   "--cache-dir", str(tmp_path / "cache"), "--quiet")
+    one_line_error(proc, 4, "symbolic link")
+    assert victim.read_bytes() == b"precious" and not (out / "model.pdparams").exists()
+
+
+def test_export_key_uses_the_bytes_of_the_file_not_the_config_claim(tmp_path):
+    from converter.config import load_config
+    from converter.export import export_key
+    from converter.weights import resolve_weights
+    config = load_config()
+    first, second = tmp_path / "a.pdparams", tmp_path / "b.pdparams"
+    first.write_bytes(b"one")
+    second.write_bytes(b"two")
+    choices = [resolve_weights(config, str(p), allow_unverified=True) for p in (first, second)]
+    assert choices[0].provenance["sha384"] == hashlib.sha384(b"one").hexdigest()
+    assert choices[0].provenance["verified"] is False
+    assert export_key(choices[0], False) != export_key(choices[1], False)
