@@ -22,6 +22,7 @@ class FaultyServer:
     trickle   first request: send 1 KiB, then stall past the client's read timeout
     stall     every request stalls after 1 KiB
     slow      send in 64 KiB pieces with a pause between them
+    badlength first request: a non-numeric Content-Length and a third of the body
     """
 
     def __init__(self, files, faults=None):
@@ -94,6 +95,13 @@ class FaultyServer:
         if start > len(body):
             return self._status(h, 416, "Range Not Satisfiable")
         part = body[start:]
+        if mode == "badlength" and hit == 1:  # a non-numeric Content-Length, then a cut
+            h.send_response(200)
+            h.send_header("Content-Length", "12abc")
+            h.end_headers()
+            self._send(h, name, part[: len(part) // 3])
+            h.close_connection = True
+            return
         h.send_response(206 if start else 200)
         h.send_header("Content-Length", str(len(part)))
         h.send_header("Accept-Ranges", "none" if mode == "norange" else "bytes")

@@ -75,7 +75,7 @@ def test_clean_download_is_verified_and_cached(tmp_path, files):
     assert all(r["source"] == "download" for r in summary(proc)["files"])
 
 
-@pytest.mark.parametrize("fault", ["truncate", "reset", "500x2", "429once", "trickle"])
+@pytest.mark.parametrize("fault", ["truncate", "reset", "500x2", "429once", "trickle", "badlength"])
 def test_transient_faults_recover_within_the_run(tmp_path, files, fault):
     with FaultyServer(files, {BIG: fault}) as srv:
         srv.stall_seconds = 2.5
@@ -87,7 +87,7 @@ def test_transient_faults_recover_within_the_run(tmp_path, files, fault):
     assert not (tmp_path / "out" / (BIG + ".part")).exists()
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert any(e["event"] == "retry" for e in events)
-    if fault in ("truncate", "trickle"):
+    if fault in ("truncate", "trickle", "badlength"):
         # resumed with a Range request rather than starting over
         assert requests[-1][1] is not None and requests[-1][1].startswith("bytes=")
     if fault in ("truncate", "reset", "trickle"):
