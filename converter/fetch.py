@@ -10,7 +10,6 @@ across runs (after a kill). Size and sha384 are checked before the file is
 renamed to its final name, so a later stage never sees an unverified file.
 """
 import errno
-import hashlib
 import http.client
 import os
 import shutil

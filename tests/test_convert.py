@@ -137,7 +137,7 @@ def test_missing_export_is_one_line_error(tmp_path):
     for stage in ("onnx", "openvino"):
         proc = run_cli(stage, "--workdir", str(tmp_path), "--input-shape", SHAPE)
         assert proc.returncode == 8
-        assert proc.stderr.strip() == f"error: missing {tmp_path}/paddle/model.pdmodel: run the export stage first"
+        assert proc.stderr.strip() == f"error: missing {tmp_path}/paddle/export.json: run the export stage first (make convert)"
         assert not (tmp_path / stage).exists()
 
 

@@ -1,5 +1,4 @@
 """fetch against a local faulty HTTP server: every fault ends verified or in a clear error."""
-import builtins
 import errno
 import hashlib
 import json
@@ -229,8 +228,6 @@ def test_dns_failure_says_no_network(tmp_path, files, monkeypatch):
 
 
 def test_disk_full_is_reported_and_nothing_written(tmp_path, files, monkeypatch):
-    real_open = builtins.open
-
     class Full:
         def __init__(self, fh):
             self.fh = fh
@@ -244,13 +241,14 @@ def test_disk_full_is_reported_and_nothing_written(tmp_path, files, monkeypatch)
         def __exit__(self, *exc):
             self.fh.close()
 
-    def fake_open(path, mode="r", *args, **kwargs):
-        fh = real_open(path, mode, *args, **kwargs)
-        return Full(fh) if str(path).endswith(".part") and "b" in mode and "r" not in mode else fh
+    real_open_for_write = fetch._open_for_write
+
+    def fake_open(path, append=False):
+        return Full(real_open_for_write(path, append))
 
     with FaultyServer(files) as srv:
         cfg = load_config(write_config(tmp_path, files, srv.url))
-        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(fetch, "_open_for_write", fake_open)
         with pytest.raises(FetchError, match="disk full while writing"):
             fetch.fetch_file(cfg.checkpoint, str(tmp_path / "out"), str(tmp_path / "cache"))
     monkeypatch.undo()

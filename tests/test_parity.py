@@ -77,6 +77,7 @@ def test_parity_passes_on_correct_conversion(parity_workdir):
 @pytest.mark.parametrize("preprocess", [{"reverse": False}, {"mean": 0.0}], ids=["no-reverse", "mean-0"])
 def test_gate_fails_for_broken_ir_in_copied_workdir(parity_workdir, tmp_path, preprocess):
     import openvino as ov
+    from converter.fsutil import describe_files
     from converter.openvino_stage import IR_NAME, build_ir
     work = tmp_path / "work"
     work.mkdir()
@@ -85,6 +86,10 @@ def test_gate_fails_for_broken_ir_in_copied_workdir(parity_workdir, tmp_path, pr
     shutil.copytree(parity_workdir / "openvino", work / "openvino")
     model = build_ir(str(parity_workdir / "paddle" / "model.pdmodel"), (1, 3, 256, 512), **preprocess)
     ov.save_model(model, str(work / "openvino" / "FP32" / f"{IR_NAME}.xml"), compress_to_fp16=False)
+    # A converter bug, not tampering: the broken IR is what the stage recorded.
+    record = json.loads((work / "openvino" / "openvino.json").read_text())
+    record["files"]["FP32"] = describe_files(str(work / "openvino" / "FP32"), list(record["files"]["FP32"]))
+    (work / "openvino" / "openvino.json").write_text(json.dumps(record))
     sample = os.path.join(os.path.dirname(os.path.dirname(__file__)), "converter", "samples", "street_2.jpg")
     proc = run_cli("parity", "--workdir", str(work), "--images", sample)
     assert proc.returncode == 10, proc.stderr
@@ -98,7 +103,7 @@ def test_gate_fails_for_broken_ir_in_copied_workdir(parity_workdir, tmp_path, pr
 def test_missing_artifacts_is_a_user_error(tmp_path):
     proc = run_cli("parity", "--workdir", str(tmp_path))
     assert proc.returncode == 8
-    assert proc.stderr.strip() == f"error: missing {tmp_path}/paddle/model.pdmodel (run make convert, or the export stage)"
+    assert proc.stderr.strip() == f"error: missing {tmp_path}/paddle/export.json: run the export stage first (make convert)"
 
 
 def test_unreadable_image_is_a_user_error(parity_workdir, tmp_path):
