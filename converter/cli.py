@@ -10,8 +10,8 @@ import os
 import signal
 import sys
 
-from . import __version__
-from .errors import ConverterError, DiskFullError, ParityFailure
+from converter import __version__
+from converter.errors import ConverterError, DiskFullError, ParityFailure
 
 DEFAULT_WORKDIR = "artifacts"
 
@@ -161,7 +161,7 @@ def _check_threads(args):
 
 
 def _cmd_bench(args, config):
-    from .bench import markdown, run_bench
+    from converter.commands.bench import markdown, run_bench
 
     if args.runs < 1:
         raise ConverterError("--runs must be at least 1")
@@ -172,7 +172,7 @@ def _cmd_bench(args, config):
 
 
 def _cmd_manifest(args, config):
-    from .manifest import run_manifest
+    from converter.stages.manifest import run_manifest
 
     paths, manifest = run_manifest(config, args.workdir)
     n_model = sum(f["model_file"] for f in manifest["files"])
@@ -187,7 +187,7 @@ def _cmd_manifest(args, config):
 
 
 def _cmd_predict(args, config):
-    from .predict import run_predict
+    from converter.commands.predict import run_predict
 
     paths, _ = run_predict(config, args.workdir, args.images, args.backend, args.output, args.threads)
     print(f"predict: wrote {len(paths)} files to {args.output}", file=sys.stderr)
@@ -195,7 +195,7 @@ def _cmd_predict(args, config):
 
 
 def _cmd_evaluate(args, config):
-    from .evaluate import run_evaluate
+    from converter.commands.evaluate import run_evaluate
 
     if args.limit is not None and args.limit <= 0:
         raise ConverterError("--limit must be positive")
@@ -209,7 +209,7 @@ def _cmd_evaluate(args, config):
 
 
 def _cmd_parity(args, config):
-    from .parity import run_parity
+    from converter.stages.parity import run_parity
 
     try:
         paths, record = run_parity(config, args.workdir, args.images, args.threads)
@@ -233,7 +233,7 @@ def _report_stage(stage, paths, record, detail=""):
 
 
 def _cmd_onnx(args, config):
-    from .onnx_stage import run_onnx
+    from converter.stages.onnx import run_onnx
 
     paths, record = run_onnx(config, args.workdir, args.input_shape, args.force)
     _report_stage("onnx", paths, record)
@@ -241,7 +241,7 @@ def _cmd_onnx(args, config):
 
 
 def _cmd_openvino(args, config):
-    from .openvino_stage import run_openvino
+    from converter.stages.openvino import run_openvino
 
     paths, record = run_openvino(config, args.workdir, args.input_shape, args.source, args.force)
     _report_stage("openvino", paths, record)
@@ -249,8 +249,8 @@ def _cmd_openvino(args, config):
 
 
 def _cmd_fetch(args, config):
-    from . import fetch
-    from .fetch import default_cache_dir, run_fetch
+    from converter.stages import fetch
+    from converter.stages.fetch import default_cache_dir, run_fetch
 
     mode = "json" if args.json else "quiet" if args.quiet or not sys.stderr.isatty() else "bar"
     if args.mirror:
@@ -267,8 +267,8 @@ def _cmd_fetch(args, config):
 
 
 def _cmd_export(args, config):
-    from .export import run_export
-    from .weights import resolve_weights
+    from converter.stages.export import run_export
+    from converter.weights.choice import resolve_weights
 
     choice = resolve_weights(config, args.weights, args.seed, args.cache_dir, args.mirror,
                              args.allow_unverified)
@@ -310,9 +310,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        from .config import load_config
-        from .fsutil import workdir_lock
-        from .log import info
+        from converter.config import load_config
+        from converter.util.fsutil import workdir_lock
+        from converter.util.log import info
 
         config = load_config(args.config)
         _check_threads(args)

@@ -9,10 +9,18 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from converter.errors import ConfigError
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CONFIG = os.path.join(os.path.dirname(PACKAGE_DIR), "configs", "ocrnet-hrnet-w48-paddle.yaml")
+def package_path(*parts):
+    """A data file shipped inside the package (configs/, samples/), found the
+    same way in a checkout, an editable install and a wheel. Wheels install
+    unpacked, so the resource is a real file on disk."""
+    from importlib import resources
+
+    return os.path.join(str(resources.files("converter")), *parts)
+
+
+DEFAULT_CONFIG = package_path("configs", "ocrnet-hrnet-w48-paddle.yaml")
 _SHA384 = re.compile(r"^[0-9a-f]{96}$")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 

@@ -11,8 +11,8 @@ import json
 import os
 import re
 
-from .errors import StageError
-from .fsutil import file_digest
+from converter.errors import StageError
+from converter.util.fsutil import file_digest
 
 CARD_SHAPE = (1, 3, 1024, 2048)
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from converter.checkpoint import load_into, match_state_dict, read_state_dict
+from converter.weights.checkpoint import load_into, match_state_dict, read_state_dict
 from converter.errors import CheckpointError, UnsafeCheckpointError
 
 
@@ -186,7 +186,7 @@ def test_mutated_checkpoints_only_ever_raise_checkpoint_errors():
     import collections
     import random
 
-    from converter.safe_pickle import loads
+    from converter.weights.safe_pickle import loads
     state = collections.OrderedDict((f"k{i}", np.arange(i + 1, dtype=np.float32)) for i in range(4))
     state["meta@@"] = {"a": "b"}
     for protocol in (2, 4):
@@ -212,7 +212,7 @@ def test_mutated_checkpoints_only_ever_raise_checkpoint_errors():
 def test_protocols_two_to_four_load_exactly():
     import collections
 
-    from converter.safe_pickle import loads
+    from converter.weights.safe_pickle import loads
     state = collections.OrderedDict(
         a=np.arange(6, dtype=np.float32).reshape(2, 3), big_endian=np.ones((2, 2), ">f8"),
         fortran=np.asfortranarray(np.arange(6.0).reshape(2, 3)), empty=np.zeros((0, 3), np.int64))
@@ -243,7 +243,7 @@ def test_nan_and_wrong_dtype_are_refused_naming_the_key():
 
 
 def test_file_swapped_after_verification_is_not_loaded(tmp_path):
-    from converter.checkpoint import read_checkpoint
+    from converter.weights.checkpoint import read_checkpoint
     from converter.errors import ChecksumError
     path = tmp_path / "w.pdparams"
     path.write_bytes(pickle.dumps({"a": np.zeros(2, np.float32)}, protocol=4))

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from converter.images import bgr_nchw, load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
+from converter.data.images import bgr_nchw, load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
 from tests.conftest import SMALL_SHAPE as SHAPE, run_cli
 
 ONNX = "onnx/ocrnet-hrnet-w48-paddle.onnx"
@@ -76,7 +76,7 @@ def test_ir_fp32_with_baked_preprocessing_matches_original(small_workdir, refere
 
 def _control_runner(small_workdir, **preprocess):
     import openvino as ov
-    from converter.openvino_stage import build_ir
+    from converter.stages.openvino import build_ir
     model = build_ir(str(small_workdir / "paddle" / "model.pdmodel"), (1, 3, 256, 512), **preprocess)
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
@@ -103,7 +103,7 @@ def test_ir_from_onnx_equals_ir_from_paddle(small_workdir, tmp_path, reference_m
 
 
 def test_guard_refuses_pip_inside_conversion():
-    from converter.no_install import RuntimeInstallBlocked, no_runtime_installs
+    from converter.util.no_install import RuntimeInstallBlocked, no_runtime_installs
     with no_runtime_installs():
         assert os.environ["POLYGRAPHY_AUTOINSTALL_DEPS"] == "0"
         with pytest.raises(RuntimeInstallBlocked):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from converter.images import load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
+from converter.data.images import load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
 from tests.conftest import run_cli
 
 
@@ -28,7 +28,7 @@ def test_round_trip_paddle_inference_equals_dygraph(synthetic_export, synthetic_
     import paddle
     from converter.model import build_model
     from converter.runners import make_runner
-    from converter.synthetic import synthetic_state_dict
+    from converter.weights.synthetic import synthetic_state_dict
 
     model = build_model()
     synthetic_state_dict(model, 0)

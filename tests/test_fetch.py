@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from converter import fetch
+from converter.stages import fetch
 from converter.config import DEFAULT_CONFIG, load_config
 from converter.errors import FetchError
 from tests.conftest import ROOT, run_cli
@@ -290,7 +290,7 @@ def test_from_dir_is_verified(tmp_path, files):
 
 
 def test_auto_weights_use_a_cached_checkpoint(tmp_path, files, monkeypatch):
-    from converter.weights import resolve_weights
+    from converter.weights.choice import resolve_weights
     monkeypatch.setenv("OCRNET_CONVERT_OFFLINE", "1")
     cfg = load_config(write_config(tmp_path, files, "http://127.0.0.1:9"))
     assert resolve_weights(cfg, "auto", cache_dir=str(tmp_path / "c")).kind == "synthetic"

@@ -102,7 +102,7 @@ def test_corrupt_export_record_is_refused_by_onnx(workdir):
 def test_garbage_model_with_a_matching_record_is_a_one_line_error(workdir, tmp_path):
     """A record rewritten to match a truncated IR: the loader's own failure
     is still one line (predict in-process, bench in a worker)."""
-    from converter.fsutil import describe_files
+    from converter.util.fsutil import describe_files
     folder = workdir / "openvino" / "FP32"
     binary = folder / "ocrnet-hrnet-w48-paddle.bin"
     binary.write_bytes(binary.read_bytes()[:1000])
@@ -204,7 +204,7 @@ def test_two_runs_on_one_workdir_wait_for_each_other(workdir):
 
 
 def test_only_stale_staging_folders_are_removed(tmp_path):
-    from converter.fsutil import staging_dir
+    from converter.util.fsutil import staging_dir
     final = tmp_path / "onnx"
     dead = tmp_path / ".onnx.999999999.abc.staging"
     live = tmp_path / f".onnx.{os.getpid()}.def.staging"
@@ -218,7 +218,7 @@ def test_only_stale_staging_folders_are_removed(tmp_path):
 def test_an_interrupted_publication_leaves_no_record_beside_its_files(tmp_path, monkeypatch):
     """Kill between two files of a multi-file stage: the record is gone, so
     every reader refuses the mix instead of using it."""
-    from converter import fsutil
+    from converter.util import fsutil
     from converter.errors import StageError
     from converter.records import verified_record
     out = tmp_path / "openvino"
@@ -252,7 +252,7 @@ def test_an_interrupted_publication_leaves_no_record_beside_its_files(tmp_path, 
 
 def test_parity_judges_two_images_with_one_file_name(workdir, tmp_path):
     from converter.config import load_config
-    from converter.parity import run_parity
+    from converter.stages.parity import run_parity
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
@@ -269,7 +269,7 @@ def test_parity_judges_two_images_with_one_file_name(workdir, tmp_path):
 def test_exif_orientation_is_applied(tmp_path):
     from PIL import Image
 
-    from converter.images import load_rgb
+    from converter.data.images import load_rgb
     img = Image.new("RGB", (40, 20), (255, 0, 0))
     img.paste((0, 0, 255), (0, 0, 10, 20))  # blue band on the left
     exif = Image.Exif()
@@ -296,7 +296,7 @@ def _png16(path, rgb16):
 
 def test_16_bit_rgb_png_is_refused_not_truncated(tmp_path):
     from converter.errors import ConverterError
-    from converter.images import load_rgb
+    from converter.data.images import load_rgb
     _png16(tmp_path / "deep.png", np.full((4, 5, 3), 40000, np.uint16))
     with pytest.raises(ConverterError, match="16-bit"):
         load_rgb(str(tmp_path / "deep.png"))
@@ -304,7 +304,7 @@ def test_16_bit_rgb_png_is_refused_not_truncated(tmp_path):
 
 def test_fifos_are_skipped_in_folders_and_refused_as_files(tmp_path):
     from converter.errors import ConverterError
-    from converter.images import expand_image_args, load_rgb
+    from converter.data.images import expand_image_args, load_rgb
     shutil.copy(os.path.join(ROOT, "converter", "samples", "street_1.jpg"), tmp_path / "a.jpg")
     os.mkfifo(tmp_path / "b.jpg")
     assert expand_image_args([str(tmp_path)]) == [str(tmp_path / "a.jpg")]
@@ -432,8 +432,8 @@ def test_a_planted_part_symlink_does_not_redirect_the_write(tmp_path):
 
 def test_export_key_uses_the_bytes_of_the_file_not_the_config_claim(tmp_path):
     from converter.config import load_config
-    from converter.export import export_key
-    from converter.weights import resolve_weights
+    from converter.stages.export import export_key
+    from converter.weights.choice import resolve_weights
     config = load_config()
     first, second = tmp_path / "a.pdparams", tmp_path / "b.pdparams"
     first.write_bytes(b"one")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from converter.config import load_config
-from converter.parity import class_iou, compare, gate, top2_margin
+from converter.stages.parity import class_iou, compare, gate, top2_margin
 from tests.conftest import run_cli
 
 
@@ -77,8 +77,8 @@ def test_parity_passes_on_correct_conversion(parity_workdir):
 @pytest.mark.parametrize("preprocess", [{"reverse": False}, {"mean": 0.0}], ids=["no-reverse", "mean-0"])
 def test_gate_fails_for_broken_ir_in_copied_workdir(parity_workdir, tmp_path, preprocess):
     import openvino as ov
-    from converter.fsutil import describe_files
-    from converter.openvino_stage import IR_NAME, build_ir
+    from converter.util.fsutil import describe_files
+    from converter.stages.openvino import IR_NAME, build_ir
     work = tmp_path / "work"
     work.mkdir()
     for name in ("paddle", "onnx"):  # parity needs no paddle-logits export

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from converter.cityscapes import LABEL_TO_TRAIN, PALETTE, label_ids_to_train_ids
-from converter.images import load_rgb, sample_images
+from converter.data.cityscapes import LABEL_TO_TRAIN, PALETTE, label_ids_to_train_ids
+from converter.data.images import load_rgb, sample_images
 from tests.conftest import run_cli
 
 TRAIN_TO_LABEL = {t: l for l, t in LABEL_TO_TRAIN.items()}
@@ -37,7 +37,7 @@ def test_predict_odd_size_writes_three_pngs(small_workdir, tmp_path):
     np.testing.assert_array_equal(overlay, ((rgb.astype(np.uint16) + colour) // 2).astype(np.uint8))
     shares = {int(c): float(n) / classes.size for c, n in zip(*np.unique(classes, return_counts=True))}
     top = max(shares, key=shares.get)
-    from converter.cityscapes import CLASSES
+    from converter.data.cityscapes import CLASSES
     assert f"{CLASSES[top]} {shares[top]:.1%}" in proc.stdout
 
 
@@ -138,7 +138,7 @@ def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
     preds = [p for _, p in predictions.values()]
     gts = [damage(np.vectorize(TRAIN_TO_LABEL.get)(p).astype(np.uint8)) for p in preds]
     iou, miou, accuracy = _expected(preds, gts)
-    from converter.cityscapes import CLASSES
+    from converter.data.cityscapes import CLASSES
     for c, name in enumerate(CLASSES):
         if iou[c] is None:
             assert result["per_class_iou"][name] is None

@@ -6,13 +6,13 @@ import sys
 import numpy as np
 import pytest
 
-from converter.images import load_rgb, normalized_rgb_nchw, sample_images
-from converter.synthetic import _he_init
+from converter.data.images import load_rgb, normalized_rgb_nchw, sample_images
+from converter.weights.synthetic import _he_init
 
 HASH_SNIPPET = """
 import hashlib
 from converter.model import build_model
-from converter.synthetic import synthetic_state_dict
+from converter.weights.synthetic import synthetic_state_dict
 st = synthetic_state_dict(build_model(), {seed})
 print(hashlib.sha256(b''.join(k.encode() + st[k].tobytes() for k in st)).hexdigest())
 """
@@ -25,7 +25,7 @@ def _digest(state):
 @pytest.fixture(scope="session")
 def synthetic_seed0():
     from converter.model import build_model
-    from converter.synthetic import synthetic_state_dict
+    from converter.weights.synthetic import synthetic_state_dict
     model = build_model()
     return model, synthetic_state_dict(model, 0)
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 W, H = 2048, 1024
 HORIZON = 430
-OUT = os.path.join(os.path.dirname(__file__), "..", "converter", "samples")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "converter", "samples")
 
 
 def _sky(draw, rng):

@@ -1,8 +1,8 @@
 """Our own Paddle implementation of PaddleSeg release-2.3 OCRNet + HRNet_W48."""
-from ..paddle_env import import_paddle
+from converter.util.paddle_env import import_paddle
 
 import_paddle()
-from .ocrnet import NUM_CLASSES, InferenceWrapper, OCRNet
+from converter.model.ocrnet import NUM_CLASSES, InferenceWrapper, OCRNet
 
 
 def build_model(eval_mode=True):

@@ -8,7 +8,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .layers import ConvBN, ConvBNReLU
+from converter.model.layers import ConvBN, ConvBNReLU
 
 # Sums use paddle.add rather than `+`: under paddle.jit.save, `+` on a tensor
 # with a dynamic batch dimension calls inspect.stack() for a deprecation

@@ -7,8 +7,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .hrnet import HRNetW48
-from .layers import ConvBNReLU
+from converter.model.hrnet import HRNetW48
+from converter.model.layers import ConvBNReLU
 
 NUM_CLASSES = 19
 MID_CHANNELS = 512

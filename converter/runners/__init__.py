@@ -5,18 +5,18 @@
 
 Heavy libraries are imported inside the runner modules, only when used.
 """
-from ..errors import ConverterError, StageError
+from converter.errors import ConverterError, StageError
 
 KINDS = ("paddle", "onnxruntime", "openvino")
 
 
 def make_runner(kind, model_path, threads=2, **options):
     if kind == "paddle":
-        from .paddle_runner import PaddleRunner as cls
+        from converter.runners.paddle import PaddleRunner as cls
     elif kind == "onnxruntime":
-        from .ort_runner import OrtRunner as cls
+        from converter.runners.onnxruntime import OrtRunner as cls
     elif kind == "openvino":
-        from .ov_runner import OpenVinoRunner as cls
+        from converter.runners.openvino import OpenVinoRunner as cls
     else:
         raise ConverterError(f"unknown backend '{kind}' (choose from {', '.join(KINDS)})")
     runner = cls()

@@ -2,7 +2,7 @@
 import os
 import tempfile
 
-from ..errors import StageError
+from converter.errors import StageError
 
 # Paddle's oneDNN pass that folds each residual `elementwise_add` into the
 # preceding conv. On this graph (107 such adds) it alone takes ~11.5 s of the
@@ -18,7 +18,7 @@ def check_program(model_path):
     an empty graph. Returns the parsed ProgramDesc."""
     from google.protobuf.message import DecodeError
 
-    from ..paddle_env import import_paddle
+    from converter.util.paddle_env import import_paddle
 
     import_paddle()
     from paddle.base.proto import framework_pb2
@@ -70,7 +70,7 @@ class PaddleRunner:
         """logits=True also returns the ArgMax's input, as output "logits"
         (from a fetch op added to a temporary copy of the program; the
         artifact is not changed). fuse_residual_add: see RESIDUAL_FUSE_PASS."""
-        from ..paddle_env import import_paddle
+        from converter.util.paddle_env import import_paddle
 
         import_paddle()
         import paddle.inference as pi

@@ -4,10 +4,10 @@ import platform
 
 import numpy as np
 
-from .cityscapes import CLASSES, PALETTE, colorize
-from .fsutil import write_bytes_atomic, write_json_atomic, write_png_atomic
-from .incremental import tool_versions
-from .records import export_weights
+from converter.data.cityscapes import CLASSES, PALETTE, colorize
+from converter.util.fsutil import write_bytes_atomic, write_json_atomic, write_png_atomic
+from converter.util.incremental import tool_versions
+from converter.records import export_weights
 
 PANEL = (512, 256)
 LIBRARIES = ("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "openvino", "numpy", "pillow")

@@ -19,11 +19,11 @@ import time
 
 import numpy as np
 
-from .errors import StageError
-from .fsutil import describe_files, staging_dir, write_json_atomic
-from .log import info
-from .no_install import no_runtime_installs
-from .records import ONNX_NAME
+from converter.errors import StageError
+from converter.util.fsutil import describe_files, staging_dir, write_json_atomic
+from converter.util.log import info
+from converter.util.no_install import no_runtime_installs
+from converter.records import ONNX_NAME
 
 INPUT = "x"
 INTERNAL_INPUT = "x_rgb_normalized"
@@ -31,7 +31,7 @@ INTERNAL_INPUT = "x_rgb_normalized"
 
 def check_paddle_export(workdir):
     """The export's folder and record, its files verified against it."""
-    from .records import verified_record
+    from converter.records import verified_record
 
     folder = os.path.join(workdir, "paddle")
     record = verified_record(workdir, "export")
@@ -80,8 +80,8 @@ def prepend_preprocessing(model, shape, mean=127.5, scale=127.5, reverse=True):
 
 
 def convert_to_onnx(paddle_dir, shape, opset, mean=127.5, scale=127.5, reverse=True):
-    from .paddle_env import import_paddle
-    from .runners.paddle_runner import check_program
+    from converter.util.paddle_env import import_paddle
+    from converter.runners.paddle import check_program
 
     import_paddle()
     check_program(os.path.join(paddle_dir, "model.pdmodel"))
@@ -105,7 +105,7 @@ def convert_to_onnx(paddle_dir, shape, opset, mean=127.5, scale=127.5, reverse=T
 
 
 def run_onnx(config, workdir, shape, force=False):
-    from .incremental import current_record, stage_key, tool_versions
+    from converter.util.incremental import current_record, stage_key, tool_versions
 
     start = time.perf_counter()
     paddle_dir, export_record = check_paddle_export(workdir)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 
-from .fsutil import file_digest
+from converter.util.fsutil import file_digest
 
 
 def stage_key(params, inputs=()):
@@ -33,8 +33,8 @@ def source_digest(paths):
 def current_record(folder, stage, key):
     """The stage's record in folder if the stage is up to date (same key,
     every listed output unchanged), else None."""
-    from .errors import StageError
-    from .records import verified_record
+    from converter.errors import StageError
+    from converter.records import verified_record
 
     try:
         record = verified_record(None, stage, folder)

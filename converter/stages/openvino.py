@@ -11,11 +11,11 @@ computation precision is chosen by the device at run time).
 import os
 import time
 
-from .errors import StageError
-from .fsutil import describe_files, staging_dir, write_json_atomic
-from .log import info
-from .onnx_stage import check_paddle_export
-from .records import MODEL_STEM as IR_NAME, ONNX_PATH, record_files, verified_record
+from converter.errors import StageError
+from converter.util.fsutil import describe_files, staging_dir, write_json_atomic
+from converter.util.log import info
+from converter.stages.onnx import check_paddle_export
+from converter.records import MODEL_STEM as IR_NAME, ONNX_PATH, record_files, verified_record
 OUTPUT_NAME = "argmax_0.tmp_0"
 
 
@@ -50,7 +50,7 @@ def build_ir(source_path, shape, from_onnx=False, mean=127.5, scale=127.5, rever
 
 
 def run_openvino(config, workdir, shape, source="paddle", force=False):
-    from .incremental import current_record, stage_key, tool_versions
+    from converter.util.incremental import current_record, stage_key, tool_versions
 
     start = time.perf_counter()
     if source == "onnx":
@@ -58,7 +58,7 @@ def run_openvino(config, workdir, shape, source="paddle", force=False):
         verified_record(workdir, "onnx")
         export_record, inputs = {}, [src]
     else:
-        from .runners.paddle_runner import check_program
+        from converter.runners.paddle import check_program
 
         folder, export_record = check_paddle_export(workdir)
         src = os.path.join(folder, "model.pdmodel")

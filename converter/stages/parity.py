@@ -18,11 +18,11 @@ from collections import Counter
 
 import numpy as np
 
-from .cityscapes import confusion_matrix, iou_per_class
-from .errors import ParityFailure, StageError
-from .images import expand_image_args, image_ids, load_rgb, resize_rgb, sample_images
-from .log import info
-from .records import ONNX_PATH, converted_input_shape, ir_path, verify_build
+from converter.data.cityscapes import confusion_matrix, iou_per_class
+from converter.errors import ParityFailure, StageError
+from converter.data.images import expand_image_args, image_ids, load_rgb, resize_rgb, sample_images
+from converter.util.log import info
+from converter.records import ONNX_PATH, converted_input_shape, ir_path, verify_build
 
 # name, backend, model path (relative to workdir), input, precision, gated
 BACKENDS = [
@@ -69,7 +69,7 @@ def run_backend(spec):
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "converter.parity_worker", spec_path],
+        proc = subprocess.Popen([sys.executable, "-m", "converter.runners.worker", spec_path],
                                 stdout=out, stderr=err, env=env,
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         try:
@@ -160,7 +160,7 @@ def gate(results, config):
 
 def run_parity(config, workdir, images=None, threads=2, backends=None):
     """Returns (paths, record); raises ParityFailure when the gate fails."""
-    from .report import write_report
+    from converter.stages.parity_report import write_report
 
     selected = [b for b in BACKENDS if not backends or b[0] in backends or b[0] == "original"]
     check_artifacts(workdir, selected)

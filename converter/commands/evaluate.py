@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .cityscapes import CLASSES, confusion_matrix, iou_per_class, label_ids_to_train_ids
-from .errors import ConverterError
-from .fsutil import write_bytes_atomic, write_json_atomic
-from .images import load_rgb
-from .records import export_weights
+from converter.data.cityscapes import CLASSES, confusion_matrix, iou_per_class, label_ids_to_train_ids
+from converter.errors import ConverterError
+from converter.util.fsutil import write_bytes_atomic, write_json_atomic
+from converter.data.images import load_rgb
+from converter.records import export_weights
 
 NUM = len(CLASSES)
 
@@ -86,7 +86,7 @@ def markdown(result, reference):
 
 
 def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs=2, threads=2):
-    from .predict import Segmenter
+    from converter.commands.predict import Segmenter
 
     pairs = find_pairs(root, split)[:limit]  # limit None: all
     segmenter = Segmenter(workdir, backend, threads)

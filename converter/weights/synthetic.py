@@ -12,7 +12,7 @@ constant offset. The result is labelled synthetic everywhere it goes.
 """
 import numpy as np
 
-from .images import load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
+from converter.data.images import load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
 
 # Calibrate on crops at the native 2048x1024 scale. Dygraph is slow on CPU
 # (~50 s for one full frame), and downscaled frames give statistics that do

@@ -6,9 +6,10 @@ does), deploy.yaml, and export.json (what was exported, from which weights).
 import os
 import time
 
-from .errors import ConverterError
-from .fsutil import describe_files, staging_dir, write_json_atomic
-from .log import info
+from converter.config import package_path
+from converter.errors import ConverterError
+from converter.util.fsutil import describe_files, staging_dir, write_json_atomic
+from converter.util.log import info
 
 # Release-2.3 deploy.yaml for this model: the Cityscapes val transforms are a
 # bare Normalize (mean 0.5, std 0.5 on 0..1, i.e. (v - 127.5) / 127.5).
@@ -23,7 +24,7 @@ MODEL_FILES = ("model.pdmodel", "model.pdiparams", "model.pdiparams.info", "depl
 
 def build_weighted_model(choice):
     """Our model with the chosen weights loaded, in eval mode."""
-    from .checkpoint import load_state, read_checkpoint
+    from converter.weights.checkpoint import load_state, read_checkpoint
 
     state = None
     if choice.kind == "pretrained":
@@ -31,8 +32,8 @@ def build_weighted_model(choice):
         # checkpoint is refused in a fraction of a second and small memory.
         info(f"export: reading checkpoint {choice.path}")
         state = read_checkpoint(choice.path, choice.sha384)
-    from .model import build_model
-    from .synthetic import synthetic_state_dict
+    from converter.model import build_model
+    from converter.weights.synthetic import synthetic_state_dict
 
     model = build_model()
     if state is None:
@@ -95,7 +96,7 @@ def normalize_params_info(path):
     restricted unpickler all the same."""
     import pickle
 
-    from .safe_pickle import loads
+    from converter.weights.safe_pickle import loads
 
     with open(path, "rb") as fh:
         info_dict = loads(fh.read())
@@ -107,7 +108,7 @@ def save_inference_model(model, folder, without_argmax=False):
     import paddle
     from paddle.static import InputSpec
 
-    from .model import InferenceWrapper
+    from converter.model import InferenceWrapper
 
     wrapper = InferenceWrapper(model, without_argmax)
     wrapper.eval()
@@ -126,11 +127,12 @@ def export_key(choice, without_argmax):
     code and images, the paddle version, and the argmax switch."""
     import glob
 
-    from .incremental import source_digest, stage_key, tool_versions
+    from converter.util.incremental import source_digest, stage_key, tool_versions
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    sources = (glob.glob(os.path.join(here, "model", "*.py")) + glob.glob(os.path.join(here, "samples", "*.jpg"))
-               + [os.path.join(here, n) for n in ("export.py", "synthetic.py", "checkpoint.py", "images.py")])
+    sources = (glob.glob(package_path("model", "*.py")) + glob.glob(package_path("samples", "*.jpg"))
+               + [package_path(*p.split("/")) for p in ("stages/export.py", "weights/synthetic.py",
+                                                         "weights/checkpoint.py", "weights/safe_pickle.py",
+                                                         "data/images.py")])
     weights = {k: v for k, v in choice.provenance.items() if k in ("kind", "seed", "sha384")}
     inputs = [choice.path] if choice.kind == "pretrained" and not choice.provenance.get("verified") else []
     return stage_key({"stage": "export", "weights": weights, "without_argmax": without_argmax,
@@ -145,7 +147,7 @@ def run_export(config, output_dir, choice, without_argmax=False, logits_output=N
     itself); loading the weights once serves both. Skipped when every output
     is up to date.
     """
-    from .incremental import current_record
+    from converter.util.incremental import current_record
 
     start = time.perf_counter()
     for folder in (output_dir, logits_output):

@@ -8,10 +8,10 @@ from the same inputs (records and reports hold timings, so they are not).
 import os
 import stat
 
-from .errors import StageError
-from .fsutil import file_digest, write_bytes_atomic, write_json_atomic
-from .records import STAGES, read_json, record_path, verify_build
-from .report import system_info
+from converter.errors import StageError
+from converter.util.fsutil import file_digest, write_bytes_atomic, write_json_atomic
+from converter.records import STAGES, read_json, record_path, verify_build
+from converter.stages.parity_report import system_info
 
 MODEL_DIRS = ("paddle", "paddle-logits", "onnx", "openvino")
 RECORD_NAMES = ("export.json", "onnx.json", "openvino.json", "report.json", "metrics.json", "bench.json")

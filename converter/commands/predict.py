@@ -9,11 +9,11 @@ import os
 
 import numpy as np
 
-from .cityscapes import CLASSES, colorize
-from .errors import ConverterError
-from .fsutil import write_png_atomic
-from .images import bgr_nchw, normalized_rgb_nchw, resize_rgb
-from .records import ONNX_PATH, converted_input_shape, ir_path, verified_record
+from converter.data.cityscapes import CLASSES, colorize
+from converter.errors import ConverterError
+from converter.util.fsutil import write_png_atomic
+from converter.data.images import bgr_nchw, normalized_rgb_nchw, resize_rgb
+from converter.records import ONNX_PATH, converted_input_shape, ir_path, verified_record
 
 BACKENDS = ("paddle", "onnx", "openvino")
 
@@ -22,7 +22,7 @@ class Segmenter:
     """One backend, loaded once; segment(rgb) -> int class map at rgb's size."""
 
     def __init__(self, workdir, backend, threads=2):
-        from .runners import make_runner
+        from converter.runners import make_runner
 
         if backend not in BACKENDS:
             raise ConverterError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
@@ -69,7 +69,7 @@ def class_shares(classes):
 
 
 def run_predict(config, workdir, images, backend, output_dir, threads=2, log=print):
-    from .images import expand_image_args, load_rgb
+    from converter.data.images import expand_image_args, load_rgb
 
     paths = expand_image_args(images)
     decoded = [(p, load_rgb(p)) for p in paths]  # fail on a bad file before any work

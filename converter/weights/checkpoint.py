@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from .errors import CheckpointError, UnsafeCheckpointError
-from .safe_pickle import loads
+from converter.errors import CheckpointError, UnsafeCheckpointError
+from converter.weights.safe_pickle import loads
 
 # paddle.save adds bookkeeping entries whose keys end with '@@'.
 _META_SUFFIX = "@@"
@@ -104,7 +104,7 @@ def match_state_dict(expected_shapes, state):
 def read_checkpoint(path, expected_sha384=None):
     """read_state_dict, refusing bytes other than the ones that were verified
     (expected_sha384): a file swapped after its check is never loaded."""
-    from .errors import ChecksumError
+    from converter.errors import ChecksumError
 
     state, digest = read_state_dict(path)
     if expected_sha384 and digest != expected_sha384:

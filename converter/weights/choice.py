@@ -9,9 +9,9 @@
 import os
 from dataclasses import dataclass
 
-from . import fetch
-from .errors import CheckpointError, ChecksumError, FetchError
-from .log import banner, info
+from converter.stages import fetch
+from converter.errors import CheckpointError, ChecksumError, FetchError
+from converter.util.log import banner, info
 
 
 @dataclass

@@ -102,7 +102,7 @@ def staging_dir(final_dir, record=None):
     every reader refuses (records.verified_record); the stage then writes its
     new record last. On failure nothing at final_dir changes, and a failure
     caused by a full disk (also inside C++ writers) becomes DiskFullError."""
-    from .errors import ConverterError, DiskFullError
+    from converter.errors import ConverterError, DiskFullError
 
     parent = os.path.dirname(os.path.abspath(final_dir))
     os.makedirs(parent, exist_ok=True)

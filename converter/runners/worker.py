@@ -19,7 +19,7 @@ import numpy as np
 
 def _load(spec):
     """A runner for the spec's backend; infer(x) -> (classes, logits or None)."""
-    from .runners import make_runner
+    from converter.runners import make_runner
 
     options = {"logits": spec["logits"]}
     if spec["backend"] == "openvino":
@@ -37,7 +37,7 @@ def _load(spec):
 def main(spec_path):
     with open(spec_path) as fh:
         spec = json.load(fh)
-    from .images import INPUT_LAYOUTS
+    from converter.data.images import INPUT_LAYOUTS
 
     prepare = INPUT_LAYOUTS[spec["input"]]
     start = time.perf_counter()

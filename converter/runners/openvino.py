@@ -7,7 +7,7 @@ device default, for information.
 """
 import os
 
-from ..errors import StageError
+from converter.errors import StageError
 
 
 def precision_name(compiled):

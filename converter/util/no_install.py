@@ -9,7 +9,7 @@ import contextlib
 import os
 import sys
 
-from .errors import StageError
+from converter.errors import StageError
 
 _INSTALLERS = ("pip", "pip3", "ensurepip", "conda", "mamba", "uv", "easy_install")
 _ENV = {

@@ -10,9 +10,10 @@ import warnings
 
 import numpy as np
 
-from .errors import ConverterError
+from converter.config import package_path
+from converter.errors import ConverterError
 
-SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
+SAMPLES_DIR = package_path("samples")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 # Pillow's own bomb guard warns at ~89 Mpx; a Cityscapes frame is 2 Mpx.
 MAX_PIXELS = 64 * 1024 * 1024

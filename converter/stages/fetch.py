@@ -19,8 +19,8 @@ import time
 import stat
 import urllib.parse
 
-from .errors import ChecksumError, FetchError
-from .fsutil import file_digest
+from converter.errors import ChecksumError, FetchError
+from converter.util.fsutil import file_digest
 
 CHUNK = 1 << 16
 RETRY_STATUSES = {429, 500, 502, 503, 504}

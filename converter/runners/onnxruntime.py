@@ -1,7 +1,7 @@
 """ONNX Runtime, CPU execution provider."""
 import os
 
-from ..errors import StageError
+from converter.errors import StageError
 
 
 class OrtRunner:

@@ -18,12 +18,12 @@ import time
 
 import numpy as np
 
-from .errors import ConverterError
-from .fsutil import write_bytes_atomic, write_json_atomic
-from .images import load_rgb, resize_rgb, sample_images
-from .log import info
-from .parity import BACKENDS as PARITY_BACKENDS, check_artifacts, run_backend
-from .records import converted_input_shape
+from converter.errors import ConverterError
+from converter.util.fsutil import write_bytes_atomic, write_json_atomic
+from converter.data.images import load_rgb, resize_rgb, sample_images
+from converter.util.log import info
+from converter.stages.parity import BACKENDS as PARITY_BACKENDS, check_artifacts, run_backend
+from converter.records import converted_input_shape
 
 # The parity backends (name, backend, model, input, precision), with the
 # original named for what it is here: Paddle Inference measured like the rest.

@@ -20,7 +20,7 @@ import struct
 
 import numpy as np
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from converter.errors import CheckpointError, UnsafeCheckpointError
 
 MAX_OBJECTS = 1_000_000   # a release-2.3 state dict needs ~20 per parameter (~2,000 parameters)
 MAX_DEPTH = 32
