@@ -26,12 +26,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
 	touch $(STAMP)
 
+# The stage order lives in converter/pipeline.py; `convert` runs it.
 convert: $(STAMP)
-	$(CLI) export --weights $(WEIGHTS) --seed $(SEED) --output $(WORKDIR)/paddle
-	$(CLI) onnx --workdir $(WORKDIR) --input-shape $(SHAPE)
-	$(CLI) openvino --workdir $(WORKDIR) --input-shape $(SHAPE)
-	$(CLI) parity --workdir $(WORKDIR) --images $(PARITY_IMAGES)
-	$(CLI) manifest --workdir $(WORKDIR)
+	$(CLI) convert --weights $(WEIGHTS) --seed $(SEED) --workdir $(WORKDIR) --input-shape $(SHAPE) \
+		--images $(PARITY_IMAGES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -10,10 +10,11 @@ import os
 import signal
 import sys
 
-from converter import __version__
+from converter import __version__, backends
 from converter.errors import ConverterError, DiskFullError, ParityFailure
 
 DEFAULT_WORKDIR = "artifacts"
+DEFAULT_BACKEND = "openvino-fp32-f32"
 
 
 def _shape(text):
@@ -80,6 +81,15 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    p = sub.add_parser("convert", help="the whole pipeline: export, onnx, openvino, parity, manifest")
+    _add_common(p)
+    _add_weights(p)
+    p.add_argument("--input-shape", type=_shape, help="static input shape N,C,H,W (default: the config's)")
+    p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
+                   help="images for the parity gate (default: the bundled samples)")
+    p.add_argument("--threads", type=int, default=2, help="threads per parity backend (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="redo every stage even when up to date")
+
     p = sub.add_parser("fetch", help="download the checkpoint and configs, verified and cached")
     _add_common(p, workdir=False)
     p.add_argument("--output", default=os.path.join(DEFAULT_WORKDIR, "download"),
@@ -102,20 +112,18 @@ def build_parser():
     _add_weights(p)
     p.add_argument("--output", help="output folder (default: WORKDIR/paddle)")
     p.add_argument("--without-argmax", action="store_true",
-                   help="output the logits [N,19,H,W] instead of class indices")
+                   help="output the logits [N,classes,H,W] instead of class indices")
     p.add_argument("--logits-output", metavar="DIR",
                    help="also write the --without-argmax variant there, from the same weights load")
     p.add_argument("--force", action="store_true", help="redo even when the outputs are up to date")
     p = sub.add_parser("onnx", help="convert the Paddle export to ONNX (BGR 0..255 input)")
     _add_common(p)
-    p.add_argument("--input-shape", type=_shape, default=(1, 3, 1024, 2048),
-                   help="static input shape N,C,H,W (default: 1,3,1024,2048)")
+    p.add_argument("--input-shape", type=_shape, help="static input shape N,C,H,W (default: the config's)")
     p.add_argument("--force", action="store_true", help="redo even when the output is up to date")
 
     p = sub.add_parser("openvino", help="convert to OpenVINO IR, FP32 and FP16 (BGR 0..255 input)")
     _add_common(p)
-    p.add_argument("--input-shape", type=_shape, default=(1, 3, 1024, 2048),
-                   help="static input shape N,C,H,W (default: 1,3,1024,2048)")
+    p.add_argument("--input-shape", type=_shape, help="static input shape N,C,H,W (default: the config's)")
     p.add_argument("--from", dest="source", choices=["paddle", "onnx"], default="paddle",
                    help="convert the Paddle model (default) or the ONNX file")
     p.add_argument("--force", action="store_true", help="redo even when the outputs are up to date")
@@ -124,11 +132,13 @@ def build_parser():
     p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
                    help="images to compare on (default: the bundled samples)")
     p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
+    p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
+                   help="converted backends to compare (default: all; the reference always runs)")
     p = sub.add_parser("predict", help="segment images; write class, colour and overlay PNGs")
     _add_common(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--backend", choices=["paddle", "onnx", "openvino"], default="openvino",
-                   help="default: %(default)s (FP32 IR at f32)")
+    p.add_argument("--backend", choices=backends.NAMES, default=DEFAULT_BACKEND,
+                   help="a backend of the registry (default: %(default)s)")
     p.add_argument("--output", default="predictions", help="output folder (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
 
@@ -136,8 +146,8 @@ def build_parser():
     _add_common(p)
     p.add_argument("--cityscapes", required=True, metavar="ROOT", help="dataset root (leftImg8bit/, gtFine/)")
     p.add_argument("--split", default="val", help="default: %(default)s")
-    p.add_argument("--backend", choices=["paddle", "onnx", "openvino"], default="openvino",
-                   help="default: %(default)s")
+    p.add_argument("--backend", choices=backends.NAMES, default=DEFAULT_BACKEND,
+                   help="a backend of the registry (default: %(default)s)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--jobs", type=int, default=2, help="image-decoding threads (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
@@ -147,8 +157,8 @@ def build_parser():
     p.add_argument("--input-shape", type=_shape, help="must match the artifacts (default: theirs)")
     p.add_argument("--runs", type=int, default=5, help="steady runs per backend (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
-    p.add_argument("--backends", nargs="+", metavar="NAME",
-                   help="subset to run (default: all; names as in bench.md and the README)")
+    p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
+                   help=f"subset to run (default: all of {', '.join(backends.NAMES)})")
 
     p = sub.add_parser("manifest", help="write MANIFEST.json and the model card README.md (last step)")
     _add_common(p)
@@ -171,15 +181,34 @@ def _cmd_bench(args, config):
     return 0
 
 
-def _cmd_manifest(args, config):
-    from converter.stages.manifest import run_manifest
+def _print_result(result, detail=""):
+    """A stage's paths on stdout; its outcome on stderr."""
+    for path in result.paths:
+        print(path)
+    outcome = "skipped, up to date" if result.skipped else f"done in {result.record.get('seconds', '?')} s"
+    print(f"{result.stage}: {outcome}{detail}", file=sys.stderr)
 
-    paths, manifest = run_manifest(config, args.workdir)
-    n_model = sum(f["model_file"] for f in manifest["files"])
-    print(f"manifest: {len(manifest['files'])} files ({n_model} model files) -> {paths[0]}; card -> {paths[1]}")
-    # The manifest is the last step of `make convert`; repeat the parity
-    # verdict so that the build's last line says whether parity passed.
-    parity = manifest["stages"].get("parity")
+
+def _print_parity_verdict(record):
+    worst = min((m["agreement"], name) for name, e in record["results"].items() if e["gated"]
+                for m in e["images"].values())
+    print(f"PASSED: f32 backends agree with the reference on >= {worst[0]:.6%} of pixels "
+          f"(lowest: {worst[1]}); every flip a near-tie")
+
+
+def _print_manifest(result):
+    files = result.record["files"]
+    print(f"manifest: {len(files)} files ({sum(f['model_file'] for f in files)} model files) -> "
+          f"{result.paths[0]}; card -> {result.paths[1]}")
+
+
+def _cmd_manifest(args, config):
+    from converter.stages import manifest
+
+    result = manifest.run(config, args.workdir)
+    _print_manifest(result)
+    # Repeat the parity verdict, so that a build's last line says whether parity passed.
+    parity = result.record["stages"].get("parity")
     if parity is not None:
         print("PASSED: parity gate passed (see parity/report.md)" if parity["passed"]
               else "FAILED: parity gate failed (see parity/report.md)")
@@ -209,78 +238,87 @@ def _cmd_evaluate(args, config):
 
 
 def _cmd_parity(args, config):
-    from converter.stages.parity import run_parity
+    from converter.stages import parity
 
     try:
-        paths, record = run_parity(config, args.workdir, args.images, args.threads)
+        result = parity.run(config, args.workdir, args.images, args.threads, args.backends)
     except ParityFailure as exc:
         print(f"FAILED: {exc}")
         return exc.exit_code
-    print(f"report: {paths[1]}")
-    worst = min((m["agreement"], name) for name, e in record["results"].items() if e["gated"]
-                for m in e["images"].values())
-    print(f"PASSED: f32 backends agree with the original on >= {worst[0]:.6%} of pixels "
-          f"(lowest: {worst[1]}); every flip a near-tie")
+    print(f"report: {result.paths[1]}")
+    _print_parity_verdict(result.record)
     return 0
 
 
-def _report_stage(stage, paths, record, detail=""):
-    """A conversion stage's output paths on stdout; its outcome on stderr."""
-    for path in paths:
-        print(path)
-    outcome = "skipped, up to date" if record.get("skipped") else f"done in {record['seconds']} s"
-    print(f"{stage}: {outcome}{detail}", file=sys.stderr)
-
-
 def _cmd_onnx(args, config):
-    from converter.stages.onnx import run_onnx
+    from converter.stages import onnx
 
-    paths, record = run_onnx(config, args.workdir, args.input_shape, args.force)
-    _report_stage("onnx", paths, record)
+    _print_result(onnx.run(config, args.workdir, args.input_shape, args.force))
     return 0
 
 
 def _cmd_openvino(args, config):
-    from converter.stages.openvino import run_openvino
+    from converter.stages import openvino
 
-    paths, record = run_openvino(config, args.workdir, args.input_shape, args.source, args.force)
-    _report_stage("openvino", paths, record)
+    _print_result(openvino.run(config, args.workdir, args.input_shape, args.source, args.force))
     return 0
 
 
 def _cmd_fetch(args, config):
     from converter.stages import fetch
-    from converter.stages.fetch import default_cache_dir, run_fetch
 
     mode = "json" if args.json else "quiet" if args.quiet or not sys.stderr.isatty() else "bar"
     if args.mirror:
         fetch.check_url(args.mirror)
-    paths, record = run_fetch(config, args.output, args.cache_dir or default_cache_dir(),
-                              args.mirror, args.from_dir, mode, roles=args.only,
-                              timeouts=(args.connect_timeout, args.read_timeout), retries=args.retries)
+    result = fetch.run(config, None, args.output, args.cache_dir, args.mirror, args.from_dir, mode,
+                       roles=args.only, timeouts=(args.connect_timeout, args.read_timeout), retries=args.retries)
     if args.json:
-        print(json.dumps({"event": "summary", **record}, sort_keys=True))
+        print(json.dumps({"event": "summary", **result.record}, sort_keys=True))
     elif not args.quiet:
-        for rec, path in zip(record["files"], paths):
+        for rec, path in zip(result.record["files"], result.paths):
             print(f"{path}  ({rec['source']}, verified sha384)")
     return 0
 
 
-def _cmd_export(args, config):
-    from converter.stages.export import run_export
+def _weights(args, config):
     from converter.weights.choice import resolve_weights
 
-    choice = resolve_weights(config, args.weights, args.seed, args.cache_dir, args.mirror,
-                             args.allow_unverified)
-    paths, record = run_export(config, _output_folder(os.path.join(args.workdir, "paddle")) if not args.output else args.output,
-                               choice, args.without_argmax, args.logits_output, args.force)
+    return resolve_weights(config, args.weights, args.seed, args.cache_dir, args.mirror, args.allow_unverified)
+
+
+def _weights_detail(record):
     kind = record["weights"]["kind"]
-    _report_stage("export", paths, record,
-                  f", weights: {kind}" + (f" (seed {record['weights']['seed']})" if kind == "synthetic" else ""))
+    return f", weights: {kind}" + (f" (seed {record['weights']['seed']})" if kind == "synthetic" else "")
+
+
+def _cmd_export(args, config):
+    from converter.stages import export
+
+    result = export.run(config, args.workdir, _weights(args, config), args.without_argmax, args.logits_output,
+                        args.force, output=args.output)
+    _print_result(result, _weights_detail(result.record))
     return 0
 
 
-COMMANDS = {"fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx, "openvino": _cmd_openvino,
+def _cmd_convert(args, config):
+    from converter.pipeline import convert
+
+    def report(result):
+        if result.stage == "manifest":
+            _print_manifest(result)
+        elif result.stage != "parity":
+            _print_result(result, _weights_detail(result.record) if result.stage == "export" else "")
+    try:
+        results = convert(config, args.workdir, _weights(args, config), args.input_shape, args.images,
+                          args.threads, args.force, report)
+    except ParityFailure as exc:
+        print(f"FAILED: {exc}")
+        return exc.exit_code
+    _print_parity_verdict(next(r for r in results if r.stage == "parity").record)
+    return 0
+
+
+COMMANDS = {"convert": _cmd_convert, "fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx, "openvino": _cmd_openvino,
             "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
             "manifest": _cmd_manifest, "bench": _cmd_bench}
 # The folder each command locks, and how: writers exclusively, readers shared.

@@ -63,7 +63,33 @@ class ModelConfig:
     reference: dict
     min_agreement: float
     tie_margin: float
+    class_names: tuple = ()
+    palette: tuple = ()        # one (r, g, b) per class
     raw: dict = field(repr=False, default_factory=dict)
+
+    # -- what the preprocessing facts imply ------------------------------
+    @property
+    def channel_order(self):
+        """Indices that turn the converted input's channels into the
+        original's order: [2, 1, 0] for BGR -> RGB, [0, 1, 2] when equal."""
+        src, dst = self.converted_input.color, self.original_input.color
+        return [src.index(c) for c in dst]
+
+    @property
+    def converted_shape(self):
+        return tuple(self.converted_input.shape)
+
+    def baked(self):
+        """The preprocessing the converted models carry inside the graph,
+        and the names of their input and output."""
+        return {"input": self.converted_input.name, "output": self.converted_output.name,
+                "order": self.channel_order, "mean": list(self.mean), "scale": list(self.scale)}
+
+    def normalisation_text(self):
+        """(v - mean) / scale, in words, for records and the model card."""
+        def one(values):
+            return f"{values[0]:g}" if len(set(values)) == 1 else "[" + ", ".join(f"{v:g}" for v in values) + "]"
+        return f"(v - {one(self.mean)}) / {one(self.scale)}"
 
     def file(self, role):
         for spec in self.files:
@@ -101,8 +127,27 @@ def _tensor(mapping, where):
     dtype = _get(mapping, "dtype", where, str)
     if dtype not in ("float32", "int32", "int64"):
         raise ConfigError(f"{where}.dtype: unsupported '{dtype}'")
-    return TensorSpec(_get(mapping, "name", where, str), tuple(shape), dtype,
-                      mapping.get("layout", ""), mapping.get("color", ""))
+    color = mapping.get("color", "")
+    if color and color not in ("RGB", "BGR"):
+        raise ConfigError(f"{where}.color: expected RGB or BGR, got {color!r}")
+    return TensorSpec(_get(mapping, "name", where, str), tuple(shape), dtype, mapping.get("layout", ""), color)
+
+
+def _classes(raw, num_classes):
+    entries = _get(raw, "classes", "", list)
+    if len(entries) != num_classes:
+        raise ConfigError(f"classes: expected {num_classes} entries (model.num_classes), got {len(entries)}")
+    names, colours = [], []
+    for i, entry in enumerate(entries):
+        name = _get(entry, "name", f"classes[{i}]", str)
+        colour = _get(entry, "color", f"classes[{i}]", list)
+        if len(colour) != 3 or not all(type(v) is int and 0 <= v <= 255 for v in colour):
+            raise ConfigError(f"classes[{i}].color: expected three integers 0..255")
+        names.append(name)
+        colours.append(tuple(colour))
+    if len(set(names)) != len(names):
+        raise ConfigError("classes: names must be unique")
+    return tuple(names), tuple(colours)
 
 
 def _file(entry, where):
@@ -144,8 +189,9 @@ def validate(raw, path="<config>", digest=""):
     miou = _get(reference, "miou", "reference", float)
     per_class = _get(reference, "per_class_iou", "reference", dict)
     num_classes = _get(model, "num_classes", "model", int)
-    if len(per_class) != num_classes:
-        raise ConfigError(f"reference.per_class_iou: expected {num_classes} classes, got {len(per_class)}")
+    class_names, palette = _classes(raw, num_classes)
+    if list(per_class) != list(class_names):
+        raise ConfigError("reference.per_class_iou: expected the classes' names, in their order")
     for cls, iou in per_class.items():
         if not isinstance(iou, (int, float)) or not 0 <= iou <= 1:
             raise ConfigError(f"reference.per_class_iou.{cls}: expected a number in [0, 1]")
@@ -159,7 +205,7 @@ def validate(raw, path="<config>", digest=""):
     opset = _get(converted, "onnx_opset", "converted", int)
     if not 7 <= opset <= 21:
         raise ConfigError(f"converted.onnx_opset: {opset} is outside 7..21")
-    return ModelConfig(
+    return _check_interfaces(ModelConfig(
         path=path, sha256=digest,
         name=_get(raw, "name", "", str), license=_get(raw, "license", "", str),
         files=files, num_classes=num_classes,
@@ -174,7 +220,20 @@ def validate(raw, path="<config>", digest=""):
         onnx_opset=opset,
         reference={"miou": miou, "per_class_iou": dict(per_class),
                    "dataset": reference.get("dataset", "")},
-        min_agreement=min_agreement, tie_margin=tie_margin, raw=raw)
+        min_agreement=min_agreement, tie_margin=tie_margin, class_names=class_names, palette=palette, raw=raw))
+
+
+def _check_interfaces(cfg):
+    for where, spec in (("original.input", cfg.original_input), ("converted.input", cfg.converted_input)):
+        if not spec.color:
+            raise ConfigError(f"{where}.color: missing (RGB or BGR)")
+        if spec.dtype != "float32" or len(spec.shape) != 4 or spec.shape[1] != 3:
+            raise ConfigError(f"{where}: expected float32 [N, 3, H, W]")
+    n, _, h, w = cfg.converted_input.shape
+    if n != 1 or h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise ConfigError(f"converted.input.shape: expected a static [1, 3, H, W] with H and W multiples of 32, "
+                          f"got {list(cfg.converted_input.shape)}")
+    return cfg
 
 
 def load_config(path=None):

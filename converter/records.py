@@ -14,8 +14,6 @@ import re
 from converter.errors import StageError
 from converter.util.fsutil import file_digest
 
-CARD_SHAPE = (1, 3, 1024, 2048)
-
 # Converted model files, relative to the workdir.
 MODEL_STEM = "ocrnet-hrnet-w48-paddle"
 ONNX_NAME = MODEL_STEM + ".onnx"
@@ -149,17 +147,17 @@ def input_shape_of(record, path):
     return tuple(shape)
 
 
-def converted_input_shape(workdir, required=False):
+def converted_input_shape(workdir, config=None, required=False):
     """The static [N,C,H,W] the converted models were built for, from the
-    openvino or onnx record; the model card's shape when neither exists
-    (or a StageError when required)."""
+    openvino or onnx record; else the config's converted shape (or a
+    StageError when required)."""
     for stage in ("openvino", "onnx"):
         path = record_path(workdir, stage)
         if os.path.lexists(path):
             return input_shape_of(read_record(workdir, stage), path)
-    if required:
+    if required or config is None:
         raise StageError(f"missing {record_path(workdir, 'openvino')}: run make convert first")
-    return CARD_SHAPE
+    return config.converted_shape
 
 
 def export_weights(workdir):

@@ -22,13 +22,14 @@ from converter.errors import ConverterError
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
 from converter.data.images import load_rgb, resize_rgb, sample_images
 from converter.util.log import info
-from converter.stages.parity import BACKENDS as PARITY_BACKENDS, check_artifacts, run_backend
+from converter.backends import select
 from converter.records import converted_input_shape
+from converter.runners.process import run_worker
+from converter.stages.parity import check_artifacts
 
-# The parity backends (name, backend, model, input, precision), with the
-# original named for what it is here: Paddle Inference measured like the rest.
-BACKENDS = [("paddle-inference" if name == "original" else name, backend, model, layout, precision)
-            for name, backend, model, layout, precision, _gated in PARITY_BACKENDS]
+# Steady-state speed is what bench measures, so Paddle Inference runs with
+# every oneDNN pass (parity and predict skip one that costs 11.5 s to apply).
+RUNNER_OPTIONS = {"paddle": {"fuse_residual_add": True}}
 SGEMM = """
 import json, time, numpy as np
 n = 4096
@@ -67,11 +68,7 @@ def markdown(record):
 
 
 def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None):
-    known = [b[0] for b in BACKENDS]
-    unknown = sorted(set(backends or ()) - set(known))
-    if unknown:
-        raise ConverterError(f"unknown bench backend(s) {', '.join(unknown)} (choose from {', '.join(known)})")
-    chosen = [b for b in BACKENDS if not backends or b[0] in backends]
+    chosen = select(backends)
     check_artifacts(workdir, chosen)
     static = converted_input_shape(workdir, required=True)
     shape = tuple(shape or static)
@@ -85,14 +82,15 @@ def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None):
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         image = os.path.join(tmp, "input.npy")
         np.save(image, resize_rgb(load_rgb(sample_images()[0]), shape[3], shape[2]))
-        for name, backend, rel, layout, precision in chosen:
-            out = os.path.join(tmp, name)
-            os.makedirs(out)
+        for backend in chosen:
+            name = backend.name
             info(f"bench: {name}...")
-            spec = {"name": name, "backend": backend, "model": os.path.join(workdir, rel), "inputs": [image],
-                    "out": out, "input": layout, "precision": precision, "threads": threads,
-                    "logits": False, "bench_runs": runs}
-            r = run_backend(spec)
+            # One first run, then the steady runs, on the same input.
+            r = run_worker(backend, workdir, config, [image], tmp, threads, repeat=1 + runs,
+                           options=RUNNER_OPTIONS.get(backend.runtime))
+            times = r.pop("seconds")[0]
+            r.update(first_seconds=times[0], steady_seconds=times[1:],
+                     median_seconds=round(float(np.median(times[1:])), 3))
             r["gflops"] = flops / r["median_seconds"] / 1e9
             r["roofline_fraction"] = r["gflops"] / sgemm["gflops"]
             results[name] = r

@@ -16,13 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from converter.data.cityscapes import CLASSES, confusion_matrix, iou_per_class, label_ids_to_train_ids
+from converter.data.cityscapes import confusion_matrix, iou_per_class, label_ids_to_train_ids
 from converter.errors import ConverterError
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
 from converter.data.images import load_rgb
 from converter.records import export_weights
 
-NUM = len(CLASSES)
 
 
 def find_pairs(root, split):
@@ -58,8 +57,8 @@ def load_gt(path):
     return label_ids_to_train_ids(ids.astype(np.uint8))
 
 
-def metrics(conf):
-    per_class = {name: (None if np.isnan(v) else float(v)) for name, v in zip(CLASSES, iou_per_class(conf))}
+def metrics(conf, class_names):
+    per_class = {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou_per_class(conf))}
     present = [v for v in per_class.values() if v is not None]
     return {"miou": float(np.mean(present)) if present else None,
             "per_class_iou": per_class,
@@ -74,7 +73,7 @@ def markdown(result, reference):
              f"pixel accuracy {result['pixel_accuracy']:.4f}.", "",
              "| class | IoU | reference | difference |", "|---|---|---|---|"]
     suspicious = {c for c in ref if c != "traffic sign" and ref[c] == ref.get("traffic sign")}
-    for name in CLASSES:
+    for name in ref:
         got = result["per_class_iou"][name]
         mark = " (suspect: equals traffic sign's to the digit, probably a copy error at the source)" \
             if name in suspicious else ""
@@ -89,8 +88,9 @@ def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs
     from converter.commands.predict import Segmenter
 
     pairs = find_pairs(root, split)[:limit]  # limit None: all
-    segmenter = Segmenter(workdir, backend, threads)
-    conf = np.zeros((NUM, NUM), np.int64)
+    segmenter = Segmenter(config, workdir, backend, threads)
+    num = config.num_classes
+    conf = np.zeros((num, num), np.int64)
     start = time.perf_counter()
     bar = None
     if sys.stderr.isatty():
@@ -106,7 +106,7 @@ def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs
         for i, (rgb, gt) in enumerate(pool.map(load, pairs)):
             if gt.shape != rgb.shape[:2]:
                 raise ConverterError(f"{pairs[i][1]}: size {gt.shape[::-1]} differs from its image's {rgb.shape[1::-1]}")
-            conf += confusion_matrix(gt, segmenter.segment(rgb))
+            conf += confusion_matrix(gt, segmenter.segment(rgb), num)
             if bar:
                 bar.update(1)
             else:
@@ -114,7 +114,7 @@ def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs
     if bar:
         bar.close()
     seconds = time.perf_counter() - start
-    result = dict(metrics(conf), backend=backend, split=split, images=len(pairs),
+    result = dict(metrics(conf, config.class_names), backend=backend, split=split, images=len(pairs),
                   weights=export_weights(workdir),
                   seconds=round(seconds, 1), seconds_per_image=round(seconds / len(pairs), 2),
                   confusion=conf.tolist(),

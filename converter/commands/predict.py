@@ -9,50 +9,41 @@ import os
 
 import numpy as np
 
-from converter.data.cityscapes import CLASSES, colorize
+from converter.backends import get, open_backend
+from converter.data.cityscapes import colorize
+from converter.data.images import input_contract, prepare, resize_rgb
 from converter.errors import ConverterError
+from converter.records import converted_input_shape, verified_record
 from converter.util.fsutil import write_png_atomic
-from converter.data.images import bgr_nchw, normalized_rgb_nchw, resize_rgb
-from converter.records import ONNX_PATH, converted_input_shape, ir_path, verified_record
 
-BACKENDS = ("paddle", "onnx", "openvino")
+DEFAULT_BACKEND = "openvino-fp32-f32"
 
 
 class Segmenter:
-    """One backend, loaded once; segment(rgb) -> int class map at rgb's size."""
+    """One backend of the registry, loaded once; segment(rgb) -> int class
+    map at rgb's size."""
 
-    def __init__(self, workdir, backend, threads=2):
-        from converter.runners import make_runner
-
-        if backend not in BACKENDS:
-            raise ConverterError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
-        verified_record(workdir, {"paddle": "export", "onnx": "onnx", "openvino": "openvino"}[backend])
-        shape = converted_input_shape(workdir)
+    def __init__(self, config, workdir, name, threads=2):
+        backend = get(name)
+        verified_record(workdir, backend.stage)
+        shape = converted_input_shape(workdir, config)
         self.size = (shape[3], shape[2])
-        if backend == "paddle":
-            self.runner = make_runner("paddle", os.path.join(workdir, "paddle"), threads=threads)
-            self.prepare = normalized_rgb_nchw
-        elif backend == "onnx":
-            self.runner = make_runner("onnxruntime", os.path.join(workdir, ONNX_PATH), threads=threads)
-            self.prepare = bgr_nchw
-        else:
-            self.runner = make_runner("openvino", os.path.join(workdir, ir_path("FP32")), threads=threads,
-                                      precision="f32")
-            self.prepare = bgr_nchw
+        self.runner = open_backend(backend, workdir, threads)
+        self.contract = input_contract(config, backend.side)
+        self.output = (config.original_output if backend.side == "original" else config.converted_output).name
 
     def segment(self, rgb):
         from PIL import Image
 
-        x = self.prepare(resize_rgb(rgb, *self.size))
-        out = self.runner.infer(x)
-        classes = out.get("argmax_0.tmp_0", next(iter(out.values())))[0].astype(np.uint8)
+        out = self.runner.infer(prepare(resize_rgb(rgb, *self.size), self.contract))
+        classes = out[self.output][0].astype(np.uint8)
         if classes.shape != rgb.shape[:2]:
             classes = np.asarray(Image.fromarray(classes).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST))
         return classes
 
 
-def write_outputs(rgb, classes, output_dir, stem):
-    colour = colorize(classes)
+def write_outputs(rgb, classes, output_dir, stem, palette):
+    colour = colorize(classes, palette)
     # 50/50 blend of image and colour mask, as the Open Model Zoo demo shows it.
     overlay = ((rgb.astype(np.uint16) + colour) // 2).astype(np.uint8)
     paths = []
@@ -63,9 +54,9 @@ def write_outputs(rgb, classes, output_dir, stem):
     return paths
 
 
-def class_shares(classes):
-    counts = np.bincount(classes.ravel(), minlength=len(CLASSES))[: len(CLASSES)]
-    return {CLASSES[i]: float(c / classes.size) for i, c in enumerate(counts) if c}
+def class_shares(classes, class_names):
+    counts = np.bincount(classes.ravel(), minlength=len(class_names))[: len(class_names)]
+    return {class_names[i]: float(c / classes.size) for i, c in enumerate(counts) if c}
 
 
 def run_predict(config, workdir, images, backend, output_dir, threads=2, log=print):
@@ -76,13 +67,13 @@ def run_predict(config, workdir, images, backend, output_dir, threads=2, log=pri
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     if len(set(stems)) != len(stems):
         raise ConverterError("two input images share a file name stem; their outputs would collide")
-    segmenter = Segmenter(workdir, backend, threads)
+    segmenter = Segmenter(config, workdir, backend, threads)
     os.makedirs(output_dir, exist_ok=True)
     written, shares = [], {}
     for (path, rgb), stem in zip(decoded, stems):
         classes = segmenter.segment(rgb)
-        written += write_outputs(rgb, classes, output_dir, stem)
-        shares[os.path.basename(path)] = class_shares(classes)
+        written += write_outputs(rgb, classes, output_dir, stem, config.palette)
+        shares[os.path.basename(path)] = class_shares(classes, config.class_names)
         top = sorted(shares[os.path.basename(path)].items(), key=lambda kv: -kv[1])
         log(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}): " + ", ".join(f"{k} {v:.1%}" for k, v in top))
     return written, {"stage": "predict", "backend": backend, "shares": shares}

@@ -1,21 +1,18 @@
-"""Cityscapes' 19 training classes (trainIds 0..18) and their standard colours."""
+"""Cityscapes' label format and the metrics on class maps.
+
+The classes' names and colours are the model's, in the config (`classes`);
+this module holds what belongs to the dataset: the labelId -> trainId table.
+"""
 import numpy as np
 
-CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-           "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-           "motorcycle", "bicycle")
-PALETTE = np.array([
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-], dtype=np.uint8)
 
-
-def colorize(classes):
-    """int class map [H, W] -> uint8 RGB [H, W, 3]; ids outside 0..18 are black."""
+def colorize(classes, palette):
+    """int class map [H, W] -> uint8 RGB [H, W, 3] with one colour per class
+    (palette: the config's); ids outside the palette are black."""
+    palette = np.asarray(palette, np.uint8)
     out = np.zeros(classes.shape + (3,), np.uint8)
-    valid = (classes >= 0) & (classes < len(PALETTE))
-    out[valid] = PALETTE[classes[valid]]
+    valid = (classes >= 0) & (classes < len(palette))
+    out[valid] = palette[classes[valid]]
     return out
 
 
@@ -33,7 +30,7 @@ def label_ids_to_train_ids(label_ids):
     return lut[label_ids]
 
 
-def confusion_matrix(truth, pred, num=len(CLASSES)):
+def confusion_matrix(truth, pred, num):
     """[num, num] counts of (truth class, predicted class); truth == IGNORE is skipped."""
     valid = truth != IGNORE
     idx = truth[valid].astype(np.int64) * num + pred[valid].astype(np.int64)

@@ -117,16 +117,24 @@ def resize_rgb(rgb, width, height):
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
 
 
-def normalized_rgb_nchw(rgb, mean=(127.5,) * 3, scale=(127.5,) * 3):
-    """The original model's input: (v - mean) / scale, RGB, NCHW float32."""
-    x = rgb.astype(np.float32).transpose(2, 0, 1)[None]
-    return (x - np.asarray(mean, np.float32)[None, :, None, None]) / np.asarray(scale, np.float32)[None, :, None, None]
+def input_contract(config, which):
+    """What a model of the given side ("original" or "converted") is fed, from
+    the config: channel order, and (v - mean) / scale per channel in the
+    original's channel order (the converted models take raw 0..255: their
+    normalisation is inside the graph). A plain dict, so that worker
+    processes receive it in their spec."""
+    if which == "original":
+        return {"color": config.original_input.color, "mean": list(config.mean), "scale": list(config.scale)}
+    return {"color": config.converted_input.color, "mean": [0.0] * 3, "scale": [1.0] * 3}
 
 
-def bgr_nchw(rgb):
-    """The converted models' input: raw 0..255 in BGR order, NCHW float32."""
-    return np.ascontiguousarray(rgb[:, :, ::-1].astype(np.float32).transpose(2, 0, 1)[None])
-
-
-# The two input contracts by name (the parity and bench specs' "input").
-INPUT_LAYOUTS = {"rgb-normalized": normalized_rgb_nchw, "bgr-255": bgr_nchw}
+def prepare(rgb, contract):
+    """uint8 RGB HxWx3 -> float32 [1, 3, H, W] as the contract says."""
+    x = rgb if contract["color"] == "RGB" else rgb[:, :, ::-1]
+    x = x.astype(np.float32).transpose(2, 0, 1)[None]
+    mean, scale = np.asarray(contract["mean"], np.float32), np.asarray(contract["scale"], np.float32)
+    if mean.any() or (scale != 1).any():
+        if contract["color"] != "RGB":
+            mean, scale = mean[::-1], scale[::-1]  # the config states them in RGB order
+        x = (x - mean[None, :, None, None]) / scale[None, :, None, None]
+    return np.ascontiguousarray(x)

@@ -5,8 +5,9 @@ import_paddle()
 from converter.model.ocrnet import NUM_CLASSES, InferenceWrapper, OCRNet
 
 
-def build_model(eval_mode=True):
-    model = OCRNet()
+def build_model(num_classes=NUM_CLASSES, eval_mode=True):
+    """num_classes: the config's; the release-2.3 checkpoint has 19."""
+    model = OCRNet(num_classes)
     if eval_mode:
         model.eval()
     return model

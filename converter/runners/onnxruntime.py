@@ -2,15 +2,17 @@
 import os
 
 from converter.errors import StageError
+from converter.runners.base import Runner
 
 
-class OrtRunner:
-    name = "onnxruntime"
+class OrtRunner(Runner):
+    runtime = "onnxruntime"
 
-    def load(self, model_path, threads=2, logits=False):
-        """logits=True also returns the ArgMax's input, as output "logits"
-        (the file is not changed; the extra output is added in memory)."""
+    def __init__(self, model_path, threads=2, logits=False, precision=None):
+        """precision: ONNX Runtime's CPU provider always computes in f32."""
         import onnxruntime as ort
+
+        super().__init__(model_path, threads, logits)
 
         if not os.path.isfile(model_path):
             raise StageError(f"missing ONNX model: {model_path} (run the onnx stage)")
@@ -29,7 +31,7 @@ class OrtRunner:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        self.info = {"threads": threads, "providers": self.session.get_providers()}
+        self.info.update(providers=self.session.get_providers(), effective_precision="f32")
 
     def infer(self, x):
         names = [o.name for o in self.session.get_outputs()]

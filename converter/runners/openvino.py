@@ -8,6 +8,7 @@ device default, for information.
 import os
 
 from converter.errors import StageError
+from converter.runners.base import Runner
 
 
 def precision_name(compiled):
@@ -16,13 +17,15 @@ def precision_name(compiled):
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
-class OpenVinoRunner:
-    name = "openvino"
+class OpenVinoRunner(Runner):
+    runtime = "openvino"
 
-    def load(self, model_path, threads=2, precision="f32", logits=False):
-        """logits=True also returns the ArgMax's input, as output "logits"
-        (added to the model in memory; the IR on disk is not changed)."""
+    def __init__(self, model_path, threads=2, logits=False, precision="f32"):
+        """precision: the INFERENCE_PRECISION_HINT ("f32"), or None for the
+        CPU's default (bf16 where the CPU has it)."""
         import openvino as ov
+
+        super().__init__(model_path, threads, logits)
 
         if not os.path.isfile(model_path):
             raise StageError(f"missing model: {model_path} (run the openvino stage)")
@@ -37,8 +40,8 @@ class OpenVinoRunner:
             config["INFERENCE_PRECISION_HINT"] = precision
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self.info = {"threads": threads, "requested_precision": precision or "default",
-                     "effective_precision": precision_name(self.compiled)}
+        self.info.update(requested_precision=precision or "default",
+                         effective_precision=precision_name(self.compiled))
 
     def infer(self, x):
         result = self.request.infer({0: x})

@@ -3,6 +3,7 @@ import os
 import tempfile
 
 from converter.errors import StageError
+from converter.runners.base import Runner
 
 # Paddle's oneDNN pass that folds each residual `elementwise_add` into the
 # preceding conv. On this graph (107 such adds) it alone takes ~11.5 s of the
@@ -63,15 +64,15 @@ def program_with_logits(model_path, out_path):
     return source
 
 
-class PaddleRunner:
-    name = "paddle"
+class PaddleRunner(Runner):
+    runtime = "paddle"
 
-    def load(self, model_dir, threads=2, mkldnn=True, logits=False, fuse_residual_add=False):
-        """logits=True also returns the ArgMax's input, as output "logits"
-        (from a fetch op added to a temporary copy of the program; the
-        artifact is not changed). fuse_residual_add: see RESIDUAL_FUSE_PASS."""
+    def __init__(self, model_dir, threads=2, logits=False, precision=None, mkldnn=True, fuse_residual_add=False):
+        """model_dir: the export's folder. precision: Paddle Inference on CPU
+        computes in f32. fuse_residual_add: see RESIDUAL_FUSE_PASS."""
         from converter.util.paddle_env import import_paddle
 
+        super().__init__(model_dir, threads, logits)
         import_paddle()
         import paddle.inference as pi
 
@@ -105,8 +106,8 @@ class PaddleRunner:
             self.predictor = pi.create_predictor(config)
         self.input_names = self.predictor.get_input_names()
         self.output_names = self.predictor.get_output_names()
-        self.info = {"threads": threads, "mkldnn": mkldnn, "memory_optim": True,
-                     "fuse_residual_add": bool(mkldnn and fuse_residual_add)}
+        self.info.update(mkldnn=mkldnn, memory_optim=True, effective_precision="f32",
+                         fuse_residual_add=bool(mkldnn and fuse_residual_add))
 
     def infer(self, x):
         handle = self.predictor.get_input_handle(self.input_names[0])

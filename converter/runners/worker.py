@@ -1,13 +1,19 @@
-"""One backend in its own process: `python -m converter.parity_worker SPEC.json`.
+"""One runner in its own process: `python -m converter.runners.worker SPEC.json`.
 
-SPEC: {"backend", "model", "inputs": [npy of uint8 RGB HxWx3], "out": dir,
-       "input": "rgb-normalized" | "bgr-255", "precision": "f32" | null,
-       "logits": bool, "threads": int, "bench_runs": int (bench only)}
-For each input i it writes out/i_classes.npy (int32 [H,W]) and, when asked,
-out/i_logits.npy (float32 [19,H,W]); then prints one JSON line with timings.
-Every model exposes only the argmax; for logits the runner adds the ArgMax's
-input as an extra output (in memory, or in a temporary copy of the Paddle
-program), without touching the artifact.
+Parity and bench (and anything else that compares or times backends) run
+each backend here, so that its memory and threads are its own and its peak
+RSS can be measured. The worker does one thing for every consumer:
+
+SPEC: {"runtime", "model", "precision", "threads", "logits": bool,
+       "options": {runner keyword arguments}, "contract": data.images input
+       contract, "output": the class-map output's name,
+       "inputs": [npy of uint8 RGB HxWx3], "repeat": runs per input,
+       "save": bool, "out": folder}
+
+Each input is prepared once and run `repeat` times. With save, it writes
+out/i_classes.npy (int32 [H,W]) and, with logits, out/i_logits.npy (float32
+[C,H,W]) from the last run. Last, it prints one JSON line:
+{"load_seconds", "seconds": [[each run's seconds] per input], "info", "peak_rss_mb"}.
 """
 import json
 import os
@@ -17,62 +23,46 @@ import time
 import numpy as np
 
 
-def _load(spec):
-    """A runner for the spec's backend; infer(x) -> (classes, logits or None)."""
+def main(spec_path):
+    from converter.data.images import prepare
     from converter.runners import make_runner
 
-    options = {"logits": spec["logits"]}
-    if spec["backend"] == "openvino":
-        options["precision"] = spec.get("precision")
-    if spec["backend"] == "paddle" and spec.get("bench_runs"):
-        options["fuse_residual_add"] = True  # steady-state speed; see paddle_runner
-    runner = make_runner(spec["backend"], spec["model"], threads=spec["threads"], **options)
-
-    def infer(x):
-        out = runner.infer(x)
-        return out["argmax_0.tmp_0"], out.get("logits")
-    return infer, dict(runner.info)
-
-
-def main(spec_path):
     with open(spec_path) as fh:
         spec = json.load(fh)
-    from converter.data.images import INPUT_LAYOUTS
-
-    prepare = INPUT_LAYOUTS[spec["input"]]
     start = time.perf_counter()
-    infer, info = _load(spec)
+    runner = make_runner(spec["runtime"], spec["model"], threads=spec["threads"], logits=spec["logits"],
+                         precision=spec["precision"], **spec.get("options", {}))
     load_s = time.perf_counter() - start
-    if spec.get("bench_runs"):
-        return _bench(spec, prepare(np.load(spec["inputs"][0])), infer, info, load_s)
-    times = []
+    seconds = []
     for i, path in enumerate(spec["inputs"]):
-        x = prepare(np.load(path))
-        t = time.perf_counter()
-        classes, logits = infer(x)
-        times.append(time.perf_counter() - t)
-        np.save(os.path.join(spec["out"], f"{i}_classes.npy"), np.asarray(classes, np.int32)[0])
-        if logits is not None and spec["logits"]:
-            np.save(os.path.join(spec["out"], f"{i}_logits.npy"), np.asarray(logits, np.float32)[0])
-    print(json.dumps({"load_seconds": round(load_s, 2), "infer_seconds": [round(t, 2) for t in times],
-                      "info": info}))
+        x = prepare(np.load(path), spec["contract"])
+        runs = []
+        for _ in range(spec.get("repeat", 1)):
+            t = time.perf_counter()
+            out = runner.infer(x)
+            runs.append(round(time.perf_counter() - t, 3))
+        seconds.append(runs)
+        if spec.get("save"):
+            np.save(os.path.join(spec["out"], f"{i}_classes.npy"), np.asarray(out[spec["output"]], np.int32)[0])
+            if spec["logits"]:
+                np.save(os.path.join(spec["out"], f"{i}_logits.npy"), np.asarray(out["logits"], np.float32)[0])
+    print(json.dumps({"load_seconds": round(load_s, 2), "seconds": seconds, "info": runner.info,
+                      "peak_rss_mb": peak_rss_mb()}))
     return 0
 
 
-def _bench(spec, x, infer, info, load_s):
-    """First-run latency, then the median of bench_runs steady runs, on x."""
-    t = time.perf_counter()
-    infer(x)
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(spec["bench_runs"]):
-        t = time.perf_counter()
-        infer(x)
-        times.append(time.perf_counter() - t)
-    print(json.dumps({"load_seconds": round(load_s, 2), "first_seconds": round(first, 3),
-                      "steady_seconds": [round(v, 3) for v in times],
-                      "median_seconds": round(float(np.median(times)), 3), "info": info}))
-    return 0
+def peak_rss_mb():
+    """This process's own peak RSS (VmHWM, reset by exec). The parent's
+    rusage would also count the parent's size at fork time, which is large
+    when `convert` has run the export in-process first."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,17 @@
+"""The conversion pipeline's stages, one module each, in pipeline order.
+
+Every stage has `run(config, workdir, ...) -> StageResult`: it reads its
+inputs from the workdir (checked against the records of the stages before
+it), writes its outputs and its record there (records.py names every path),
+and returns what it wrote. `converter.pipeline` runs them in this order.
+"""
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StageResult:
+    stage: str
+    paths: list = field(default_factory=list)  # what the stage wrote (or found up to date)
+    record: dict = field(default_factory=dict)  # its record, as written to the workdir
+    skipped: bool = False                       # up to date: nothing was redone
+

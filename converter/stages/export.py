@@ -7,22 +7,27 @@ import os
 import time
 
 from converter.config import package_path
-from converter.errors import ConverterError
+from converter.errors import ConverterError, StageError
 from converter.util.fsutil import describe_files, staging_dir, write_json_atomic
 from converter.util.log import info
 
-# Release-2.3 deploy.yaml for this model: the Cityscapes val transforms are a
-# bare Normalize (mean 0.5, std 0.5 on 0..1, i.e. (v - 127.5) / 127.5).
-DEPLOY_YAML = """Deploy:
-  model: model.pdmodel
-  params: model.pdiparams
-  transforms:
-  - type: Normalize
-"""
+def deploy_yaml(config):
+    """Release-2.3 deploy.yaml: PaddleSeg's Normalize works on v / 255 with
+    mean and std, default 0.5 each. The config's (v - mean) / scale is that
+    with mean/255 and scale/255; when both are the default (as for this
+    model's Cityscapes val transforms) the transform is written bare, as
+    PaddleSeg's export writes it."""
+    mean = [round(v / 255, 6) for v in config.mean]
+    std = [round(v / 255, 6) for v in config.scale]
+    lines = ["Deploy:", "  model: model.pdmodel", "  params: model.pdiparams", "  transforms:",
+             "  - type: Normalize"]
+    if mean != [0.5] * 3 or std != [0.5] * 3:
+        lines += [f"    mean: {mean}", f"    std: {std}"]
+    return "\n".join(lines) + "\n"
 MODEL_FILES = ("model.pdmodel", "model.pdiparams", "model.pdiparams.info", "deploy.yaml")
 
 
-def build_weighted_model(choice):
+def build_weighted_model(config, choice):
     """Our model with the chosen weights loaded, in eval mode."""
     from converter.weights.checkpoint import load_state, read_checkpoint
 
@@ -35,11 +40,13 @@ def build_weighted_model(choice):
     from converter.model import build_model
     from converter.weights.synthetic import synthetic_state_dict
 
-    model = build_model()
+    from converter.data.images import input_contract
+
+    model = build_model(config.num_classes)
     if state is None:
         info(f"export: making synthetic weights (seed {choice.provenance['seed']}; "
              "BatchNorm recalibration on the sample images)...")
-        synthetic_state_dict(model, choice.provenance["seed"])
+        synthetic_state_dict(model, choice.provenance["seed"], input_contract(config, "original"))
     else:
         extra = load_state(model, state, log=info)
         choice.provenance["ignored_keys"] = len(extra)
@@ -54,6 +61,7 @@ def normalize_program(path):
        output, named `save_infer_model/scale_N.tmp_0`. Dropping it makes the
        output the argmax's own tensor, `argmax_0.tmp_0`, which is the name the
        model card promises and which paddle2onnx and OpenVINO carry through.
+    Returns the names of the program's fetch targets.
     2. `op_callstack` attributes: Python stack traces with absolute file paths,
        which would make the file differ between two checkouts.
     """
@@ -87,6 +95,7 @@ def normalize_program(path):
             op.attrs.extend(attrs)
     with open(path, "wb") as fh:
         fh.write(desc.SerializeToString(deterministic=True))
+    return [a for op in block.ops if op.type == "fetch" for i in op.inputs for a in i.arguments]
 
 
 def normalize_params_info(path):
@@ -104,7 +113,7 @@ def normalize_params_info(path):
         pickle.dump({k: info_dict[k] for k in sorted(info_dict)}, fh, protocol=2)
 
 
-def save_inference_model(model, folder, without_argmax=False):
+def save_inference_model(config, model, folder, without_argmax=False):
     import paddle
     from paddle.static import InputSpec
 
@@ -112,17 +121,20 @@ def save_inference_model(model, folder, without_argmax=False):
 
     wrapper = InferenceWrapper(model, without_argmax)
     wrapper.eval()
-    spec = [InputSpec([None, 3, None, None], "float32", "x")]
+    spec = [InputSpec([None, 3, None, None], "float32", config.original_input.name)]
     paddle.jit.save(wrapper, os.path.join(folder, "model"), input_spec=spec)
-    normalize_program(os.path.join(folder, "model.pdmodel"))
+    outputs = normalize_program(os.path.join(folder, "model.pdmodel"))
+    if not without_argmax and outputs != [config.original_output.name]:
+        raise StageError(f"the exported program's output is {outputs}, the config says "
+                         f"{config.original_output.name!r}")
     info_path = os.path.join(folder, "model.pdiparams.info")
     if os.path.exists(info_path):
         normalize_params_info(info_path)
     with open(os.path.join(folder, "deploy.yaml"), "w") as fh:
-        fh.write(DEPLOY_YAML)
+        fh.write(deploy_yaml(config))
 
 
-def export_key(choice, without_argmax):
+def export_key(config, choice, without_argmax):
     """What an export's bytes depend on: the weights, our model and calibration
     code and images, the paddle version, and the argmax switch."""
     import glob
@@ -135,7 +147,9 @@ def export_key(choice, without_argmax):
                                                          "data/images.py")])
     weights = {k: v for k, v in choice.provenance.items() if k in ("kind", "seed", "sha384")}
     inputs = [choice.path] if choice.kind == "pretrained" and not choice.provenance.get("verified") else []
-    return stage_key({"stage": "export", "weights": weights, "without_argmax": without_argmax,
+    interface = {"input": config.original_input.name, "output": config.original_output.name,
+                 "mean": list(config.mean), "scale": list(config.scale), "classes": config.num_classes}
+    return stage_key({"stage": "export", "weights": weights, "without_argmax": without_argmax, "interface": interface,
                       "sources": source_digest(sources), "tools": tool_versions("paddlepaddle")}, inputs)
 
 
@@ -154,7 +168,7 @@ def run_export(config, output_dir, choice, without_argmax=False, logits_output=N
         if folder and os.path.lexists(folder) and not os.path.isdir(folder):
             raise ConverterError(f"--output {folder} exists and is not a folder")
     targets = [(output_dir, without_argmax)] + ([(logits_output, True)] if logits_output else [])
-    keys = {d: export_key(choice, wa) for d, wa in targets}
+    keys = {d: export_key(config, choice, wa) for d, wa in targets}
 
     def current(folder):
         return current_record(folder, "export", keys[folder])
@@ -162,7 +176,7 @@ def run_export(config, output_dir, choice, without_argmax=False, logits_output=N
     if record and all(current(d) for d, _ in targets[1:]):
         info("export: up to date (same weights, code and parameters); skipped. Use --force to redo.")
         return [os.path.join(output_dir, f) for f in record["files"]], dict(record, skipped=True)
-    model = build_weighted_model(choice)
+    model = build_weighted_model(config, choice)
     if logits_output:
         run_export_model(config, model, logits_output, choice, True, start, keys[logits_output])
     return run_export_model(config, model, output_dir, choice, without_argmax, start, keys[output_dir])
@@ -171,16 +185,26 @@ def run_export(config, output_dir, choice, without_argmax=False, logits_output=N
 def run_export_model(config, model, output_dir, choice, without_argmax, start, key=None):
     with staging_dir(output_dir, record="export.json") as tmp:
         info(f"export: tracing and saving the inference model{' (logits)' if without_argmax else ''} to {output_dir}...")
-        save_inference_model(model, tmp, without_argmax)
+        save_inference_model(config, model, tmp, without_argmax)
         files = describe_files(tmp, [f for f in MODEL_FILES if os.path.exists(os.path.join(tmp, f))])
     record = {
         "stage": "export", "key": key, "weights": choice.provenance, "without_argmax": without_argmax,
-        "input": {"name": "x", "shape": [-1, 3, -1, -1], "dtype": "float32", "color": "RGB",
-                  "normalisation": "(v - 127.5) / 127.5"},
+        "input": {"name": config.original_input.name, "shape": [-1, 3, -1, -1], "dtype": "float32",
+                  "color": config.original_input.color, "normalisation": config.normalisation_text()},
         "output": ({"name": "logits", "shape": [-1, config.num_classes, -1, -1], "dtype": "float32"}
-                   if without_argmax else {"name": "argmax_0.tmp_0", "shape": [-1, -1, -1], "dtype": "int32"}),
+                   if without_argmax else {"name": config.original_output.name, "shape": [-1, -1, -1],
+                                           "dtype": "int32"}),
         "files": files, "seconds": round(time.perf_counter() - start, 1),
     }
     write_json_atomic(os.path.join(output_dir, "export.json"), record)
     paths = [os.path.join(output_dir, f) for f in files]
     return paths, record
+
+
+def run(config, workdir, choice, without_argmax=False, logits_output=None, force=False, output=None):
+    """The export stage into workdir/paddle (or output)."""
+    from converter.stages import StageResult
+
+    paths, record = run_export(config, output or os.path.join(workdir, "paddle"), choice, without_argmax,
+                               logits_output, force)
+    return StageResult("export", paths, record, bool(record.get("skipped")))

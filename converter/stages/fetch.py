@@ -384,3 +384,13 @@ def check_url(url):
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError(f"malformed URL {url!r}: expected http(s)://host[:port]/...")
 
+
+
+def run(config, workdir, output=None, cache_dir=None, mirror=None, from_dir=None, progress_mode="quiet",
+        roles=None, timeouts=(10.0, 30.0), retries=4):
+    """The fetch stage into workdir/download (or output)."""
+    from converter.stages import StageResult
+
+    paths, record = run_fetch(config, output or os.path.join(workdir, "download"), cache_dir or default_cache_dir(),
+                              mirror, from_dir, progress_mode, roles, timeouts, retries)
+    return StageResult("fetch", paths, record)

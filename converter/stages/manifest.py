@@ -84,7 +84,9 @@ def _parity_lines(parity):
 def model_card(config, manifest, parity):
     weights = manifest["weights"] or {}
     synthetic = weights.get("kind") == "synthetic"
-    shape = (manifest["stages"].get("openvino") or {}).get("input_shape") or [1, 3, 1024, 2048]
+    shape = (manifest["stages"].get("openvino") or {}).get("input_shape") or list(config.converted_shape)
+    src_in, src_out = config.original_input, config.original_output
+    dst_in, dst_out = config.converted_input, config.converted_output
     lines = [f"# {config.name}", ""]
     if synthetic:
         lines += [f"> **These artifacts carry synthetic weights (seed {weights.get('seed')}), not the published "
@@ -92,7 +94,7 @@ def model_card(config, manifest, parity):
                   "meaningful segmentations.", ""]
     lines += [
         "OCRNet with an HRNet_W48 backbone (PaddleSeg release-2.3), semantic segmentation of urban street "
-        "scenes into the 19 Cityscapes classes.", "",
+        f"scenes into the {config.num_classes} Cityscapes classes.", "",
         "| | |", "|---|---|",
         "| type | semantic segmentation |",
         f"| GFLOPs | {config.flops_512x1024 / 1e9:.2f} (paddle.flops at 1x3x512x1024: multiply-accumulates of conv and BN) |",
@@ -101,12 +103,12 @@ def model_card(config, manifest, parity):
         f"| reference accuracy | mIoU {100 * config.reference['miou']:.2f} % on {config.reference['dataset']} (published, not measured here) |",
         "", "## Inputs and outputs", "",
         "Original (Paddle inference model, `paddle/`):", "",
-        "- input `x`, float32 [N,3,H,W], RGB, normalised as (v - 127.5) / 127.5;",
-        "- output `argmax_0.tmp_0`, int32 [N,H,W], class index per pixel.", "",
+        f"- input `{src_in.name}`, float32 [N,3,H,W], {src_in.color}, normalised as {config.normalisation_text()};",
+        f"- output `{src_out.name}`, int32 [N,H,W], class index per pixel.", "",
         "Converted (ONNX `onnx/`, OpenVINO IR `openvino/FP32`, `openvino/FP16`):", "",
-        f"- input `x`, float32 [{', '.join(map(str, shape))}], BGR, pixel values 0..255 (channel reversal and "
-        "normalisation are inside the model);",
-        f"- output `argmax_0.tmp_0`, int32 [{shape[0]}, {shape[2]}, {shape[3]}], class index per pixel.", "",
+        f"- input `{dst_in.name}`, float32 [{', '.join(map(str, shape))}], {dst_in.color}, pixel values 0..255 "
+        "(channel order and normalisation are inside the model);",
+        f"- output `{dst_out.name}`, int32 [{shape[0]}, {shape[2]}, {shape[3]}], class index per pixel.", "",
         "## Parity", ""] + _parity_lines(parity) + [
         "", "## Provenance", "",
         (f"Weights: synthetic, seed {weights.get('seed')} ({weights.get('method')})." if synthetic else
@@ -136,3 +138,10 @@ def run_manifest(config, workdir):
     path = os.path.join(workdir, "MANIFEST.json")
     write_json_atomic(path, manifest)
     return [path, card], manifest
+
+
+def run(config, workdir):
+    from converter.stages import StageResult
+
+    paths, manifest = run_manifest(config, workdir)
+    return StageResult("manifest", paths, manifest)

@@ -1,18 +1,19 @@
 """onnx stage: Paddle inference model -> ONNX with the preprocessing baked in.
 
 paddle2onnx (pinned 1.3.1) converts artifacts/paddle/. We then put three ops in
-front of the graph, so that the ONNX model takes raw BGR pixels like the model
-card says: Gather([2,1,0], axis 1) reverses the channels, then Sub(127.5) and
-Div(127.5) reproduce exactly the (v - 127.5) / 127.5 of the original's input.
-The input is fixed to the requested static shape.
+front of the graph, so that the ONNX model takes raw pixels in the converted
+input's channel order, as the config says (BGR 0..255): Gather(order, axis 1)
+reorders the channels, then Sub(mean) and Div(scale) reproduce exactly the
+original's (v - mean) / scale. The input is fixed to the requested static
+shape.
 
 Opset 13: Resize with coordinate_transformation_mode half_pixel (needed for
 bilinear with align_corners=False) exists from opset 11; 13 is the newest
 opset every op of this model maps to in paddle2onnx 1.3.1 and is fully
 supported by ONNX Runtime and OpenVINO's ONNX frontend.
 
-Output: `argmax_0.tmp_0`, int32 [1,H,W] (ArgMax's int64 cast back to the
-int32 that paddle.argmax(dtype='int32') gives in the original).
+Output: the config's converted output, int32 [1,H,W] (ArgMax's int64 cast back
+to the int32 that paddle.argmax(dtype='int32') gives in the original).
 """
 import os
 import time
@@ -25,8 +26,15 @@ from converter.util.log import info
 from converter.util.no_install import no_runtime_installs
 from converter.records import ONNX_NAME
 
-INPUT = "x"
 INTERNAL_INPUT = "x_rgb_normalized"
+
+
+def channel_constant(values):
+    """A per-channel constant as the graph holds it: one scalar when the
+    three agree (so the default config gives the graph it always gave),
+    else [1, 3, 1, 1] to broadcast over NCHW."""
+    values = np.asarray(values, np.float32)
+    return np.array(values[0]) if (values == values[0]).all() else values.reshape(1, 3, 1, 1)
 
 
 def check_paddle_export(workdir):
@@ -43,9 +51,10 @@ def check_paddle_export(workdir):
     return folder, record
 
 
-def prepend_preprocessing(model, shape, mean=127.5, scale=127.5, reverse=True):
-    """Rename the graph input, and feed it from x (BGR 0..255) through the
-    channel reversal and normalisation."""
+def prepend_preprocessing(model, shape, pre):
+    """Rename the graph input, and feed it from the converted input (raw
+    0..255 in the config's channel order) through the channel reordering and
+    normalisation: pre is ModelConfig.baked()."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -54,12 +63,12 @@ def prepend_preprocessing(model, shape, mean=127.5, scale=127.5, reverse=True):
     for node in graph.node:
         node.input[:] = [INTERNAL_INPUT if n == old else n for n in node.input]
     consts = [
-        numpy_helper.from_array(np.array([2, 1, 0] if reverse else [0, 1, 2], np.int64), "pre_channel_order"),
-        numpy_helper.from_array(np.array(mean, np.float32), "pre_mean"),
-        numpy_helper.from_array(np.array(scale, np.float32), "pre_scale"),
+        numpy_helper.from_array(np.array(pre["order"], np.int64), "pre_channel_order"),
+        numpy_helper.from_array(channel_constant(pre["mean"]), "pre_mean"),
+        numpy_helper.from_array(channel_constant(pre["scale"]), "pre_scale"),
     ]
     nodes = [
-        helper.make_node("Gather", [INPUT, "pre_channel_order"], ["pre_rgb"], name="pre_bgr_to_rgb", axis=1),
+        helper.make_node("Gather", [pre["input"], "pre_channel_order"], ["pre_rgb"], name="pre_bgr_to_rgb", axis=1),
         helper.make_node("Sub", ["pre_rgb", "pre_mean"], ["pre_centered"], name="pre_sub_mean"),
         helper.make_node("Div", ["pre_centered", "pre_scale"], [INTERNAL_INPUT], name="pre_div_scale"),
     ]
@@ -68,18 +77,20 @@ def prepend_preprocessing(model, shape, mean=127.5, scale=127.5, reverse=True):
     del graph.node[:]
     graph.node.extend(new_nodes)
     del graph.input[:]
-    graph.input.append(helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, list(shape)))
+    graph.input.append(helper.make_tensor_value_info(pre["input"], TensorProto.FLOAT, list(shape)))
     out = graph.output[0]
+    if out.name != pre["output"]:
+        raise StageError(f"paddle2onnx named the output {out.name!r}; the config says {pre['output']!r}")
     out.type.tensor_type.shape.Clear()
     for dim in (shape[0], shape[2], shape[3]):
         out.type.tensor_type.shape.dim.add().dim_value = dim
     del graph.value_info[:]
-    graph.doc_string = ("Input x: float32 NCHW, BGR, 0..255; channel reversal and "
-                        "(v - 127.5) / 127.5 are inside the graph.")
+    graph.doc_string = (f"Input {pre['input']}: float32 NCHW, {pre['color']}, 0..255; channel order "
+                        f"and {pre['normalisation']} are inside the graph.")
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
-def convert_to_onnx(paddle_dir, shape, opset, mean=127.5, scale=127.5, reverse=True):
+def convert_to_onnx(paddle_dir, shape, opset, pre):
     from converter.util.paddle_env import import_paddle
     from converter.runners.paddle import check_program
 
@@ -101,17 +112,22 @@ def convert_to_onnx(paddle_dir, shape, opset, mean=127.5, scale=127.5, reverse=T
         raise StageError(f"paddle2onnx produced a graph with {len(model.graph.input)} inputs and "
                          f"{len(model.graph.output)} outputs from {paddle_dir}; expected one of each")
     model.producer_name = "ocrnet-convert (paddle2onnx 1.3.1)"
-    return prepend_preprocessing(model, shape, mean, scale, reverse)
+    return prepend_preprocessing(model, shape, pre)
 
 
-def run_onnx(config, workdir, shape, force=False):
+def _text(values):
+    return f"{values[0]:g}" if len(set(values)) == 1 else str(values)
+
+
+def run_onnx(config, workdir, shape=None, force=False):
     from converter.util.incremental import current_record, stage_key, tool_versions
 
     start = time.perf_counter()
+    shape = tuple(shape or config.converted_shape)
     paddle_dir, export_record = check_paddle_export(workdir)
     out_dir = os.path.join(workdir, "onnx")
     record_path = os.path.join(out_dir, "onnx.json")
-    key = stage_key({"stage": "onnx", "shape": list(shape), "opset": config.onnx_opset,
+    key = stage_key({"stage": "onnx", "shape": list(shape), "opset": config.onnx_opset, "pre": config.baked(),
                      "tools": tool_versions("paddlepaddle", "paddle2onnx", "onnx")},
                     [os.path.join(paddle_dir, n) for n in ("model.pdmodel", "model.pdiparams")])
     record = None if force else current_record(out_dir, "onnx", key)
@@ -121,7 +137,8 @@ def run_onnx(config, workdir, shape, force=False):
     import onnx
 
     info(f"onnx: converting {paddle_dir} with paddle2onnx (opset {config.onnx_opset}), input {list(shape)}...")
-    model = convert_to_onnx(paddle_dir, shape, config.onnx_opset)
+    pre = dict(config.baked(), color=config.converted_input.color, normalisation=config.normalisation_text())
+    model = convert_to_onnx(paddle_dir, shape, config.onnx_opset, pre)
     with staging_dir(out_dir, record="onnx.json") as tmp:
         path = os.path.join(tmp, ONNX_NAME)
         onnx.save_model(model, path)
@@ -135,11 +152,19 @@ def run_onnx(config, workdir, shape, force=False):
         files = describe_files(tmp, [ONNX_NAME])
     record = {
         "stage": "onnx", "key": key, "opset": config.onnx_opset, "input_shape": list(shape),
-        "input": {"name": INPUT, "dtype": "float32", "layout": "NCHW", "color": "BGR", "range": "0..255"},
+        "input": {"name": pre["input"], "dtype": "float32", "layout": "NCHW",
+                  "color": config.converted_input.color, "range": "0..255"},
         "output": {"name": model.graph.output[0].name, "dtype": "int32", "shape": [shape[0], shape[2], shape[3]]},
-        "preprocessing": "Gather[2,1,0] axis 1, Sub 127.5, Div 127.5",
+        "preprocessing": f"Gather{pre['order']} axis 1, Sub {_text(pre['mean'])}, Div {_text(pre['scale'])}",
         "weights": export_record.get("weights"), "files": files,
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_json_atomic(record_path, record)
     return [os.path.join(out_dir, ONNX_NAME)], record
+
+
+def run(config, workdir, shape=None, force=False):
+    from converter.stages import StageResult
+
+    paths, record = run_onnx(config, workdir, shape, force)
+    return StageResult("onnx", paths, record, bool(record.get("skipped")))

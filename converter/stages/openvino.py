@@ -2,8 +2,9 @@
 
 By default openvino.convert_model reads the Paddle inference model directly
 (artifacts/paddle/model.pdmodel), as the reference Open Model Zoo conversion
-did, and PrePostProcessor adds reverse_channels, mean(127.5) and scale(127.5)
-in front, so the IR takes BGR 0..255. `--from onnx` converts the ONNX file
+did, and PrePostProcessor adds the channel reversal and the config's mean and
+scale in front, so the IR takes the converted input of the config (BGR
+0..255). `--from onnx` converts the ONNX file
 instead (which already contains the same preprocessing), for cross-checks.
 FP16 is the same model saved with compress_to_fp16 (weights in FP16;
 computation precision is chosen by the device at run time).
@@ -16,15 +17,18 @@ from converter.util.fsutil import describe_files, staging_dir, write_json_atomic
 from converter.util.log import info
 from converter.stages.onnx import check_paddle_export
 from converter.records import MODEL_STEM as IR_NAME, ONNX_PATH, record_files, verified_record
-OUTPUT_NAME = "argmax_0.tmp_0"
 
 
-def build_ir(source_path, shape, from_onnx=False, mean=127.5, scale=127.5, reverse=True):
-    """Return an ov.Model with input x [shape] f32 NCHW BGR 0..255.
+def _per_channel(values):
+    # one value when the three agree: the default config's graph stays as it was
+    return values[0] if len(set(values)) == 1 else list(values)
 
-    mean/scale/reverse exist for negative controls in tests; the pipeline
-    always uses the defaults.
-    """
+
+def build_ir(source_path, shape, pre, from_onnx=False):
+    """Return an ov.Model whose input (pre["input"], f32 NCHW, raw 0..255 in
+    the converted channel order) goes through the channel reordering and
+    normalisation of pre (ModelConfig.baked()) before the network. Tests pass
+    a wrong pre on purpose, as negative controls."""
     import openvino as ov
     from openvino.preprocess import PrePostProcessor
 
@@ -36,23 +40,27 @@ def build_ir(source_path, shape, from_onnx=False, mean=127.5, scale=127.5, rever
         inp.tensor().set_element_type(ov.Type.f32).set_layout(ov.Layout("NCHW"))
         inp.model().set_layout(ov.Layout("NCHW"))
         steps = inp.preprocess()
-        if reverse:
+        if list(pre["order"]) == [2, 1, 0]:
             steps.reverse_channels()
-        if mean:
-            steps.mean(mean)
-        steps.scale(scale)
+        elif list(pre["order"]) != [0, 1, 2]:
+            raise StageError(f"channel order {pre['order']} is neither a reversal nor the identity")
+        if any(pre["mean"]):
+            steps.mean(_per_channel(pre["mean"]))
+        steps.scale(_per_channel(pre["scale"]))
         model = ppp.build()
-    model.inputs[0].get_tensor().set_names({"x"})
+    model.inputs[0].get_tensor().set_names({pre["input"]})
     names = set(model.outputs[0].get_names())
-    if OUTPUT_NAME not in names:
-        model.outputs[0].get_tensor().set_names(names | {OUTPUT_NAME})
+    if pre["output"] not in names:
+        model.outputs[0].get_tensor().set_names(names | {pre["output"]})
     return model
 
 
-def run_openvino(config, workdir, shape, source="paddle", force=False):
+def run_openvino(config, workdir, shape=None, source="paddle", force=False):
     from converter.util.incremental import current_record, stage_key, tool_versions
 
     start = time.perf_counter()
+    shape = tuple(shape or config.converted_shape)
+    pre = config.baked()
     if source == "onnx":
         src = os.path.join(workdir, ONNX_PATH)
         verified_record(workdir, "onnx")
@@ -66,7 +74,7 @@ def run_openvino(config, workdir, shape, source="paddle", force=False):
         inputs = [src, os.path.join(folder, "model.pdiparams")]
     out_root = os.path.join(workdir, "openvino")
     record_path = os.path.join(out_root, "openvino.json")
-    key = stage_key({"stage": "openvino", "shape": list(shape), "source": source,
+    key = stage_key({"stage": "openvino", "shape": list(shape), "source": source, "pre": pre,
                      "tools": tool_versions("openvino")}, inputs)
     record = None if force else current_record(out_root, "openvino", key)
     if record:
@@ -76,7 +84,7 @@ def run_openvino(config, workdir, shape, source="paddle", force=False):
 
     info(f"openvino: converting {src}, input {list(shape)}...")
     try:
-        model = build_ir(src, shape, from_onnx=(source == "onnx"))
+        model = build_ir(src, shape, pre, from_onnx=(source == "onnx"))
     except StageError:
         raise
     except Exception as exc:
@@ -95,14 +103,23 @@ def run_openvino(config, workdir, shape, source="paddle", force=False):
             paths += [os.path.join(out_root, precision, n) for n in names]
     record = {
         "stage": "openvino", "key": key, "source": source, "input_shape": list(shape), "openvino": ov.__version__,
-        "input": {"name": "x", "dtype": "float32", "layout": "NCHW", "color": "BGR", "range": "0..255"},
-        "output": {"name": OUTPUT_NAME, "shape": [shape[0], shape[2], shape[3]],
+        "input": {"name": pre["input"], "dtype": "float32", "layout": "NCHW",
+                  "color": config.converted_input.color, "range": "0..255"},
+        "output": {"name": pre["output"], "shape": [shape[0], shape[2], shape[3]],
                    "dtype": str(model.outputs[0].get_element_type().get_type_name())},
         "preprocessing": ("baked in the ONNX graph" if source == "onnx"
-                          else "PrePostProcessor: reverse_channels, mean 127.5, scale 127.5"),
+                          else f"PrePostProcessor: channel order {pre['order']}, "
+                          f"{config.normalisation_text()}"),
         "precisions": {"FP32": "weights f32", "FP16": "weights compressed to f16 (compress_to_fp16)"},
         "weights": export_record.get("weights"), "files": files,
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_json_atomic(record_path, record)
     return paths, record
+
+
+def run(config, workdir, shape=None, source="paddle", force=False):
+    from converter.stages import StageResult
+
+    paths, record = run_openvino(config, workdir, shape, source, force)
+    return StageResult("openvino", paths, record, bool(record.get("skipped")))

@@ -4,7 +4,8 @@ import platform
 
 import numpy as np
 
-from converter.data.cityscapes import CLASSES, PALETTE, colorize
+from converter.backends import REFERENCE
+from converter.data.cityscapes import colorize
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic, write_png_atomic
 from converter.util.incremental import tool_versions
 from converter.records import export_weights
@@ -30,31 +31,31 @@ def system_info():
             "versions": versions}
 
 
-def _legend(width):
+def _legend(width, config):
     from PIL import Image, ImageDraw
-    rows = (len(CLASSES) + 4) // 5
+    rows = (config.num_classes + 4) // 5
     img = Image.new("RGB", (width, 20 * rows + 8), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     col_w = width // 5
-    for i, (name, colour) in enumerate(zip(CLASSES, PALETTE)):
+    for i, (name, colour) in enumerate(zip(config.class_names, config.palette)):
         x, y = (i % 5) * col_w + 6, (i // 5) * 20 + 4
         draw.rectangle([x, y, x + 14, y + 14], fill=tuple(int(v) for v in colour), outline=(0, 0, 0))
         draw.text((x + 20, y + 2), f"{i} {name}", fill=(0, 0, 0))
     return img
 
 
-def image_png(name, maps):
-    """input | original mask, then per converted backend: its mask | disagreement."""
+def image_png(name, maps, config):
+    """input | reference mask, then per converted backend: its mask | disagreement."""
     from PIL import Image, ImageDraw
-    backends = [k for k in maps if k not in ("input", "original")]
-    rows = [("input", maps["input"]), ("original (Paddle Inference)", colorize(maps["original"]))]
+    backends = [k for k in maps if k not in ("input", "reference")]
+    rows = [("input", maps["input"]), (f"reference: {REFERENCE.title}", colorize(maps["reference"], config.palette))]
     for backend in backends:
         got = maps[backend]
         gray = maps["input"].mean(axis=2, keepdims=True).astype(np.uint8).repeat(3, axis=2) // 2
-        gray[got != maps["original"]] = (255, 0, 0)
-        rows += [(backend, colorize(got)), (f"{backend}: disagreement (red)", gray)]
+        gray[got != maps["reference"]] = (255, 0, 0)
+        rows += [(backend, colorize(got, config.palette)), (f"{backend}: disagreement (red)", gray)]
     w, h = PANEL
-    legend = _legend(2 * w)
+    legend = _legend(2 * w, config)
     canvas = Image.new("RGB", (2 * w, (h + 18) * ((len(rows) + 1) // 2) + legend.height + 22), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((6, 4), name, fill=(0, 0, 0))
@@ -71,7 +72,7 @@ def _pct(x):
     return f"{100 * x:.4f} %"
 
 
-def markdown(record):
+def markdown(record, class_names):
     lines = ["# Parity report", "",
              f"Result: **{'PASSED' if record['passed'] else 'FAILED'}**. Gate for f32 backends: agreement "
              f">= {_pct(record['thresholds']['min_agreement'])} and every flipped pixel a near-tie "
@@ -94,7 +95,8 @@ def markdown(record):
     for backend, entry in record["results"].items():
         for image, m in entry["images"].items():
             if m["top_flips"]:
-                flips = ", ".join(f"{CLASSES[f['from']]}->{CLASSES[f['to']]} x{f['count']}" for f in m["top_flips"])
+                flips = ", ".join(f"{class_names[f['from']]}->{class_names[f['to']]} x{f['count']}"
+                                  for f in m["top_flips"])
                 lines.append(f"- {backend}, {image}: {flips}")
     lines += ["", "## Backends", "", "| backend | load s | infer s (per image) | wall s | peak RSS MB | precision |",
               "|---|---|---|---|---|---|"]
@@ -119,10 +121,10 @@ def write_report(config, workdir, record, maps):
     paths = []
     for name, image_maps in maps:
         path = os.path.join(out, os.path.splitext(name)[0] + ".png")
-        write_png_atomic(path, image_png(name, image_maps), optimize=True)
+        write_png_atomic(path, image_png(name, image_maps, config), optimize=True)
         paths.append(path)
     md = os.path.join(out, "report.md")
-    write_bytes_atomic(md, markdown(record).encode())
+    write_bytes_atomic(md, markdown(record, config.class_names).encode())
     js = os.path.join(out, "report.json")
     write_json_atomic(js, record)
     return [js, md] + paths

@@ -12,7 +12,7 @@ constant offset. The result is labelled synthetic everywhere it goes.
 """
 import numpy as np
 
-from converter.data.images import load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
+from converter.data.images import load_rgb, prepare, resize_rgb, sample_images
 
 # Calibrate on crops at the native 2048x1024 scale. Dygraph is slow on CPU
 # (~50 s for one full frame), and downscaled frames give statistics that do
@@ -63,7 +63,8 @@ def _he_init(state_shapes, seed):
     return arrays
 
 
-def calibration_batch(images=None, seed=0):
+def calibration_batch(contract, images=None, seed=0):
+    """contract: the original model's input (data.images.input_contract)."""
     rng = np.random.default_rng(seed)
     crops = []
     for path in images or sample_images():
@@ -72,16 +73,16 @@ def calibration_batch(images=None, seed=0):
             top = int(rng.integers(0, FULL_SIZE[1] - CROP_SIZE[1] + 1))
             left = int(rng.integers(0, FULL_SIZE[0] - CROP_SIZE[0] + 1))
             crops.append(frame[top:top + CROP_SIZE[1], left:left + CROP_SIZE[0]])
-    return np.concatenate([normalized_rgb_nchw(c) for c in crops])
+    return np.concatenate([prepare(c, contract) for c in crops])
 
 
-def synthetic_state_dict(model, seed=0, images=None):
+def synthetic_state_dict(model, seed, contract, images=None):
     """Set seeded weights on `model`, recalibrate BN, return {name: array}."""
     import paddle
 
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     model.set_state_dict(_he_init(shapes, seed))
-    batch = paddle.to_tensor(calibration_batch(images, seed))
+    batch = paddle.to_tensor(calibration_batch(contract, images, seed))
     bns = [m for m in model.sublayers() if isinstance(m, paddle.nn.BatchNorm2D)]
     saved = [bn._momentum for bn in bns]
     model.train()

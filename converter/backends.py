@@ -1,0 +1,72 @@
+"""The backend registry: every way this project runs a model, in one list.
+
+parity, bench, predict and evaluate take their backends from here, and the
+CLI's --backend/--backends take these names. A backend is a runtime, the
+artifact it loads, which side of the interface it is fed (the original's
+normalised RGB or the converted models' raw pixels, see data.images), the
+precision it computes in, and its role in parity: the reference, gated, or
+reported only. Adding a backend (an INT8 IR, say) is one entry.
+"""
+import os
+from dataclasses import dataclass
+
+from converter.errors import ConverterError
+from converter.records import ONNX_PATH, ir_path
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    runtime: str           # converter.runners: paddle | onnxruntime | openvino
+    stage: str             # the stage whose output it loads (records.STAGES)
+    model: str             # that output, relative to the workdir
+    side: str              # "original" or "converted": what it is fed
+    precision: str = None  # OpenVINO's INFERENCE_PRECISION_HINT; None: the CPU's default
+    role: str = "reported"  # "reference", "gated" or "reported"
+    title: str = ""
+
+    @property
+    def gated(self):
+        return self.role == "gated"
+
+    def model_path(self, workdir):
+        return os.path.join(workdir, self.model)
+
+
+BACKENDS = (
+    Backend("paddle", "paddle", "export", "paddle", "original", None, "reference",
+            "Paddle Inference on the exported original"),
+    Backend("onnxruntime", "onnxruntime", "onnx", ONNX_PATH, "converted", None, "gated",
+            "ONNX Runtime, CPU"),
+    Backend("openvino-fp32-f32", "openvino", "openvino", ir_path("FP32"), "converted", "f32", "gated",
+            "FP32 IR at INFERENCE_PRECISION_HINT f32"),
+    Backend("openvino-fp32-default", "openvino", "openvino", ir_path("FP32"), "converted", None, "reported",
+            "FP32 IR at the CPU's default precision (bf16 on AVX512-BF16/AMX)"),
+    Backend("openvino-fp16-default", "openvino", "openvino", ir_path("FP16"), "converted", None, "reported",
+            "FP16 IR at the CPU's default precision"),
+)
+NAMES = tuple(b.name for b in BACKENDS)
+REFERENCE = next(b for b in BACKENDS if b.role == "reference")
+
+
+def get(name):
+    for backend in BACKENDS:
+        if backend.name == name:
+            return backend
+    raise ConverterError(f"unknown backend '{name}' (choose from {', '.join(NAMES)})")
+
+
+def select(names=None, with_reference=False):
+    """The named backends in registry order (all when names is empty)."""
+    chosen = {get(n).name for n in names or NAMES}
+    if with_reference:
+        chosen.add(REFERENCE.name)
+    return [b for b in BACKENDS if b.name in chosen]
+
+
+def open_backend(backend, workdir, threads=2, logits=False, **options):
+    """The backend's runner on the workdir's artifact."""
+    from converter.runners import make_runner
+
+    return make_runner(backend.runtime, backend.model_path(workdir), threads=threads, logits=logits,
+                       precision=backend.precision, **options)
