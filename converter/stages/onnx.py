@@ -85,8 +85,9 @@ def prepend_preprocessing(model, shape, pre):
     for dim in (shape[0], shape[2], shape[3]):
         out.type.tensor_type.shape.dim.add().dim_value = dim
     del graph.value_info[:]
-    graph.doc_string = (f"Input {pre['input']}: float32 NCHW, {pre['color']}, 0..255; channel order "
-                        f"and {pre['normalisation']} are inside the graph.")
+    reorder = "channel reversal" if list(pre["order"]) == [2, 1, 0] else "channel order"
+    graph.doc_string = (f"Input {pre['input']}: float32 NCHW, {pre['color']}, 0..255; {reorder} and "
+                        f"{pre['normalisation']} are inside the graph.")
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
