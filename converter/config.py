@@ -190,8 +190,9 @@ def validate(raw, path="<config>", digest=""):
     per_class = _get(reference, "per_class_iou", "reference", dict)
     num_classes = _get(model, "num_classes", "model", int)
     class_names, palette = _classes(raw, num_classes)
-    if list(per_class) != list(class_names):
-        raise ConfigError("reference.per_class_iou: expected the classes' names, in their order")
+    if set(per_class) != set(class_names):
+        raise ConfigError("reference.per_class_iou: expected one entry for each of the classes' names")
+    per_class = {name: per_class[name] for name in class_names}  # a mapping's order is not data
     for cls, iou in per_class.items():
         if not isinstance(iou, (int, float)) or not 0 <= iou <= 1:
             raise ConfigError(f"reference.per_class_iou.{cls}: expected a number in [0, 1]")

@@ -56,3 +56,23 @@ def small_workdir(synthetic_export):
         proc = run_cli(stage, "--workdir", str(work), "--input-shape", SMALL_SHAPE)
         assert proc.returncode == 0, proc.stderr
     return work
+
+
+def original_input(rgb):
+    """The original model's input for an RGB image, per the default config."""
+    from converter.config import load_config
+    from converter.data.images import input_contract, prepare
+    return prepare(rgb, input_contract(load_config(), "original"))
+
+
+def converted_input(rgb):
+    """The converted models' input (raw BGR 0..255), per the default config."""
+    from converter.config import load_config
+    from converter.data.images import input_contract, prepare
+    return prepare(rgb, input_contract(load_config(), "converted"))
+
+
+def default_contract():
+    from converter.config import load_config
+    from converter.data.images import input_contract
+    return input_contract(load_config(), "original")

@@ -29,6 +29,7 @@ class FaultyServer:
         self.files = dict(files)
         self.faults = dict(faults or {})
         self.requests = []          # (name, Range header or None)
+        self.paths = []             # request paths as sent
         self.sent = {}              # name -> body bytes sent
         self.hits = {}
         self.slow_pause = 0.05
@@ -77,6 +78,7 @@ class FaultyServer:
         name = h.path.rsplit("/", 1)[-1]
         rng = h.headers.get("Range")
         self.requests.append((name, rng))
+        self.paths.append(h.path)
         hit = self._count(name)
         mode = self.faults.get(name, "ok")
         if name not in self.files or mode == "404":

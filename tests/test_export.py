@@ -4,12 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from converter.data.images import load_rgb, normalized_rgb_nchw, resize_rgb, sample_images
+from converter.data.images import load_rgb, resize_rgb, sample_images
+from tests.conftest import default_contract, original_input
 from tests.conftest import run_cli
 
 
 def _small_input():
-    return normalized_rgb_nchw(resize_rgb(load_rgb(sample_images()[0]), 512, 256))
+    return original_input(resize_rgb(load_rgb(sample_images()[0]), 512, 256))
 
 
 def test_export_writes_release_format(synthetic_export):
@@ -31,7 +32,7 @@ def test_round_trip_paddle_inference_equals_dygraph(synthetic_export, synthetic_
     from converter.weights.synthetic import synthetic_state_dict
 
     model = build_model()
-    synthetic_state_dict(model, 0)
+    synthetic_state_dict(model, 0, default_contract())
     x = _small_input()
     with paddle.no_grad():
         ref = model(paddle.to_tensor(x))[0].numpy()

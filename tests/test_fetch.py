@@ -15,7 +15,7 @@ import yaml
 
 from converter.stages import fetch
 from converter.config import DEFAULT_CONFIG, load_config
-from converter.errors import FetchError
+from converter.errors import ChecksumError, FetchError
 from tests.conftest import ROOT, run_cli
 from tests.faulty_server import FaultyServer
 
@@ -268,9 +268,9 @@ def test_mirror_fetches_url_plus_file_name(tmp_path, files):
     with FaultyServer(files) as srv:
         cfg = write_config(tmp_path, files, "http://127.0.0.1:9")  # nothing listens there
         proc = fetch_cli(cfg, tmp_path / "out", tmp_path / "cache", "--mirror", srv.url + "/mirror/")
-        paths = [r for r in srv.requests]
+        paths = list(srv.paths)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(n for n, _ in paths) == sorted(files)
+    assert sorted(paths) == sorted(f"/mirror/{name}" for name in files)
     assert (tmp_path / "out" / BIG).read_bytes() == files[BIG]
 
 
@@ -300,7 +300,12 @@ def test_auto_weights_use_a_cached_checkpoint(tmp_path, files, monkeypatch):
     target.write_bytes(files[BIG])
     choice = resolve_weights(cfg, "auto", cache_dir=str(tmp_path / "c"))
     assert choice.kind == "pretrained" and choice.path == str(target)
-    assert choice.provenance["sha384"] == sha
+    # the hash of the bytes in the cache, computed here, not the config's claim
+    assert choice.provenance["sha384"] == hashlib.sha384(target.read_bytes()).hexdigest()
+    target.write_bytes(files[BIG][:-1] + b"X")  # same size, other bytes: refused, never 'verified'
+    with pytest.raises(ChecksumError, match="corrupt"):
+        resolve_weights(cfg, "auto", cache_dir=str(tmp_path / "c"))
+    assert not target.exists()
 
 
 def test_default_cache_dir_follows_xdg(monkeypatch):

@@ -58,7 +58,7 @@ def _flip_byte(path, offset=-100):
     ("openvino", "--input-shape", SMALL_SHAPE, "--force"),
     ("parity",),
     ("predict", os.path.join(ROOT, "converter", "samples", "street_1.jpg"), "--backend", "paddle"),
-    ("bench", "--runs", "1", "--backends", "paddle-inference"),
+    ("bench", "--runs", "1", "--backends", "paddle"),
     ("manifest",),
 ])
 def test_tampered_paddle_weights_are_refused_by_every_later_stage(workdir, tmp_path, command):

@@ -74,7 +74,7 @@ def test_parity_passes_on_correct_conversion(parity_workdir):
             assert m["agreement"] >= 0.9999 and "logit_error" in m
 
 
-@pytest.mark.parametrize("preprocess", [{"reverse": False}, {"mean": 0.0}], ids=["no-reverse", "mean-0"])
+@pytest.mark.parametrize("preprocess", [{"order": [0, 1, 2]}, {"mean": [0.0] * 3}], ids=["no-reverse", "mean-0"])
 def test_gate_fails_for_broken_ir_in_copied_workdir(parity_workdir, tmp_path, preprocess):
     import openvino as ov
     from converter.util.fsutil import describe_files
@@ -84,7 +84,9 @@ def test_gate_fails_for_broken_ir_in_copied_workdir(parity_workdir, tmp_path, pr
     for name in ("paddle", "onnx"):  # parity needs no paddle-logits export
         os.symlink(parity_workdir / name, work / name)
     shutil.copytree(parity_workdir / "openvino", work / "openvino")
-    model = build_ir(str(parity_workdir / "paddle" / "model.pdmodel"), (1, 3, 256, 512), **preprocess)
+    from converter.config import load_config
+    pre = dict(load_config().baked(), **preprocess)  # the config's preprocessing, one part broken
+    model = build_ir(str(parity_workdir / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre)
     ov.save_model(model, str(work / "openvino" / "FP32" / f"{IR_NAME}.xml"), compress_to_fp16=False)
     # A converter bug, not tampering: the broken IR is what the stage recorded.
     record = json.loads((work / "openvino" / "openvino.json").read_text())

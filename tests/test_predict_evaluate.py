@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from converter.data.cityscapes import LABEL_TO_TRAIN, PALETTE, label_ids_to_train_ids
+from converter.config import load_config
+from converter.data.cityscapes import LABEL_TO_TRAIN, label_ids_to_train_ids
+
+CONFIG = load_config()
+CLASSES, PALETTE = CONFIG.class_names, np.array(CONFIG.palette, np.uint8)
 from converter.data.images import load_rgb, sample_images
 from tests.conftest import run_cli
 
@@ -27,7 +31,7 @@ def test_predict_odd_size_writes_three_pngs(small_workdir, tmp_path):
     rgb = _crop(333, 517)
     Image.fromarray(rgb).save(img)
     out = tmp_path / "pred"
-    proc = run_cli("predict", str(img), "--backend", "onnx", "--workdir", str(small_workdir), "--output", str(out))
+    proc = run_cli("predict", str(img), "--backend", "onnxruntime", "--workdir", str(small_workdir), "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     classes = np.asarray(Image.open(out / "odd_classes.png"))
     colour = np.asarray(Image.open(out / "odd_color.png"))
@@ -37,7 +41,6 @@ def test_predict_odd_size_writes_three_pngs(small_workdir, tmp_path):
     np.testing.assert_array_equal(overlay, ((rgb.astype(np.uint16) + colour) // 2).astype(np.uint8))
     shares = {int(c): float(n) / classes.size for c, n in zip(*np.unique(classes, return_counts=True))}
     top = max(shares, key=shares.get)
-    from converter.data.cityscapes import CLASSES
     assert f"{CLASSES[top]} {shares[top]:.1%}" in proc.stdout
 
 
@@ -45,7 +48,7 @@ def test_predict_converts_grayscale_and_rgba(small_workdir, tmp_path):
     Image.fromarray(_crop(64, 96)[..., 0]).save(tmp_path / "gray.png")
     Image.fromarray(np.dstack([_crop(64, 96), np.full((64, 96), 200, np.uint8)])).save(tmp_path / "rgba.png")
     out = tmp_path / "pred"
-    proc = run_cli("predict", str(tmp_path / "gray.png"), str(tmp_path / "rgba.png"), "--backend", "openvino",
+    proc = run_cli("predict", str(tmp_path / "gray.png"), str(tmp_path / "rgba.png"), "--backend", "openvino-fp32-f32",
                    "--workdir", str(small_workdir), "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     assert np.asarray(Image.open(out / "gray_classes.png")).shape == (64, 96)
@@ -115,7 +118,7 @@ def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
     for (_, stem), rgb in images.items():
         Image.fromarray(rgb).save(src / f"{stem}.png")
     pred_dir = tmp_path / "pred"
-    proc = run_cli("predict", str(src), "--backend", "openvino", "--workdir", str(small_workdir),
+    proc = run_cli("predict", str(src), "--backend", "openvino-fp32-f32", "--workdir", str(small_workdir),
                    "--output", str(pred_dir))
     assert proc.returncode == 0, proc.stderr
     predictions = {key: (rgb, np.asarray(Image.open(pred_dir / f"{key[1]}_classes.png")))
@@ -131,14 +134,13 @@ def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
     root = tmp_path / "cityscapes"
     _write_dataset(root, predictions, damage)
     out = tmp_path / "eval"
-    proc = run_cli("evaluate", "--cityscapes", str(root), "--backend", "openvino", "--workdir",
+    proc = run_cli("evaluate", "--cityscapes", str(root), "--backend", "openvino-fp32-f32", "--workdir",
                    str(small_workdir), "--output", str(out), "--jobs", "2")
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "metrics.json").read_text())
     preds = [p for _, p in predictions.values()]
     gts = [damage(np.vectorize(TRAIN_TO_LABEL.get)(p).astype(np.uint8)) for p in preds]
     iou, miou, accuracy = _expected(preds, gts)
-    from converter.data.cityscapes import CLASSES
     for c, name in enumerate(CLASSES):
         if iou[c] is None:
             assert result["per_class_iou"][name] is None
@@ -149,9 +151,21 @@ def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
     assert result["images"] == 3
     md = (out / "metrics.md").read_text()
     assert "| train |" in md and "suspect" in md and "synthetic" in md
+    # --limit 2: the first two images in sorted order, and their metrics only.
+    proc = run_cli("evaluate", "--cityscapes", str(root), "--backend", "openvino-fp32-f32", "--workdir",
+                   str(small_workdir), "--output", str(tmp_path / "eval2"), "--limit", "2")
+    assert proc.returncode == 0, proc.stderr
+    limited = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    _, miou2, accuracy2 = _expected(preds[:2], gts[:2])
+    assert limited["images"] == 2 and limited["pixels"] < result["pixels"]
+    assert limited["miou"] == pytest.approx(miou2, abs=1e-12)
+    assert limited["pixel_accuracy"] == pytest.approx(accuracy2, abs=1e-12)
 
 
-def test_evaluate_limit_and_missing_dataset(small_workdir, tmp_path):
+def test_evaluate_bad_limit_and_missing_dataset(small_workdir, tmp_path):
+    proc = run_cli("evaluate", "--cityscapes", str(tmp_path), "--workdir", str(small_workdir),
+                   "--output", str(tmp_path / "o"), "--limit", "0")
+    assert proc.returncode == 2 and "--limit must be positive" in proc.stderr
     proc = run_cli("evaluate", "--cityscapes", str(tmp_path / "none"), "--workdir", str(small_workdir),
                    "--output", str(tmp_path / "o"))
     assert proc.returncode == 2

@@ -81,11 +81,11 @@ def test_stage_skips_when_unchanged_and_force_redoes(tmp_path, synthetic_export)
     assert onnx_file.stat().st_mtime_ns == stamp
     onnx_file.write_bytes(b"tampered")  # an output that no longer matches its record is redone
     third = run_cli(*args)
-    assert "onnx: done" in third.stderr and onnx_file.stat().st_size > 1000
+    assert third.returncode == 0 and "onnx: done" in third.stderr and onnx_file.stat().st_size > 1000
     forced = run_cli(*args, "--force")
     assert forced.returncode == 0 and "onnx: done" in forced.stderr
     other_shape = run_cli("onnx", "--workdir", str(work), "--input-shape", "1,3,64,96")
-    assert "onnx: done" in other_shape.stderr
+    assert other_shape.returncode == 0 and "onnx: done" in other_shape.stderr
 
 
 def test_sigkill_leaves_nothing_at_final_path_and_rerun_is_identical(tmp_path, small_workdir):

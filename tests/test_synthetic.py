@@ -6,14 +6,16 @@ import sys
 import numpy as np
 import pytest
 
-from converter.data.images import load_rgb, normalized_rgb_nchw, sample_images
+from converter.data.images import load_rgb, sample_images
+from tests.conftest import default_contract, original_input
 from converter.weights.synthetic import _he_init
 
 HASH_SNIPPET = """
 import hashlib
 from converter.model import build_model
 from converter.weights.synthetic import synthetic_state_dict
-st = synthetic_state_dict(build_model(), {seed})
+from tests.conftest import default_contract
+st = synthetic_state_dict(build_model(), {seed}, default_contract())
 print(hashlib.sha256(b''.join(k.encode() + st[k].tobytes() for k in st)).hexdigest())
 """
 
@@ -27,7 +29,7 @@ def synthetic_seed0():
     from converter.model import build_model
     from converter.weights.synthetic import synthetic_state_dict
     model = build_model()
-    return model, synthetic_state_dict(model, 0)
+    return model, synthetic_state_dict(model, 0, default_contract())
 
 
 def test_same_seed_gives_byte_identical_weights_across_processes_and_threads(synthetic_seed0):
@@ -39,17 +41,28 @@ def test_same_seed_gives_byte_identical_weights_across_processes_and_threads(syn
     assert proc.stdout.strip().splitlines()[-1] == _digest(state)
 
 
-def test_different_seed_gives_different_weights():
-    shapes = {"w": (8, 4, 3, 3)}
-    assert not np.array_equal(_he_init(shapes, 0)["w"], _he_init(shapes, 1)["w"])
-    np.testing.assert_array_equal(_he_init(shapes, 3)["w"], _he_init(shapes, 3)["w"])
-
-
-def test_calibration_changed_batchnorm_statistics(synthetic_seed0):
+def test_different_seed_gives_different_weights(synthetic_seed0):
+    """The whole synthetic state of seed 1 (another process) against seed 0's."""
     _, state = synthetic_seed0
-    mean = state["backbone.conv_layer1_1._batch_norm._mean"]
-    var = state["backbone.conv_layer1_1._batch_norm._variance"]
-    assert np.abs(mean).max() > 0.01 and not np.allclose(var, 1.0)
+    proc = subprocess.run([sys.executable, "-c", HASH_SNIPPET.format(seed=1)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] != _digest(state)
+
+
+def test_calibration_sets_batchnorm_to_the_calibration_batch_statistics(synthetic_seed0):
+    """The first BatchNorm's running statistics are the per-channel mean and
+    (biased) variance of its conv's output on the calibration crops, computed
+    here directly; He-init values (0 and 1) or statistics of other data fail."""
+    import paddle
+    from converter.weights.synthetic import calibration_batch
+    model, state = synthetic_seed0
+    conv = model.backbone.conv_layer1_1._conv
+    with paddle.no_grad():
+        y = conv(paddle.to_tensor(calibration_batch(default_contract()))).numpy().astype(np.float64)
+    mean, var = y.mean(axis=(0, 2, 3)), y.var(axis=(0, 2, 3))
+    np.testing.assert_allclose(state["backbone.conv_layer1_1._batch_norm._mean"], mean, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(state["backbone.conv_layer1_1._batch_norm._variance"], var, rtol=1e-3, atol=1e-5)
+    assert np.abs(mean).max() > 0.01  # control: not the He-init zeros
 
 
 @pytest.mark.slow
@@ -58,7 +71,7 @@ def test_full_size_class_map_is_diverse_on_every_sample(synthetic_export):
     from converter.runners import make_runner
     runner = make_runner("paddle", str(synthetic_export))
     for path in sample_images():
-        x = normalized_rgb_nchw(load_rgb(path))
+        x = original_input(load_rgb(path))
         assert x.shape == (1, 3, 1024, 2048)
         classes = runner.infer(x)["argmax_0.tmp_0"].ravel()
         share = np.bincount(classes, minlength=19) / classes.size
