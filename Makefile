@@ -32,7 +32,7 @@ convert: $(STAMP)
 		--images $(PARITY_IMAGES)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 bench: $(STAMP)
 	$(CLI) bench --workdir $(WORKDIR)

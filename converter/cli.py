@@ -185,7 +185,7 @@ def _print_result(result, detail=""):
     """A stage's paths on stdout; its outcome on stderr."""
     for path in result.paths:
         print(path)
-    outcome = "skipped, up to date" if result.skipped else f"done in {result.record.get('seconds', '?')} s"
+    outcome = "skipped, up to date" if result.skipped else f"done in {result.seconds} s"
     print(f"{result.stage}: {outcome}{detail}", file=sys.stderr)
 
 
@@ -287,8 +287,8 @@ def _weights(args, config):
 
 
 def _weights_detail(record):
-    kind = record["weights"]["kind"]
-    return f", weights: {kind}" + (f" (seed {record['weights']['seed']})" if kind == "synthetic" else "")
+    kind = record.weights["kind"]
+    return f", weights: {kind}" + (f" (seed {record.weights['seed']})" if kind == "synthetic" else "")
 
 
 def _cmd_export(args, config):

@@ -10,6 +10,7 @@ instead of being converted.
 import json
 import os
 import re
+from dataclasses import dataclass, field
 
 from converter.errors import StageError
 from converter.util.fsutil import file_digest
@@ -75,8 +76,50 @@ def _file_table(entries, path, where="files"):
     return entries
 
 
+RECORD_SCHEMA = "ocrnet-convert/record/2"
+
+
+@dataclass
+class StageRecord:
+    """What a conversion stage (export, onnx, openvino) wrote and from what.
+
+    In JSON the params sit at the top level beside the common fields, with
+    `schema`; `load_record` checks every field's type, so a reader never
+    meets a record of another form."""
+    stage: str
+    files: dict                 # {name: {size, sha256}}, or {precision: {...}} for openvino
+    key: str = ""               # the incremental key of inputs and parameters
+    weights: dict = None        # the export's provenance, carried along
+    input: dict = None
+    output: dict = None
+    seconds: float = 0.0
+    params: dict = field(default_factory=dict)  # the stage's own: input_shape, opset, source, ...
+
+    def to_json(self):
+        return {"schema": RECORD_SCHEMA, "stage": self.stage, "key": self.key, "files": self.files,
+                "weights": self.weights, "input": self.input, "output": self.output,
+                "seconds": self.seconds, **self.params}
+
+    @property
+    def input_shape(self):
+        return tuple(self.params["input_shape"]) if "input_shape" in self.params else None
+
+
+def write_record(folder, record):
+    from converter.util.fsutil import write_json_atomic
+
+    write_json_atomic(os.path.join(folder, STAGES[record.stage][1]), record.to_json())
+
+
+def _typed(obj, path, key, kinds):
+    value = obj.get(key)
+    if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+        raise StageError(f"{path}: '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
 def load_record(path, stage):
-    """The record at path, checked for form (not yet against its files)."""
+    """The record at path as a StageRecord, checked for form (not yet against its files)."""
     try:
         record = read_json(path)
     except StageError as exc:
@@ -95,7 +138,21 @@ def load_record(path, stage):
             _file_table(entries, path, f"files.{group}")
     else:
         _file_table(files, path)
-    return record
+    if record.get("schema") != RECORD_SCHEMA:
+        raise StageError(f"{path}: not a record of this version (schema {str(record.get('schema'))[:40]!r}); "
+                         f"rerun the {stage} stage with --force")
+    params = {k: v for k, v in record.items() if k not in _COMMON}
+    shape = params.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 4
+                                  and all(type(d) is int and d > 0 for d in shape)):
+        raise StageError(f"{path}: 'input_shape' must be four positive integers")
+    return StageRecord(stage, files, _typed(record, path, "key", (str,)) or "",
+                       _typed(record, path, "weights", (dict,)), _typed(record, path, "input", (dict,)),
+                       _typed(record, path, "output", (dict,)),
+                       _typed(record, path, "seconds", (int, float)) or 0.0, params)
+
+
+_COMMON = ("schema", "stage", "key", "files", "weights", "input", "output", "seconds")
 
 
 def read_record(workdir, stage):
@@ -104,7 +161,7 @@ def read_record(workdir, stage):
 
 def record_files(folder, stage, record):
     """[(path, meta)] of every file a record lists, under the stage's folder."""
-    files = record["files"]
+    files = record.files
     if STAGES[stage][2]:
         return [(os.path.join(folder, g, n), m) for g, entries in files.items() for n, m in entries.items()]
     return [(os.path.join(folder, n), m) for n, m in files.items()]
@@ -140,13 +197,6 @@ def verify_build(workdir, stages):
     return {stage: verified_record(workdir, stage) for stage in stages}
 
 
-def input_shape_of(record, path):
-    shape = record.get("input_shape")
-    if not (isinstance(shape, list) and len(shape) == 4 and all(type(d) is int and d > 0 for d in shape)):
-        raise StageError(f"{path}: 'input_shape' must be four positive integers")
-    return tuple(shape)
-
-
 def converted_input_shape(workdir, config=None, required=False):
     """The static [N,C,H,W] the converted models were built for, from the
     openvino or onnx record; else the config's converted shape (or a
@@ -154,7 +204,10 @@ def converted_input_shape(workdir, config=None, required=False):
     for stage in ("openvino", "onnx"):
         path = record_path(workdir, stage)
         if os.path.lexists(path):
-            return input_shape_of(read_record(workdir, stage), path)
+            shape = read_record(workdir, stage).input_shape
+            if shape is None:
+                raise StageError(f"{path}: no 'input_shape'")
+            return shape
     if required or config is None:
         raise StageError(f"missing {record_path(workdir, 'openvino')}: run make convert first")
     return config.converted_shape
@@ -164,5 +217,4 @@ def export_weights(workdir):
     """The weights' provenance recorded by the export stage, or None."""
     if not os.path.lexists(record_path(workdir, "export")):
         return None
-    weights = read_record(workdir, "export").get("weights")
-    return weights if isinstance(weights, dict) else None
+    return read_record(workdir, "export").weights

@@ -148,10 +148,18 @@ def _start_parity(workdir, tmp):
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _cmdline(process):
+    import psutil
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # gone, or a zombie between fork and exec
+        return ""
+
+
 def _wait_for_worker(proc, deadline=120):
     end = time.time() + deadline
     while time.time() < end:
-        workers = [c for c in _children(proc.pid) if "parity_worker" in " ".join(c.cmdline())]
+        workers = [c for c in _children(proc.pid) if "converter.runners.worker" in _cmdline(c)]
         if workers:
             return workers[0]
         time.sleep(0.2)
@@ -225,8 +233,9 @@ def test_an_interrupted_publication_leaves_no_record_beside_its_files(tmp_path, 
     for precision in ("FP32", "FP16"):
         (out / precision).mkdir(parents=True)
         (out / precision / "m.xml").write_text(f"old {precision}")
+    from converter.records import StageRecord, write_record
     files = {p: fsutil.describe_files(str(out / p), ["m.xml"]) for p in ("FP32", "FP16")}
-    (out / "openvino.json").write_text(json.dumps({"stage": "openvino", "files": files}))
+    write_record(str(out), StageRecord("openvino", files))
     assert verified_record(str(tmp_path), "openvino")  # control: consistent
     real_replace, moved = os.replace, []
 
@@ -441,4 +450,21 @@ def test_export_key_uses_the_bytes_of_the_file_not_the_config_claim(tmp_path):
     choices = [resolve_weights(config, str(p), allow_unverified=True) for p in (first, second)]
     assert choices[0].provenance["sha384"] == hashlib.sha384(b"one").hexdigest()
     assert choices[0].provenance["verified"] is False
-    assert export_key(choices[0], False) != export_key(choices[1], False)
+    assert export_key(config, choices[0], False) != export_key(config, choices[1], False)
+
+
+def test_records_are_typed_and_versioned(workdir):
+    from converter.errors import StageError
+    from converter.records import RECORD_SCHEMA, StageRecord, read_record
+    record = read_record(str(workdir), "onnx")
+    assert isinstance(record, StageRecord) and record.input_shape == (1, 3, 256, 512)
+    path = workdir / "onnx" / "onnx.json"
+    raw = json.loads(path.read_text())
+    assert raw["schema"] == RECORD_SCHEMA
+    for field, value, fragment in (("schema", "ocrnet-convert/record/1", "not a record of this version"),
+                                   ("weights", [1], "'weights' has the wrong type"),
+                                   ("seconds", "fast", "'seconds' has the wrong type"),
+                                   ("input_shape", [1, 3, "256", 512], "'input_shape' must be four")):
+        path.write_text(json.dumps(dict(raw, **{field: value})))
+        with pytest.raises(StageError, match=fragment):
+            read_record(str(workdir), "onnx")

@@ -8,7 +8,6 @@ import pytest
 
 from converter.data.images import load_rgb, sample_images
 from tests.conftest import default_contract, original_input
-from converter.weights.synthetic import _he_init
 
 HASH_SNIPPET = """
 import hashlib

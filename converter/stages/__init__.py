@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 class StageResult:
     stage: str
     paths: list = field(default_factory=list)  # what the stage wrote (or found up to date)
-    record: dict = field(default_factory=dict)  # its record, as written to the workdir
-    skipped: bool = False                       # up to date: nothing was redone
+    record: object = None    # records.StageRecord for export/onnx/openvino; the report or manifest (a dict)
+    skipped: bool = False    # up to date: nothing was redone
+    seconds: float = 0.0
 

@@ -8,7 +8,9 @@ import time
 
 from converter.config import package_path
 from converter.errors import ConverterError, StageError
-from converter.util.fsutil import describe_files, staging_dir, write_json_atomic
+from converter.records import StageRecord, write_record
+from converter.stages import StageResult
+from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
 
 def deploy_yaml(config):
@@ -175,7 +177,7 @@ def run_export(config, output_dir, choice, without_argmax=False, logits_output=N
     record = None if force else current(output_dir)
     if record and all(current(d) for d, _ in targets[1:]):
         info("export: up to date (same weights, code and parameters); skipped. Use --force to redo.")
-        return [os.path.join(output_dir, f) for f in record["files"]], dict(record, skipped=True)
+        return StageResult("export", [os.path.join(output_dir, f) for f in record.files], record, skipped=True)
     model = build_weighted_model(config, choice)
     if logits_output:
         run_export_model(config, model, logits_output, choice, True, start, keys[logits_output])
@@ -187,24 +189,19 @@ def run_export_model(config, model, output_dir, choice, without_argmax, start, k
         info(f"export: tracing and saving the inference model{' (logits)' if without_argmax else ''} to {output_dir}...")
         save_inference_model(config, model, tmp, without_argmax)
         files = describe_files(tmp, [f for f in MODEL_FILES if os.path.exists(os.path.join(tmp, f))])
-    record = {
-        "stage": "export", "key": key, "weights": choice.provenance, "without_argmax": without_argmax,
-        "input": {"name": config.original_input.name, "shape": [-1, 3, -1, -1], "dtype": "float32",
-                  "color": config.original_input.color, "normalisation": config.normalisation_text()},
-        "output": ({"name": "logits", "shape": [-1, config.num_classes, -1, -1], "dtype": "float32"}
-                   if without_argmax else {"name": config.original_output.name, "shape": [-1, -1, -1],
-                                           "dtype": "int32"}),
-        "files": files, "seconds": round(time.perf_counter() - start, 1),
-    }
-    write_json_atomic(os.path.join(output_dir, "export.json"), record)
-    paths = [os.path.join(output_dir, f) for f in files]
-    return paths, record
+    record = StageRecord(
+        "export", files, key, choice.provenance,
+        input={"name": config.original_input.name, "shape": [-1, 3, -1, -1], "dtype": "float32",
+               "color": config.original_input.color, "normalisation": config.normalisation_text()},
+        output=({"name": "logits", "shape": [-1, config.num_classes, -1, -1], "dtype": "float32"}
+                if without_argmax else {"name": config.original_output.name, "shape": [-1, -1, -1],
+                                        "dtype": "int32"}),
+        seconds=round(time.perf_counter() - start, 1), params={"without_argmax": without_argmax})
+    write_record(output_dir, record)
+    return StageResult("export", [os.path.join(output_dir, f) for f in files], record, seconds=record.seconds)
 
 
 def run(config, workdir, choice, without_argmax=False, logits_output=None, force=False, output=None):
     """The export stage into workdir/paddle (or output)."""
-    from converter.stages import StageResult
-
-    paths, record = run_export(config, output or os.path.join(workdir, "paddle"), choice, without_argmax,
-                               logits_output, force)
-    return StageResult("export", paths, record, bool(record.get("skipped")))
+    return run_export(config, output or os.path.join(workdir, "paddle"), choice, without_argmax,
+                      logits_output, force)

@@ -42,24 +42,22 @@ def build_manifest(config, workdir, parity, records):
         files.append({"path": rel, "size": os.path.getsize(path), "sha256": file_digest(path),
                       "model_file": rel.split(os.sep)[0] in MODEL_DIRS
                       and os.path.basename(rel) not in RECORD_NAMES})
-    export = records["export"]  # also its stage parameters
-    onnx_rec = records.get("onnx") or {}
-    ov_rec = records.get("openvino") or {}
+    export, onnx_rec, ov_rec = records["export"], records.get("onnx"), records.get("openvino")
     versions = system_info()["versions"]
     return {
         "schema": "ocrnet-convert/manifest/1",
         "model": config.name,
         "config": {"path": os.path.relpath(config.path), "sha256": config.sha256},
-        "weights": export.get("weights"),
+        "weights": export.weights,
         "versions": versions,
         "stages": {
-            "export": {"without_argmax": export.get("without_argmax"), "input": export.get("input"),
-                       "output": export.get("output")} if export else None,
-            "onnx": {"opset": onnx_rec.get("opset"), "input_shape": onnx_rec.get("input_shape"),
-                     "preprocessing": onnx_rec.get("preprocessing")} if onnx_rec else None,
-            "openvino": {"source": ov_rec.get("source"), "input_shape": ov_rec.get("input_shape"),
-                         "precisions": ov_rec.get("precisions"),
-                         "preprocessing": ov_rec.get("preprocessing")} if ov_rec else None,
+            "export": {"without_argmax": export.params.get("without_argmax"), "input": export.input,
+                       "output": export.output},
+            "onnx": {"opset": onnx_rec.params.get("opset"), "input_shape": onnx_rec.params.get("input_shape"),
+                     "preprocessing": onnx_rec.params.get("preprocessing")} if onnx_rec else None,
+            "openvino": {"source": ov_rec.params.get("source"), "input_shape": ov_rec.params.get("input_shape"),
+                         "precisions": ov_rec.params.get("precisions"),
+                         "preprocessing": ov_rec.params.get("preprocessing")} if ov_rec else None,
             "parity": {"passed": parity["passed"], "thresholds": parity["thresholds"],
                        "input_size": parity["input_size"]} if parity else None,
         },

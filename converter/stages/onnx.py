@@ -21,7 +21,9 @@ import time
 import numpy as np
 
 from converter.errors import StageError
-from converter.util.fsutil import describe_files, staging_dir, write_json_atomic
+from converter.records import StageRecord, write_record
+from converter.stages import StageResult
+from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
 from converter.util.no_install import no_runtime_installs
 from converter.records import ONNX_NAME
@@ -43,10 +45,10 @@ def check_paddle_export(workdir):
 
     folder = os.path.join(workdir, "paddle")
     record = verified_record(workdir, "export")
-    if record.get("without_argmax"):
+    if record.params.get("without_argmax"):
         raise StageError(f"{folder} holds a --without-argmax export; convert an export with argmax")
     for name in ("model.pdmodel", "model.pdiparams"):
-        if name not in record["files"]:
+        if name not in record.files:
             raise StageError(f"{os.path.join(folder, 'export.json')} does not list {name}")
     return folder, record
 
@@ -127,14 +129,13 @@ def run_onnx(config, workdir, shape=None, force=False):
     shape = tuple(shape or config.converted_shape)
     paddle_dir, export_record = check_paddle_export(workdir)
     out_dir = os.path.join(workdir, "onnx")
-    record_path = os.path.join(out_dir, "onnx.json")
     key = stage_key({"stage": "onnx", "shape": list(shape), "opset": config.onnx_opset, "pre": config.baked(),
                      "tools": tool_versions("paddlepaddle", "paddle2onnx", "onnx")},
                     [os.path.join(paddle_dir, n) for n in ("model.pdmodel", "model.pdiparams")])
     record = None if force else current_record(out_dir, "onnx", key)
     if record:
         info("onnx: up to date (same inputs and parameters); skipped. Use --force to redo.")
-        return [os.path.join(out_dir, ONNX_NAME)], dict(record, skipped=True)
+        return StageResult("onnx", [os.path.join(out_dir, ONNX_NAME)], record, skipped=True)
     import onnx
 
     info(f"onnx: converting {paddle_dir} with paddle2onnx (opset {config.onnx_opset}), input {list(shape)}...")
@@ -151,21 +152,17 @@ def run_onnx(config, workdir, shape=None, force=False):
 
         ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # loads, or raises
         files = describe_files(tmp, [ONNX_NAME])
-    record = {
-        "stage": "onnx", "key": key, "opset": config.onnx_opset, "input_shape": list(shape),
-        "input": {"name": pre["input"], "dtype": "float32", "layout": "NCHW",
-                  "color": config.converted_input.color, "range": "0..255"},
-        "output": {"name": model.graph.output[0].name, "dtype": "int32", "shape": [shape[0], shape[2], shape[3]]},
-        "preprocessing": f"Gather{pre['order']} axis 1, Sub {_text(pre['mean'])}, Div {_text(pre['scale'])}",
-        "weights": export_record.get("weights"), "files": files,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    write_json_atomic(record_path, record)
-    return [os.path.join(out_dir, ONNX_NAME)], record
+    record = StageRecord(
+        "onnx", files, key, export_record.weights,
+        input={"name": pre["input"], "dtype": "float32", "layout": "NCHW",
+               "color": config.converted_input.color, "range": "0..255"},
+        output={"name": model.graph.output[0].name, "dtype": "int32", "shape": [shape[0], shape[2], shape[3]]},
+        seconds=round(time.perf_counter() - start, 1),
+        params={"opset": config.onnx_opset, "input_shape": list(shape),
+                "preprocessing": f"Gather{pre['order']} axis 1, Sub {_text(pre['mean'])}, Div {_text(pre['scale'])}"})
+    write_record(out_dir, record)
+    return StageResult("onnx", [os.path.join(out_dir, ONNX_NAME)], record, seconds=record.seconds)
 
 
 def run(config, workdir, shape=None, force=False):
-    from converter.stages import StageResult
-
-    paths, record = run_onnx(config, workdir, shape, force)
-    return StageResult("onnx", paths, record, bool(record.get("skipped")))
+    return run_onnx(config, workdir, shape, force)

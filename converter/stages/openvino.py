@@ -13,7 +13,9 @@ import os
 import time
 
 from converter.errors import StageError
-from converter.util.fsutil import describe_files, staging_dir, write_json_atomic
+from converter.records import StageRecord, write_record
+from converter.stages import StageResult
+from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
 from converter.stages.onnx import check_paddle_export
 from converter.records import MODEL_STEM as IR_NAME, ONNX_PATH, record_files, verified_record
@@ -63,8 +65,8 @@ def run_openvino(config, workdir, shape=None, source="paddle", force=False):
     pre = config.baked()
     if source == "onnx":
         src = os.path.join(workdir, ONNX_PATH)
-        verified_record(workdir, "onnx")
-        export_record, inputs = {}, [src]
+        verified_record(workdir, "onnx")  # its export is checked below, for the weights' provenance
+        export_record, inputs = verified_record(workdir, "export"), [src]
     else:
         from converter.runners.paddle import check_program
 
@@ -73,13 +75,13 @@ def run_openvino(config, workdir, shape=None, source="paddle", force=False):
         check_program(src)
         inputs = [src, os.path.join(folder, "model.pdiparams")]
     out_root = os.path.join(workdir, "openvino")
-    record_path = os.path.join(out_root, "openvino.json")
     key = stage_key({"stage": "openvino", "shape": list(shape), "source": source, "pre": pre,
                      "tools": tool_versions("openvino")}, inputs)
     record = None if force else current_record(out_root, "openvino", key)
     if record:
         info("openvino: up to date (same inputs and parameters); skipped. Use --force to redo.")
-        return [p for p, _ in record_files(out_root, "openvino", record)], dict(record, skipped=True)
+        return StageResult("openvino", [p for p, _ in record_files(out_root, "openvino", record)], record,
+                           skipped=True)
     import openvino as ov
 
     info(f"openvino: converting {src}, input {list(shape)}...")
@@ -101,25 +103,21 @@ def run_openvino(config, workdir, shape=None, source="paddle", force=False):
                           compress_to_fp16=(precision == "FP16"))
             files[precision] = describe_files(os.path.join(tmp, precision), names)
             paths += [os.path.join(out_root, precision, n) for n in names]
-    record = {
-        "stage": "openvino", "key": key, "source": source, "input_shape": list(shape), "openvino": ov.__version__,
-        "input": {"name": pre["input"], "dtype": "float32", "layout": "NCHW",
-                  "color": config.converted_input.color, "range": "0..255"},
-        "output": {"name": pre["output"], "shape": [shape[0], shape[2], shape[3]],
-                   "dtype": str(model.outputs[0].get_element_type().get_type_name())},
-        "preprocessing": ("baked in the ONNX graph" if source == "onnx"
-                          else f"PrePostProcessor: channel order {pre['order']}, "
-                          f"{config.normalisation_text()}"),
-        "precisions": {"FP32": "weights f32", "FP16": "weights compressed to f16 (compress_to_fp16)"},
-        "weights": export_record.get("weights"), "files": files,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    write_json_atomic(record_path, record)
-    return paths, record
+    record = StageRecord(
+        "openvino", files, key, export_record.weights,
+        input={"name": pre["input"], "dtype": "float32", "layout": "NCHW",
+               "color": config.converted_input.color, "range": "0..255"},
+        output={"name": pre["output"], "shape": [shape[0], shape[2], shape[3]],
+                "dtype": str(model.outputs[0].get_element_type().get_type_name())},
+        seconds=round(time.perf_counter() - start, 1),
+        params={"source": source, "input_shape": list(shape), "openvino": ov.__version__,
+                "preprocessing": ("baked in the ONNX graph" if source == "onnx"
+                                  else f"PrePostProcessor: channel order {pre['order']}, "
+                                  f"{config.normalisation_text()}"),
+                "precisions": {"FP32": "weights f32", "FP16": "weights compressed to f16 (compress_to_fp16)"}})
+    write_record(out_root, record)
+    return StageResult("openvino", paths, record, seconds=record.seconds)
 
 
 def run(config, workdir, shape=None, source="paddle", force=False):
-    from converter.stages import StageResult
-
-    paths, record = run_openvino(config, workdir, shape, source, force)
-    return StageResult("openvino", paths, record, bool(record.get("skipped")))
+    return run_openvino(config, workdir, shape, source, force)

@@ -40,7 +40,7 @@ def current_record(folder, stage, key):
         record = verified_record(None, stage, folder)
     except StageError:
         return None
-    return record if record.get("key") == key else None
+    return record if record.key == key else None
 
 
 def tool_versions(*names):
