@@ -146,6 +146,7 @@ def export_key(config, choice, without_argmax):
     sources = (glob.glob(package_path("model", "*.py")) + glob.glob(package_path("samples", "*.jpg"))
                + [package_path(*p.split("/")) for p in ("stages/export.py", "weights/synthetic.py",
                                                          "weights/checkpoint.py", "weights/safe_pickle.py",
+                                                         "weights/pickle_numpy.py",
                                                          "data/images.py")])
     weights = {k: v for k, v in choice.provenance.items() if k in ("kind", "seed", "sha384")}
     inputs = [choice.path] if choice.kind == "pretrained" and not choice.provenance.get("verified") else []

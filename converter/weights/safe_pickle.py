@@ -18,53 +18,14 @@ mutated once they are inside another one, so no cycle can be built.
 """
 import struct
 
-import numpy as np
-
 from converter.errors import CheckpointError, UnsafeCheckpointError
+from converter.weights.pickle_numpy import KNOWN, Global, bad as _bad, build, reduce, resolve
 
 MAX_OBJECTS = 1_000_000   # a release-2.3 state dict needs ~20 per parameter (~2,000 parameters)
 MAX_DEPTH = 32
-MAX_NDIM = 16
-# Dtypes a parameter file may hold: numpy's numeric descriptors.
-NUMERIC = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"}
-
-_RECONSTRUCT = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
-_KNOWN = _RECONSTRUCT | {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
-                         ("_codecs", "encode"), ("builtins", "tuple"), ("__builtin__", "tuple"),
-                         ("builtins", "bytes"), ("__builtin__", "bytes")}
 # Opcodes that name or call objects, or reach outside the file: never needed.
 _UNSAFE_OPS = {b"i": "INST", b"o": "OBJ", b"\x81": "NEWOBJ", b"\x92": "NEWOBJ_EX", b"P": "PERSID",
                b"Q": "BINPERSID", b"\x82": "EXT1", b"\x83": "EXT2", b"\x84": "EXT4"}
-
-
-class _Global:
-    __slots__ = ("module", "name")
-
-    def __init__(self, module, name):
-        self.module, self.name = module, name
-
-    def key(self):
-        return (self.module, self.name)
-
-
-class _DType:
-    """numpy.dtype(descr, False, True), waiting for its BUILD state."""
-    __slots__ = ("descr", "order", "built")
-
-    def __init__(self, descr):
-        self.descr, self.order, self.built = descr, "=", False
-
-    def dtype(self):
-        dt = np.dtype(self.descr)
-        return dt.newbyteorder(self.order) if self.order in "<>" else dt
-
-
-class _Array:
-    """numpy.core.multiarray._reconstruct(ndarray, (0,), b'b'), waiting for its state."""
-    __slots__ = ("value",)
-
-    def __init__(self):
-        self.value = None
 
 
 class _Mark:
@@ -72,10 +33,6 @@ class _Mark:
 
 
 _MARK = _Mark()
-
-
-def _bad(msg):
-    return CheckpointError(f"not a readable .pdparams file ({msg})")
 
 
 class _Reader:
@@ -186,89 +143,20 @@ class _Reader:
 
     # -- globals, REDUCE, BUILD ----------------------------------------
     def global_(self, module, name):
-        if (module, name) not in _KNOWN:
+        if (module, name) not in KNOWN:
             raise UnsafeCheckpointError(
                 f"refusing to load checkpoint: it references {module}.{name}, "
                 "which a parameter file never needs (possibly malicious)")
-        self.push(_Global(module, name))
+        self.push(Global(module, name))
 
     def reduce(self):
         args = self.pop()
         func = self.pop()
-        if not isinstance(func, _Global) or not isinstance(args, tuple):
-            raise UnsafeCheckpointError("refusing to load checkpoint: REDUCE on something that is not a "
-                                        "known global with a tuple of arguments")
-        key = func.key()
-        if key == ("collections", "OrderedDict") and args == ():
-            return self.push(self.container({}))
-        if key in (("builtins", "tuple"), ("__builtin__", "tuple")) and len(args) == 1 \
-                and isinstance(args[0], (tuple, list)):
-            return self.push(self.container(tuple(args[0]), args[0]))
-        if key in (("builtins", "bytes"), ("__builtin__", "bytes")) and args == ():
-            return self.push(b"")  # protocol 2 writes empty bytes this way
-        if key == ("_codecs", "encode") and len(args) == 2 and isinstance(args[0], str) \
-                and args[1] in ("latin1", "latin-1"):
-            try:
-                return self.push(args[0].encode("latin1"))
-            except UnicodeEncodeError:
-                raise _bad("latin1 text with characters above 255") from None
-        if key == ("numpy", "dtype") and len(args) == 3 and isinstance(args[0], str) \
-                and args[1] in (0, False) and args[2] in (1, True):
-            if args[0] not in NUMERIC:
-                raise UnsafeCheckpointError(f"refusing to load checkpoint: dtype '{args[0]}' is not a "
-                                            "plain numeric type")
-            return self.push(_DType(args[0]))
-        if key in _RECONSTRUCT and len(args) == 3 and isinstance(args[0], _Global) \
-                and args[0].key() == ("numpy", "ndarray") and args[1] == (0,) and args[2] in (b"b", "b"):
-            return self.push(_Array())
-        raise UnsafeCheckpointError(f"refusing to load checkpoint: {func.module}.{func.name} called with "
-                                    "arguments a parameter file never uses")
+        self.push(reduce(self, func, args))  # pickle_numpy: the only forms accepted
 
     def build(self):
         state = self.pop()
-        obj = self.stack[-1] if self.stack else None
-        if isinstance(obj, _DType) and not obj.built:
-            return self._build_dtype(obj, state)
-        if isinstance(obj, _Array) and obj.value is None:
-            return self._build_array(obj, state)
-        raise UnsafeCheckpointError(f"refusing to load checkpoint: BUILD sets state on a "
-                                    f"{type(obj).__name__.lstrip('_')}, which a parameter file never does")
-
-    @staticmethod
-    def _build_dtype(obj, state):
-        # numpy writes (3, byteorder, None, None, None, -1, -1, 0) for every
-        # plain numeric dtype; anything else (fields, subarrays, itemsize,
-        # flags such as the object-reference bits) is a forged dtype.
-        if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[1] in ("<", ">", "|", "=")
-                and state[2:5] == (None, None, None) and state[5:] == (-1, -1, 0)
-                and all(type(v) is int for v in (state[0], *state[5:]))):
-            raise UnsafeCheckpointError(f"refusing to load checkpoint: dtype '{obj.descr}' with a forged state "
-                                        f"{str(state)[:80]}")
-        obj.order, obj.built = state[1], True
-
-    def _build_array(self, obj, state):
-        if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
-            raise UnsafeCheckpointError("refusing to load checkpoint: array state is not (1, shape, dtype, "
-                                        "fortran, bytes)")
-        _, shape, dtype, fortran, raw = state
-        if not isinstance(dtype, _DType) or not dtype.built:
-            raise UnsafeCheckpointError("refusing to load checkpoint: array dtype is not a plain numeric dtype")
-        if isinstance(raw, list):
-            raise UnsafeCheckpointError("refusing to load checkpoint: object array (its elements would be "
-                                        "Python objects)")
-        if not isinstance(raw, (bytes, memoryview)) or not isinstance(fortran, bool):
-            raise _bad("array data is not raw bytes")
-        if not (isinstance(shape, tuple) and len(shape) <= MAX_NDIM
-                and all(type(d) is int and d >= 0 for d in shape)):
-            raise _bad(f"array shape {str(shape)[:60]} is not a tuple of non-negative integers")
-        dt = dtype.dtype()
-        count = 1
-        for d in shape:
-            count *= d
-        if count * dt.itemsize != len(raw):
-            raise _bad(f"array of shape {list(shape)} {dt.name} needs {count * dt.itemsize} bytes, "
-                       f"the file holds {len(raw)}")
-        obj.value = np.frombuffer(raw, dtype=dt, count=count).reshape(shape, order="F" if fortran else "C")
+        build(self.stack[-1] if self.stack else None, state)
 
     # -- the opcode loop -----------------------------------------------
     def run(self):
@@ -432,17 +320,6 @@ _OPS = {
 }
 
 
-def _resolve(obj):
-    """Array placeholders -> arrays, one level (what a state dict holds)."""
-    if isinstance(obj, _Array):
-        if obj.value is None:
-            raise _bad("an array without its data")
-        return obj.value
-    if isinstance(obj, tuple):
-        return tuple(_resolve(v) if isinstance(v, _Array) else v for v in obj)
-    return obj
-
-
 def loads(data):
     """Parse a pickle whose root is a dict; return {key: value} with arrays
     resolved at the top level and inside (name, array) tuples. Arrays are
@@ -450,4 +327,4 @@ def loads(data):
     root = _Reader(data).run()
     if not isinstance(root, dict):
         raise CheckpointError(f"expected a dict of parameters, got {type(root).__name__.lstrip('_')}")
-    return {k: _resolve(v) for k, v in root.items()}
+    return {k: resolve(v) for k, v in root.items()}
