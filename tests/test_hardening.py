@@ -38,17 +38,33 @@ def build_copy(small_workdir, tmp_path_factory):
     return root
 
 
+def _link_or_copy(src, dst):
+    """Model files (over 1 MB) are hard links to the pristine build, records
+    and small files copies: thirty 1 GB copies would fill a CI disk. Tests
+    change a model file only through _replace, which breaks the link."""
+    if os.path.getsize(src) > 1 << 20:
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
 @pytest.fixture
 def workdir(build_copy, tmp_path):
     work = tmp_path / "w"
-    shutil.copytree(build_copy, work)
+    shutil.copytree(build_copy, work, copy_function=_link_or_copy)
     return work
+
+
+def _replace(path, data):
+    """New bytes under path, as a new file (never through a shared inode)."""
+    path.unlink()
+    path.write_bytes(data)
 
 
 def _flip_byte(path, offset=-100):
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
+    _replace(path, bytes(data))
 
 
 # --- chain of custody: each stage checks its inputs ---------------------------
@@ -105,7 +121,7 @@ def test_garbage_model_with_a_matching_record_is_a_one_line_error(workdir, tmp_p
     from converter.util.fsutil import describe_files
     folder = workdir / "openvino" / "FP32"
     binary = folder / "ocrnet-hrnet-w48-paddle.bin"
-    binary.write_bytes(binary.read_bytes()[:1000])
+    _replace(binary, binary.read_bytes()[:1000])
     record = json.loads((workdir / "openvino" / "openvino.json").read_text())
     record["files"]["FP32"] = describe_files(str(folder), list(record["files"]["FP32"]))
     (workdir / "openvino" / "openvino.json").write_text(json.dumps(record))
@@ -468,3 +484,12 @@ def test_records_are_typed_and_versioned(workdir):
         path.write_text(json.dumps(dict(raw, **{field: value})))
         with pytest.raises(StageError, match=fragment):
             read_record(str(workdir), "onnx")
+
+
+@pytest.mark.parametrize("report", ['{"passed": true}', '{"passed": true, "results": {"x": 1}, "thresholds": {},'
+                                    ' "input_size": [1, 2], "images": []}', '[]'])
+def test_manifest_refuses_a_malformed_parity_report(workdir, report):
+    (workdir / "parity").mkdir()
+    (workdir / "parity" / "report.json").write_text(report)
+    one_line_error(run_cli("manifest", "--workdir", str(workdir)), 8, "report.json")
+    assert not (workdir / "MANIFEST.json").exists()
