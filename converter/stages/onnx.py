@@ -21,12 +21,11 @@ import time
 import numpy as np
 
 from converter.errors import StageError
-from converter.records import StageRecord, write_record
+from converter.records import ONNX_NAME, StageRecord, write_record
 from converter.stages import StageResult
 from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
 from converter.util.no_install import no_runtime_installs
-from converter.records import ONNX_NAME
 
 INTERNAL_INPUT = "x_rgb_normalized"
 

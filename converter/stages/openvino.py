@@ -13,12 +13,11 @@ import os
 import time
 
 from converter.errors import StageError
-from converter.records import StageRecord, write_record
 from converter.stages import StageResult
 from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
 from converter.stages.onnx import check_paddle_export
-from converter.records import MODEL_STEM as IR_NAME, ONNX_PATH, record_files, verified_record
+from converter.records import MODEL_STEM as IR_NAME, ONNX_PATH, StageRecord, record_files, verified_record, write_record
 
 
 def _per_channel(values):
