@@ -6,6 +6,7 @@ Every problem is reported as a ConfigError naming the field, e.g.
 import hashlib
 import math
 import os
+import stat
 import re
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ def package_path(*parts):
 
 
 DEFAULT_CONFIG = package_path("configs", "ocrnet-hrnet-w48-paddle.yaml")
+MAX_CONFIG_BYTES = 1 << 20  # ours is 4 KB; /dev/zero or a huge file is not a config
 _SHA384 = re.compile(r"^[0-9a-f]{96}$")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -243,9 +245,13 @@ def load_config(path=None):
     path = path or DEFAULT_CONFIG
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ConfigError(f"cannot read config {path}: not a regular file")
+            data = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than any config ({MAX_CONFIG_BYTES} bytes)")
     try:
         raw = yaml.safe_load(data)
     except yaml.YAMLError as exc:

@@ -493,3 +493,21 @@ def test_manifest_refuses_a_malformed_parity_report(workdir, report):
     (workdir / "parity" / "report.json").write_text(report)
     one_line_error(run_cli("manifest", "--workdir", str(workdir)), 8, "report.json")
     assert not (workdir / "MANIFEST.json").exists()
+
+
+def test_a_config_that_never_ends_or_is_huge_is_refused(tmp_path):
+    """--config /dev/zero was read to the end: the process was OOM-killed."""
+    one_line_error(run_cli("onnx", "--config", "/dev/zero", "--workdir", str(tmp_path / "w"), timeout=60), 3,
+                   "not a regular file")
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"# padding\n" * 200_000)
+    one_line_error(run_cli("onnx", "--config", str(big), "--workdir", str(tmp_path / "w"), timeout=60), 3,
+                   "larger than any config")
+
+
+def test_a_reader_creates_no_workdir(tmp_path):
+    missing = tmp_path / "nothing-here"
+    proc = run_cli("predict", os.path.join(ROOT, "converter", "samples", "street_1.jpg"), "--workdir", str(missing),
+                   "--output", str(tmp_path / "p"))
+    one_line_error(proc, 8, "missing")
+    assert not missing.exists()

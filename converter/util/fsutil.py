@@ -145,6 +145,9 @@ def workdir_lock(folder, shared=False, log=None):
     reading or writing files the first is replacing."""
     import fcntl
 
+    if shared and not os.path.isdir(folder):
+        yield  # nothing there to read: the command says so; a reader creates no folder
+        return
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, ".ocrnet-convert.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
