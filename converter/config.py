@@ -6,7 +6,6 @@ Every problem is reported as a ConfigError naming the field, e.g.
 import hashlib
 import math
 import os
-import stat
 import re
 from dataclasses import dataclass, field
 
@@ -243,15 +242,14 @@ def load_config(path=None):
     import yaml
 
     path = path or DEFAULT_CONFIG
+    from converter.util.fsutil import InputRefused, read_limited
+
     try:
-        with open(path, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise ConfigError(f"cannot read config {path}: not a regular file")
-            data = fh.read(MAX_CONFIG_BYTES + 1)
+        data = read_limited(path, MAX_CONFIG_BYTES, "config")
+    except InputRefused as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than any config ({MAX_CONFIG_BYTES} bytes)")
     try:
         raw = yaml.safe_load(data)
     except yaml.YAMLError as exc:

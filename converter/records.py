@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from converter.errors import StageError
-from converter.util.fsutil import file_digest
+from converter.util.fsutil import InputRefused, file_digest, read_limited
 
 # Converted model files, relative to the workdir.
 MODEL_STEM = "ocrnet-hrnet-w48-paddle"
@@ -45,16 +45,13 @@ def record_path(workdir, stage):
 def read_json(path, what="record"):
     """A JSON object from path, or a one-line StageError naming the file."""
     try:
-        with open(path, "rb") as fh:
-            if not os.path.isfile(path):
-                raise StageError(f"{path}: not a regular file")
-            data = fh.read(MAX_RECORD_BYTES + 1)
+        data = read_limited(path, MAX_RECORD_BYTES, what)
+    except InputRefused as exc:
+        raise StageError(f"{path}: {exc}") from None
     except FileNotFoundError:
         raise StageError(f"missing {path}") from None
     except OSError as exc:
         raise StageError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_RECORD_BYTES:
-        raise StageError(f"{path}: larger than any {what} ({MAX_RECORD_BYTES} bytes)")
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as exc:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 
 
@@ -19,6 +20,28 @@ def file_digest(path, algo="sha256", chunk=1 << 20):
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class InputRefused(Exception):
+    """A file read_limited will not read; the message says why."""
+
+
+def read_limited(path, limit, what):
+    """The bytes of a regular file of at most `limit` bytes, read once.
+
+    A FIFO or device (which could block or never end) and a file larger than
+    any `what` are refused with InputRefused before anything is read; a file
+    that grows while being read is refused too. OSError passes through."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise InputRefused("not a regular file")
+        if st.st_size > limit:
+            raise InputRefused(f"{st.st_size} bytes is larger than any {what} ({limit} bytes)")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise InputRefused(f"grew larger than any {what} ({limit} bytes) while being read")
+    return data
 
 
 def write_bytes_atomic(path, data):

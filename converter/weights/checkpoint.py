@@ -8,11 +8,11 @@ checkpoint to the model: every expected parameter present, float32, of the
 right shape and finite.
 """
 import hashlib
-import os
 
 import numpy as np
 
 from converter.errors import CheckpointError, UnsafeCheckpointError
+from converter.util.fsutil import InputRefused, read_limited
 from converter.weights.safe_pickle import loads
 
 # paddle.save adds bookkeeping entries whose keys end with '@@'.
@@ -25,19 +25,11 @@ MAX_BYTES = 2 << 30
 def read_bytes(path, max_bytes=MAX_BYTES):
     """The file's bytes (read once: what is hashed is what is parsed)."""
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if not os.path.isfile(path):
-                raise CheckpointError(f"{path}: not a regular file")
-            if size > max_bytes:
-                raise CheckpointError(f"{path}: {size} bytes is larger than any checkpoint of this model "
-                                      f"(limit {max_bytes})")
-            data = fh.read(max_bytes + 1)
+        return read_limited(path, max_bytes, "checkpoint of this model")
+    except InputRefused as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
-    if len(data) > max_bytes:
-        raise CheckpointError(f"{path}: grew beyond {max_bytes} bytes while being read")
-    return data
 
 
 def read_state_dict(path, max_bytes=MAX_BYTES):
