@@ -32,6 +32,10 @@ class Backend:
     def model_path(self, workdir):
         return os.path.join(workdir, self.model)
 
+    def output_name(self, config):
+        """The name of the class-map output of the model this backend loads."""
+        return (config.original_output if self.side == "original" else config.converted_output).name
+
 
 BACKENDS = (
     Backend("paddle", "paddle", "export", "paddle", "original", None, "reference",
@@ -46,6 +50,7 @@ BACKENDS = (
             "FP16 IR at the CPU's default precision"),
 )
 NAMES = tuple(b.name for b in BACKENDS)
+DEFAULT = "openvino-fp32-f32"  # predict's and evaluate's: the FP32 IR at f32
 REFERENCE = next(b for b in BACKENDS if b.role == "reference")
 
 

@@ -14,7 +14,6 @@ from converter import __version__, backends
 from converter.errors import ConverterError, DiskFullError, ParityFailure
 
 DEFAULT_WORKDIR = "artifacts"
-DEFAULT_BACKEND = "openvino-fp32-f32"
 
 
 def _shape(text):
@@ -137,7 +136,7 @@ def build_parser():
     p = sub.add_parser("predict", help="segment images; write class, colour and overlay PNGs")
     _add_common(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--backend", choices=backends.NAMES, default=DEFAULT_BACKEND,
+    p.add_argument("--backend", choices=backends.NAMES, default=backends.DEFAULT,
                    help="a backend of the registry (default: %(default)s)")
     p.add_argument("--output", default="predictions", help="output folder (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
@@ -146,7 +145,7 @@ def build_parser():
     _add_common(p)
     p.add_argument("--cityscapes", required=True, metavar="ROOT", help="dataset root (leftImg8bit/, gtFine/)")
     p.add_argument("--split", default="val", help="default: %(default)s")
-    p.add_argument("--backend", choices=backends.NAMES, default=DEFAULT_BACKEND,
+    p.add_argument("--backend", choices=backends.NAMES, default=backends.DEFAULT,
                    help="a backend of the registry (default: %(default)s)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--jobs", type=int, default=2, help="image-decoding threads (default: %(default)s)")

@@ -23,7 +23,6 @@ from converter.data.images import load_rgb
 from converter.records import export_weights
 
 
-
 def find_pairs(root, split):
     images = sorted(glob.glob(os.path.join(root, "leftImg8bit", split, "*", "*_leftImg8bit.png")))
     if not images:

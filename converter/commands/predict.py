@@ -16,8 +16,6 @@ from converter.errors import ConverterError
 from converter.records import converted_input_shape, verified_record
 from converter.util.fsutil import write_png_atomic
 
-DEFAULT_BACKEND = "openvino-fp32-f32"
-
 
 class Segmenter:
     """One backend of the registry, loaded once; segment(rgb) -> int class
@@ -30,7 +28,7 @@ class Segmenter:
         self.size = (shape[3], shape[2])
         self.runner = open_backend(backend, workdir, threads)
         self.contract = input_contract(config, backend.side)
-        self.output = (config.original_output if backend.side == "original" else config.converted_output).name
+        self.output = backend.output_name(config)
 
     def segment(self, rgb):
         from PIL import Image

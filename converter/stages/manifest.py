@@ -10,11 +10,11 @@ import stat
 
 from converter.errors import StageError
 from converter.util.fsutil import file_digest, write_bytes_atomic, write_json_atomic
-from converter.records import STAGES, read_json, record_path, verify_build
+from converter.records import STAGES, read_json, record_files, record_path, verify_build
 from converter.stages.parity_report import system_info
 
-MODEL_DIRS = ("paddle", "paddle-logits", "onnx", "openvino")
-RECORD_NAMES = ("export.json", "onnx.json", "openvino.json", "report.json", "metrics.json", "bench.json")
+MODEL_DIRS = tuple(folder for folder, _, _ in STAGES.values()) + ("paddle-logits",)
+RECORD_NAMES = tuple(name for _, name, _ in STAGES.values()) + ("report.json", "metrics.json", "bench.json")
 
 
 def workdir_files(workdir):
@@ -34,12 +34,17 @@ def workdir_files(workdir):
 def build_manifest(config, workdir, parity, records):
     """parity: the parity report (report.json), or None when parity was not run;
     records: {stage: verified record} of the stages that ran."""
+    # The files the records list were verified against their sha256 a moment
+    # ago (verify_build); only the others are hashed here.
+    known = {os.path.relpath(path, workdir): meta for stage, record in records.items()
+             for path, meta in record_files(os.path.join(workdir, STAGES[stage][0]), stage, record)}
     files = []
     for rel in workdir_files(workdir):
         if rel in ("MANIFEST.json", "README.md"):
             continue
         path = os.path.join(workdir, rel)
-        files.append({"path": rel, "size": os.path.getsize(path), "sha256": file_digest(path),
+        meta = known.get(rel) or {"size": os.path.getsize(path), "sha256": file_digest(path)}
+        files.append({"path": rel, "size": meta["size"], "sha256": meta["sha256"],
                       "model_file": rel.split(os.sep)[0] in MODEL_DIRS
                       and os.path.basename(rel) not in RECORD_NAMES})
     export, onnx_rec, ov_rec = records["export"], records.get("onnx"), records.get("openvino")

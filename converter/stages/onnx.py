@@ -121,7 +121,7 @@ def _text(values):
     return f"{values[0]:g}" if len(set(values)) == 1 else str(values)
 
 
-def run_onnx(config, workdir, shape=None, force=False):
+def run(config, workdir, shape=None, force=False):
     from converter.util.incremental import current_record, stage_key, tool_versions
 
     start = time.perf_counter()
@@ -161,7 +161,3 @@ def run_onnx(config, workdir, shape=None, force=False):
                 "preprocessing": f"Gather{pre['order']} axis 1, Sub {_text(pre['mean'])}, Div {_text(pre['scale'])}"})
     write_record(out_dir, record)
     return StageResult("onnx", [os.path.join(out_dir, ONNX_NAME)], record, seconds=record.seconds)
-
-
-def run(config, workdir, shape=None, force=False):
-    return run_onnx(config, workdir, shape, force)

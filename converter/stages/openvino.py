@@ -56,7 +56,7 @@ def build_ir(source_path, shape, pre, from_onnx=False):
     return model
 
 
-def run_openvino(config, workdir, shape=None, source="paddle", force=False):
+def run(config, workdir, shape=None, source="paddle", force=False):
     from converter.util.incremental import current_record, stage_key, tool_versions
 
     start = time.perf_counter()
@@ -116,7 +116,3 @@ def run_openvino(config, workdir, shape=None, source="paddle", force=False):
                 "precisions": {"FP32": "weights f32", "FP16": "weights compressed to f16 (compress_to_fp16)"}})
     write_record(out_root, record)
     return StageResult("openvino", paths, record, seconds=record.seconds)
-
-
-def run(config, workdir, shape=None, source="paddle", force=False):
-    return run_openvino(config, workdir, shape, source, force)

@@ -22,6 +22,7 @@ from converter.backends import REFERENCE, select
 from converter.records import converted_input_shape, verify_build
 from converter.runners.process import run_worker
 
+
 def check_artifacts(workdir, selected):
     """Every model the selected backends load, verified against its stage's record."""
     verify_build(workdir, sorted({b.stage for b in selected}))
