@@ -15,7 +15,7 @@ SHAPE   ?= 1,3,1024,2048
 PARITY_IMAGES ?= converter/samples/street_1.jpg
 CLI     := $(BIN)/ocrnet-convert
 
-.PHONY: setup convert test bench clean
+.PHONY: setup convert quantize test bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,13 @@ $(STAMP): pyproject.toml requirements.lock
 convert: $(STAMP)
 	$(CLI) convert --weights $(WEIGHTS) --seed $(SEED) --workdir $(WORKDIR) --input-shape $(SHAPE) \
 		--images $(PARITY_IMAGES)
+
+# INT8 by NNCF post-training quantization of the FP32 IR (after make convert),
+# then parity again so that the report gates INT8 too.
+quantize: $(STAMP)
+	$(CLI) quantize --workdir $(WORKDIR)
+	$(CLI) parity --workdir $(WORKDIR) --images $(PARITY_IMAGES)
+	$(CLI) manifest --workdir $(WORKDIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=15

@@ -24,6 +24,10 @@ class Backend:
     precision: str = None  # OpenVINO's INFERENCE_PRECISION_HINT; None: the CPU's default
     role: str = "reported"  # "reference", "gated" or "reported"
     title: str = ""
+    # the gate that applies: "f32" (tie-aware agreement) or a reduced
+    # precision whose numeric budget is in the config (parity.budgets)
+    budget: str = None
+    optional: bool = False  # built by a separate step (make quantize): parity skips it when absent
 
     @property
     def gated(self):
@@ -37,17 +41,22 @@ class Backend:
         return (config.original_output if self.side == "original" else config.converted_output).name
 
 
+# The CPU's default precision is bf16 on AVX512-BF16/AMX CPUs and f32
+# elsewhere; the bf16 budget holds a fortiori for f32.
 BACKENDS = (
     Backend("paddle", "paddle", "export", "paddle", "original", None, "reference",
             "Paddle Inference on the exported original"),
     Backend("onnxruntime", "onnxruntime", "onnx", ONNX_PATH, "converted", None, "gated",
-            "ONNX Runtime, CPU"),
+            "ONNX Runtime, CPU", budget="f32"),
     Backend("openvino-fp32-f32", "openvino", "openvino", ir_path("FP32"), "converted", "f32", "gated",
-            "FP32 IR at INFERENCE_PRECISION_HINT f32"),
-    Backend("openvino-fp32-default", "openvino", "openvino", ir_path("FP32"), "converted", None, "reported",
-            "FP32 IR at the CPU's default precision (bf16 on AVX512-BF16/AMX)"),
-    Backend("openvino-fp16-default", "openvino", "openvino", ir_path("FP16"), "converted", None, "reported",
-            "FP16 IR at the CPU's default precision"),
+            "FP32 IR at INFERENCE_PRECISION_HINT f32", budget="f32"),
+    Backend("openvino-fp32-default", "openvino", "openvino", ir_path("FP32"), "converted", None, "gated",
+            "FP32 IR at the CPU's default precision (bf16 on AVX512-BF16/AMX)", budget="bf16"),
+    Backend("openvino-fp16-default", "openvino", "openvino", ir_path("FP16"), "converted", None, "gated",
+            "FP16 IR at the CPU's default precision", budget="fp16"),
+    Backend("openvino-int8-default", "openvino", "quantize", ir_path("INT8"), "converted", None, "gated",
+            "INT8 IR (NNCF post-training quantization) at the CPU's default precision", budget="int8",
+            optional=True),
 )
 NAMES = tuple(b.name for b in BACKENDS)
 DEFAULT = "openvino-fp32-f32"  # predict's and evaluate's: the FP32 IR at f32
@@ -61,9 +70,14 @@ def get(name):
     raise ConverterError(f"unknown backend '{name}' (choose from {', '.join(NAMES)})")
 
 
-def select(names=None, with_reference=False):
-    """The named backends in registry order (all when names is empty)."""
-    chosen = {get(n).name for n in names or NAMES}
+def select(names=None, with_reference=False, workdir=None):
+    """The named backends in registry order. When names is empty: all of
+    them, except optional ones whose stage has not run in workdir."""
+    from converter.records import record_path
+
+    chosen = {get(n).name for n in names} if names else {
+        b.name for b in BACKENDS
+        if not (b.optional and (workdir is None or not os.path.lexists(record_path(workdir, b.stage))))}
     if with_reference:
         chosen.add(REFERENCE.name)
     return [b for b in BACKENDS if b.name in chosen]

@@ -3,165 +3,14 @@
 Heavy libraries (paddle, onnx, openvino) are imported inside the commands, so
 `--help` and `fetch` start fast.
 """
-import argparse
 import errno
 import json
 import os
 import signal
 import sys
 
-from converter import __version__, backends
+from converter.cli_parser import _output_folder, build_parser
 from converter.errors import ConverterError, DiskFullError, ParityFailure
-
-DEFAULT_WORKDIR = "artifacts"
-
-
-def _shape(text):
-    try:
-        dims = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N,C,H,W integers, got '{text}'") from None
-    if len(dims) != 4 or dims[0] != 1 or dims[1] != 3 or min(dims) <= 0:
-        raise argparse.ArgumentTypeError(f"expected 1,3,H,W with positive H and W, got '{text}'")
-    if dims[2] % 32 or dims[3] % 32:
-        raise argparse.ArgumentTypeError(f"H and W must be multiples of 32, got '{text}'")
-    return tuple(dims)
-
-
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-        if not value > 0 or value != value or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be positive and finite, got '{text}'")
-        return value
-    return parse
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got '{text}'")
-    return value
-
-
-def _output_folder(path):
-    """--output must be a folder or not exist yet (never an existing file)."""
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise ConverterError(f"--output {path} exists and is not a folder")
-    return path
-
-
-def _add_common(p, workdir=True):
-    p.add_argument("--config", help="model config YAML (default: configs/ocrnet-hrnet-w48-paddle.yaml)")
-    if workdir:
-        p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="artifact folder (default: %(default)s)")
-
-
-def _add_weights(p):
-    p.add_argument("--weights", default="auto",
-                   help="auto (default), pretrained, synthetic, or a .pdparams path")
-    p.add_argument("--seed", type=int, default=0, help="seed for synthetic weights (default: 0)")
-    p.add_argument("--allow-unverified", action="store_true",
-                   help="load a --weights PATH whose sha384 differs from the config's")
-    p.add_argument("--cache-dir", help="download cache (default: see README)")
-    p.add_argument("--mirror", help="base URL to fetch the checkpoint from")
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="ocrnet-convert",
-        description="Convert PaddleSeg release-2.3 OCRNet-HRNet_W48 to ONNX and OpenVINO IR, and prove parity.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("convert", help="the whole pipeline: export, onnx, openvino, parity, manifest")
-    _add_common(p)
-    _add_weights(p)
-    p.add_argument("--input-shape", type=_shape, help="static input shape N,C,H,W (default: the config's)")
-    p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
-                   help="images for the parity gate (default: the bundled samples)")
-    p.add_argument("--threads", type=int, default=2, help="threads per parity backend (default: %(default)s)")
-    p.add_argument("--force", action="store_true", help="redo every stage even when up to date")
-
-    p = sub.add_parser("fetch", help="download the checkpoint and configs, verified and cached")
-    _add_common(p, workdir=False)
-    p.add_argument("--output", default=os.path.join(DEFAULT_WORKDIR, "download"),
-                   help="where to place the files (default: %(default)s)")
-    p.add_argument("--cache-dir", help="content-addressed cache (default: see README)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--mirror", help="fetch every file as URL/<file name>")
-    src.add_argument("--from", dest="from_dir", metavar="DIR", help="take the files from a local folder")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--quiet", action="store_true", help="no progress output")
-    out.add_argument("--json", action="store_true", help="progress events as JSON lines on stdout")
-    p.add_argument("--only", choices=["checkpoint", "training-config"], action="append",
-                   help="fetch only files with this role (repeatable)")
-    p.add_argument("--connect-timeout", type=_positive(float), default=10.0, help="seconds (default: %(default)s)")
-    p.add_argument("--read-timeout", type=_positive(float), default=30.0, help="seconds (default: %(default)s)")
-    p.add_argument("--retries", type=_non_negative_int, default=4, help="retries per file (default: %(default)s)")
-
-    p = sub.add_parser("export", help="write the Paddle inference model (release-2.3 format)")
-    _add_common(p)
-    _add_weights(p)
-    p.add_argument("--output", help="output folder (default: WORKDIR/paddle)")
-    p.add_argument("--without-argmax", action="store_true",
-                   help="output the logits [N,classes,H,W] instead of class indices")
-    p.add_argument("--logits-output", metavar="DIR",
-                   help="also write the --without-argmax variant there, from the same weights load")
-    p.add_argument("--force", action="store_true", help="redo even when the outputs are up to date")
-    p = sub.add_parser("onnx", help="convert the Paddle export to ONNX (BGR 0..255 input)")
-    _add_common(p)
-    p.add_argument("--input-shape", type=_shape, help="static input shape N,C,H,W (default: the config's)")
-    p.add_argument("--force", action="store_true", help="redo even when the output is up to date")
-
-    p = sub.add_parser("openvino", help="convert to OpenVINO IR, FP32 and FP16 (BGR 0..255 input)")
-    _add_common(p)
-    p.add_argument("--input-shape", type=_shape, help="static input shape N,C,H,W (default: the config's)")
-    p.add_argument("--from", dest="source", choices=["paddle", "onnx"], default="paddle",
-                   help="convert the Paddle model (default) or the ONNX file")
-    p.add_argument("--force", action="store_true", help="redo even when the outputs are up to date")
-    p = sub.add_parser("parity", help="compare original, ONNX and IR outputs; exit 10 when the gate fails")
-    _add_common(p)
-    p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
-                   help="images to compare on (default: the bundled samples)")
-    p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
-    p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
-                   help="converted backends to compare (default: all; the reference always runs)")
-    p = sub.add_parser("predict", help="segment images; write class, colour and overlay PNGs")
-    _add_common(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--backend", choices=backends.NAMES, default=backends.DEFAULT,
-                   help="a backend of the registry (default: %(default)s)")
-    p.add_argument("--output", default="predictions", help="output folder (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
-
-    p = sub.add_parser("evaluate", help="Cityscapes mIoU against the reference per-class IoU")
-    _add_common(p)
-    p.add_argument("--cityscapes", required=True, metavar="ROOT", help="dataset root (leftImg8bit/, gtFine/)")
-    p.add_argument("--split", default="val", help="default: %(default)s")
-    p.add_argument("--backend", choices=backends.NAMES, default=backends.DEFAULT,
-                   help="a backend of the registry (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N images")
-    p.add_argument("--jobs", type=int, default=2, help="image-decoding threads (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
-    p.add_argument("--output", required=True, metavar="DIR", help="where metrics.json and metrics.md go")
-    p = sub.add_parser("bench", help="latency, peak RSS and roofline fraction of each backend")
-    _add_common(p)
-    p.add_argument("--input-shape", type=_shape, help="must match the artifacts (default: theirs)")
-    p.add_argument("--runs", type=int, default=5, help="steady runs per backend (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
-    p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
-                   help=f"subset to run (default: all of {', '.join(backends.NAMES)})")
-
-    p = sub.add_parser("manifest", help="write MANIFEST.json and the model card README.md (last step)")
-    _add_common(p)
-    return parser
 
 
 def _check_threads(args):
@@ -189,10 +38,12 @@ def _print_result(result, detail=""):
 
 
 def _print_parity_verdict(record):
-    worst = min((m["agreement"], name) for name, e in record["results"].items() if e["gated"]
-                for m in e["images"].values())
-    print(f"PASSED: f32 backends agree with the reference on >= {worst[0]:.6%} of pixels "
-          f"(lowest: {worst[1]}); every flip a near-tie")
+    gated = [name for name, e in record["results"].items() if e["gated"]]
+    f32 = [(m["agreement"], name) for name, e in record["results"].items()
+           if e["gated"] and (e.get("budget") or "f32") == "f32" for m in e["images"].values()]
+    worst = min(f32, default=(1.0, "none"))
+    print(f"PASSED: {len(gated)} gated backend(s) ({', '.join(gated)}): f32 agree on >= {worst[0]:.6%} of pixels "
+          f"(lowest: {worst[1]}), every flip a near-tie; reduced precisions within their logit budgets")
 
 
 def _print_manifest(result):
@@ -236,11 +87,30 @@ def _cmd_evaluate(args, config):
     return 0
 
 
+def _cmd_quantize(args, config):
+    from converter.stages import quantize
+
+    options = quantize.options_from(
+        config, subset_size=args.subset_size, calibration_tile=args.calibration_tile,
+        **{key: getattr(args, key) for key in quantize.CHOICES})
+    result = quantize.run(config, args.workdir, args.images, options, args.cityscapes, args.split,
+                          args.max_drop, args.max_iterations, args.force)
+    rec = result.record
+    _print_result(result, f", {rec.params['fake_quantize_nodes']} FakeQuantize nodes, "
+                          f"peak RSS {rec.params['peak_rss_mb']} MB")
+    return 0
+
+
 def _cmd_parity(args, config):
     from converter.stages import parity
 
+    if args.cityscapes and args.split and not os.path.isdir(args.cityscapes):
+        raise ConverterError(f"--cityscapes {args.cityscapes}: not a folder")
+    if (args.limit or args.split != "val") and not args.cityscapes:
+        raise ConverterError("--split and --limit go with --cityscapes")
     try:
-        result = parity.run(config, args.workdir, args.images, args.threads, args.backends)
+        result = parity.run(config, args.workdir, args.images, args.threads, args.backends,
+                            cityscapes=args.cityscapes, split=args.split, limit=args.limit)
     except ParityFailure as exc:
         print(f"FAILED: {exc}")
         return exc.exit_code
@@ -317,8 +187,8 @@ def _cmd_convert(args, config):
     return 0
 
 
-COMMANDS = {"convert": _cmd_convert, "fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx, "openvino": _cmd_openvino,
-            "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
+COMMANDS = {"convert": _cmd_convert, "fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx,
+            "openvino": _cmd_openvino, "quantize": _cmd_quantize, "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
             "manifest": _cmd_manifest, "bench": _cmd_bench}
 # The folder each command locks, and how: writers exclusively, readers shared.
 READERS = ("predict", "evaluate")

@@ -66,6 +66,9 @@ class ModelConfig:
     tie_margin: float
     class_names: tuple = ()
     palette: tuple = ()        # one (r, g, b) per class
+    budgets: dict = field(default_factory=dict)   # reduced precision -> {rel_p99, rel_max}
+    max_miou_drop: float = 0.01                   # task budget, absolute mIoU, with labels
+    quantize: dict = field(default_factory=dict)  # the quantize stage's defaults
     raw: dict = field(repr=False, default_factory=dict)
 
     # -- what the preprocessing facts imply ------------------------------
@@ -204,6 +207,10 @@ def validate(raw, path="<config>", digest=""):
     tie_margin = _get(parity, "tie_margin", "parity", float)
     if tie_margin < 0:
         raise ConfigError("parity.tie_margin: must not be negative")
+    budgets = _budgets(_get(parity, "budgets", "parity", dict))
+    max_drop = _get(parity, "max_miou_drop", "parity", float)
+    if not 0 <= max_drop <= 1:
+        raise ConfigError("parity.max_miou_drop: expected a fraction in [0, 1]")
     opset = _get(converted, "onnx_opset", "converted", int)
     if not 7 <= opset <= 21:
         raise ConfigError(f"converted.onnx_opset: {opset} is outside 7..21")
@@ -222,7 +229,46 @@ def validate(raw, path="<config>", digest=""):
         onnx_opset=opset,
         reference={"miou": miou, "per_class_iou": dict(per_class),
                    "dataset": reference.get("dataset", "")},
-        min_agreement=min_agreement, tie_margin=tie_margin, class_names=class_names, palette=palette, raw=raw))
+        min_agreement=min_agreement, tie_margin=tie_margin, class_names=class_names, palette=palette,
+        budgets=budgets, max_miou_drop=max_drop, quantize=_quantize(_get(raw, "quantize", "", dict)), raw=raw))
+
+
+PRECISIONS = ("bf16", "fp16", "int8")  # the reduced precisions a budget is given for
+QUANTIZE_CHOICES = {"preset": ("mixed", "performance"), "bias_correction": ("fast", "full"),
+                     "ignored_scope": ("hrnet-fusion", "none"),
+                     "range_estimator": ("mean_quantile", "minmax", "mean_minmax")}
+
+
+def _budgets(raw):
+    if set(raw) != set(PRECISIONS):
+        raise ConfigError(f"parity.budgets: expected exactly {', '.join(PRECISIONS)}, got {', '.join(map(str, raw))}")
+    out = {}
+    for precision in PRECISIONS:
+        where = f"parity.budgets.{precision}"
+        entry = _get(raw, precision, "parity.budgets", dict)
+        p99, worst = _get(entry, "rel_p99", where, float), _get(entry, "rel_max", where, float)
+        if not 0 < p99 <= worst:
+            raise ConfigError(f"{where}: expected 0 < rel_p99 <= rel_max")
+        out[precision] = {"rel_p99": p99, "rel_max": worst}
+    return out
+
+
+def _quantize(raw):
+    out = {}
+    for key, choices in QUANTIZE_CHOICES.items():
+        value = _get(raw, key, "quantize", str)
+        if value not in choices:
+            raise ConfigError(f"quantize.{key}: expected one of {', '.join(choices)}, got {value!r}")
+        out[key] = value
+    tile = _get(raw, "calibration_tile", "quantize", list)
+    if len(tile) != 2 or not all(type(v) is int and v > 0 and v % 32 == 0 for v in tile):
+        raise ConfigError("quantize.calibration_tile: expected [H, W], positive multiples of 32")
+    out["calibration_tile"] = list(tile)
+    subset = _get(raw, "subset_size", "quantize", int)
+    if subset <= 0:
+        raise ConfigError("quantize.subset_size: must be positive")
+    out["subset_size"] = subset
+    return out
 
 
 def _check_interfaces(cfg):

@@ -26,6 +26,9 @@ STAGES = {
     "export": ("paddle", "export.json", False),
     "onnx": ("onnx", "onnx.json", False),
     "openvino": ("openvino", "openvino.json", True),
+    # the INT8 IR sits beside FP32 and FP16, with its own record: `make
+    # quantize` is a separate step from `make convert`
+    "quantize": (os.path.join("openvino", "INT8"), "quantize.json", False),
 }
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -33,7 +36,7 @@ MAX_RECORD_BYTES = 16 << 20
 
 
 def ir_path(precision):
-    """The IR's .xml for "FP32" or "FP16"."""
+    """The IR's .xml for "FP32", "FP16" or "INT8"."""
     return os.path.join("openvino", precision, MODEL_STEM + ".xml")
 
 
@@ -190,8 +193,22 @@ def verified_record(workdir, stage, folder=None):
 
 
 def verify_build(workdir, stages):
-    """{stage: record} for each stage, every file verified (see verified_record)."""
-    return {stage: verified_record(workdir, stage) for stage in stages}
+    """{stage: record} for each stage, every file verified (see verified_record).
+    A record's `built_from` ({path in the workdir: sha256}) must match the
+    files there now: an INT8 IR quantized from an FP32 IR that has since
+    been rebuilt is stale, though its own files are intact."""
+    records = {stage: verified_record(workdir, stage) for stage in stages}
+    for stage, record in records.items():
+        built_from = record.params.get("built_from") or {}
+        if not isinstance(built_from, dict):
+            raise StageError(f"{record_path(workdir, stage)}: 'built_from' must be an object")
+        for rel, sha in sorted(built_from.items()):
+            path = os.path.join(workdir, str(rel))
+            if ".." in str(rel).split("/") or os.path.isabs(str(rel)) or not os.path.isfile(path) \
+                    or file_digest(path) != sha:
+                raise StageError(f"{record_path(workdir, stage)}: built from a {rel} that is no longer "
+                                 f"there (rebuilt or changed); rerun the {stage} stage")
+    return records
 
 
 def converted_input_shape(workdir, config=None, required=False):

@@ -1,0 +1,198 @@
+"""The command line's arguments (converter.cli runs the commands)."""
+import argparse
+import os
+
+from converter import __version__, backends
+from converter.config import QUANTIZE_CHOICES
+from converter.errors import ConverterError
+
+DEFAULT_WORKDIR = "artifacts"
+
+
+def _shape(text):
+    try:
+        dims = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,C,H,W integers, got '{text}'") from None
+    if len(dims) != 4 or dims[0] != 1 or dims[1] != 3 or min(dims) <= 0:
+        raise argparse.ArgumentTypeError(f"expected 1,3,H,W with positive H and W, got '{text}'")
+    if dims[2] % 32 or dims[3] % 32:
+        raise argparse.ArgumentTypeError(f"H and W must be multiples of 32, got '{text}'")
+    return tuple(dims)
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got '{text}'")
+        return value
+    return parse
+
+
+def _tile(text):
+    try:
+        dims = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        dims = []
+    if len(dims) != 2 or min(dims) <= 0 or dims[0] % 32 or dims[1] % 32:
+        raise argparse.ArgumentTypeError(f"expected HxW, positive multiples of 32, got '{text}'")
+    return dims
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got '{text}'")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got '{text}'")
+    return value
+
+
+def _output_folder(path):
+    """--output must be a folder or not exist yet (never an existing file)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ConverterError(f"--output {path} exists and is not a folder")
+    return path
+
+
+def _add_common(p, workdir=True):
+    p.add_argument("--config", help="model config YAML (default: configs/ocrnet-hrnet-w48-paddle.yaml)")
+    if workdir:
+        p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="artifact folder (default: %(default)s)")
+
+
+def _add_weights(p):
+    p.add_argument("--weights", default="auto",
+                   help="auto (default), pretrained, synthetic, or a .pdparams path")
+    p.add_argument("--seed", type=int, default=0, help="seed for synthetic weights (default: 0)")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a --weights PATH whose sha384 differs from the config's")
+    p.add_argument("--cache-dir", help="download cache (default: see README)")
+    p.add_argument("--mirror", help="base URL to fetch the checkpoint from")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="ocrnet-convert",
+        description="Convert PaddleSeg release-2.3 OCRNet-HRNet_W48 to ONNX and OpenVINO IR, and prove parity.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("convert", help="the whole pipeline: export, onnx, openvino, parity, manifest")
+    _add_common(p)
+    _add_weights(p)
+    p.add_argument("--input-shape", type=_shape, help="static input shape N,C,H,W (default: the config's)")
+    p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
+                   help="images for the parity gate (default: the bundled samples)")
+    p.add_argument("--threads", type=int, default=2, help="threads per parity backend (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="redo every stage even when up to date")
+
+    p = sub.add_parser("fetch", help="download the checkpoint and configs, verified and cached")
+    _add_common(p, workdir=False)
+    p.add_argument("--output", default=os.path.join(DEFAULT_WORKDIR, "download"),
+                   help="where to place the files (default: %(default)s)")
+    p.add_argument("--cache-dir", help="content-addressed cache (default: see README)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--mirror", help="fetch every file as URL/<file name>")
+    src.add_argument("--from", dest="from_dir", metavar="DIR", help="take the files from a local folder")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--quiet", action="store_true", help="no progress output")
+    out.add_argument("--json", action="store_true", help="progress events as JSON lines on stdout")
+    p.add_argument("--only", choices=["checkpoint", "training-config"], action="append",
+                   help="fetch only files with this role (repeatable)")
+    p.add_argument("--connect-timeout", type=_positive(float), default=10.0, help="seconds (default: %(default)s)")
+    p.add_argument("--read-timeout", type=_positive(float), default=30.0, help="seconds (default: %(default)s)")
+    p.add_argument("--retries", type=_non_negative_int, default=4, help="retries per file (default: %(default)s)")
+
+    p = sub.add_parser("export", help="write the Paddle inference model (release-2.3 format)")
+    _add_common(p)
+    _add_weights(p)
+    p.add_argument("--output", help="output folder (default: WORKDIR/paddle)")
+    p.add_argument("--without-argmax", action="store_true",
+                   help="output the logits [N,classes,H,W] instead of class indices")
+    p.add_argument("--logits-output", metavar="DIR",
+                   help="also write the --without-argmax variant there, from the same weights load")
+    p.add_argument("--force", action="store_true", help="redo even when the outputs are up to date")
+    p = sub.add_parser("onnx", help="convert the Paddle export to ONNX (BGR 0..255 input)")
+    _add_common(p)
+    p.add_argument("--input-shape", type=_shape, help="static input shape N,C,H,W (default: the config's)")
+    p.add_argument("--force", action="store_true", help="redo even when the output is up to date")
+
+    p = sub.add_parser("openvino", help="convert to OpenVINO IR, FP32 and FP16 (BGR 0..255 input)")
+    _add_common(p)
+    p.add_argument("--input-shape", type=_shape, help="static input shape N,C,H,W (default: the config's)")
+    p.add_argument("--from", dest="source", choices=["paddle", "onnx"], default="paddle",
+                   help="convert the Paddle model (default) or the ONNX file")
+    p.add_argument("--force", action="store_true", help="redo even when the outputs are up to date")
+    p = sub.add_parser("quantize", help="INT8 IR: NNCF post-training quantization of the FP32 IR")
+    _add_common(p)
+    p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
+                   help="calibration images (default: the bundled samples)")
+    p.add_argument("--subset-size", type=_positive(int), help="calibration tiles to use (default: the config's)")
+    p.add_argument("--calibration-tile", type=_tile, metavar="HxW", help="tile size (default: the config's)")
+    for key, choices in QUANTIZE_CHOICES.items():
+        p.add_argument("--" + key.replace("_", "-"), choices=choices, help="default: the config's")
+    p.add_argument("--cityscapes", metavar="ROOT",
+                   help="labelled data: quantize with accuracy control (mIoU) instead")
+    p.add_argument("--split", default="val", help="with --cityscapes (default: %(default)s)")
+    p.add_argument("--max-drop", type=_fraction, help="largest mIoU drop, absolute (default: the config's)")
+    p.add_argument("--max-iterations", type=_positive(int), default=8,
+                   help="accuracy control's layer reverts at most (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="redo even when the output is up to date")
+
+    p = sub.add_parser("parity", help="compare original, ONNX and IR outputs; exit 10 when the gate fails")
+    _add_common(p)
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
+                      help="images to compare on (default: the bundled samples)")
+    data.add_argument("--cityscapes", metavar="ROOT",
+                      help="labelled images (Cityscapes layout): adds the mIoU task budget")
+    p.add_argument("--split", default="val", help="with --cityscapes (default: %(default)s)")
+    p.add_argument("--limit", type=_positive(int), help="with --cityscapes: the first N images")
+    p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
+    p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
+                   help="converted backends to compare (default: all; the reference always runs)")
+    p = sub.add_parser("predict", help="segment images; write class, colour and overlay PNGs")
+    _add_common(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--backend", choices=backends.NAMES, default=backends.DEFAULT,
+                   help="a backend of the registry (default: %(default)s)")
+    p.add_argument("--output", default="predictions", help="output folder (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
+
+    p = sub.add_parser("evaluate", help="Cityscapes mIoU against the reference per-class IoU")
+    _add_common(p)
+    p.add_argument("--cityscapes", required=True, metavar="ROOT", help="dataset root (leftImg8bit/, gtFine/)")
+    p.add_argument("--split", default="val", help="default: %(default)s")
+    p.add_argument("--backend", choices=backends.NAMES, default=backends.DEFAULT,
+                   help="a backend of the registry (default: %(default)s)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--jobs", type=int, default=2, help="image-decoding threads (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
+    p.add_argument("--output", required=True, metavar="DIR", help="where metrics.json and metrics.md go")
+    p = sub.add_parser("bench", help="latency, peak RSS and roofline fraction of each backend")
+    _add_common(p)
+    p.add_argument("--input-shape", type=_shape, help="must match the artifacts (default: theirs)")
+    p.add_argument("--runs", type=int, default=5, help="steady runs per backend (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
+    p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
+                   help=f"subset to run (default: all of {', '.join(backends.NAMES)})")
+
+    p = sub.add_parser("manifest", help="write MANIFEST.json and the model card README.md (last step)")
+    _add_common(p)
+    return parser

@@ -1,0 +1,241 @@
+"""quantize stage: NNCF post-training quantization of the FP32 IR to INT8.
+
+Like Open Model Zoo's omz_quantizer, a separate step from `make convert`:
+`ocrnet-convert quantize` reads openvino/FP32 (checked against its record)
+and writes openvino/INT8/<model>.xml/.bin with quantize.json.
+
+Memory, not time, is what limits this on a 24 GB machine: NNCF's quantile
+statistics fetch every activation of a calibration sample at once, and for a
+full 1024x2048 input that peaked at 22.9 GB. The IR is shape-agnostic (its
+resizes take their sizes from ShapeOf), so calibration runs on a copy
+reshaped to a tile (config quantize.calibration_tile, 256x512: ~4 GB) fed
+with tiles of the full-size inputs at their native scale, and the quantized
+model is reshaped back to the full input before it is saved.
+
+The `hrnet-fusion` ignored scope keeps the Adds of HRNet's multi-resolution
+fusion in float: Intel's HRNet recipe (with a quantile range estimator),
+because naive PTQ of those sums of differently scaled branches cost HRNet-18
+up to 8.5 % mIoU. They are found by structure, not by name: an Add of two
+activations one of which comes, through at most a bias Add, from an
+Interpolate (upsampled lower-resolution branch) or a stride-2 Convolution
+(downsampled higher-resolution branch). Residual Adds inside blocks have
+neither. For HRNet_W48 that is 2 + 4x6 + 3x12 = 62 Adds.
+
+With --cityscapes, nncf.quantize_with_accuracy_control reverts layers to
+float until the tiles' mIoU against the ground truth is within --max-drop of
+the FP32 IR's.
+"""
+import os
+import resource
+import time
+
+import numpy as np
+
+from converter.errors import ConverterError, StageError
+from converter.stages import StageResult
+from converter.util.fsutil import describe_files, file_digest, staging_dir
+from converter.util.log import info
+from converter.records import MODEL_STEM, STAGES, StageRecord, ir_path, record_files, verified_record, write_record
+
+from converter.config import QUANTIZE_CHOICES as CHOICES
+
+
+def fusion_adds(model):
+    """Friendly names of the Adds of HRNet's multi-resolution fusion (see above)."""
+    def kind(value):
+        return value.get_node().get_type_name()
+
+    def origin(value):
+        node = value.get_node()
+        if node.get_type_name() == "Add" and any(kind(node.input_value(i)) == "Constant" for i in range(2)):
+            node = next(node.input_value(i).get_node() for i in range(2) if kind(node.input_value(i)) != "Constant")
+        return node
+
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Add" or any(kind(op.input_value(i)) == "Constant" for i in range(2)):
+            continue
+        for i in range(2):
+            src = origin(op.input_value(i))
+            if src.get_type_name() == "Interpolate" or (
+                    src.get_type_name() == "Convolution" and max(src.get_strides()) == 2):
+                names.append(op.get_friendly_name())
+                break
+    return names
+
+
+class Tiles:
+    """The calibration (or validation) tiles: each image resized to the full
+    input, cut into tile-sized pieces in raster order, the first `limit`
+    kept. Loaded lazily, one image at a time, so memory does not grow with
+    the number of images."""
+
+    def __init__(self, config, paths, full_hw, tile_hw, limit=None, labels=None):
+        from converter.data.images import input_contract
+
+        (self.H, self.W), (self.h, self.w) = full_hw, tile_hw
+        if self.H % self.h or self.W % self.w:
+            raise ConverterError(f"calibration tile {self.h}x{self.w} does not divide the input {self.H}x{self.W}")
+        self.paths, self.labels = list(paths), labels
+        self.contract = input_contract(config, "converted")
+        per_image = (self.H // self.h) * (self.W // self.w)
+        self.items = [(i, r, c) for i in range(len(self.paths))
+                      for r in range(self.H // self.h) for c in range(self.W // self.w)][:limit]
+        self.images_used = -(-len(self.items) // per_image)
+        self._cached = (None, None)
+
+    def _image(self, index):
+        from converter.data.images import load_rgb, prepare, resize_rgb
+
+        if self._cached[0] != index:
+            x = prepare(resize_rgb(load_rgb(self.paths[index]), self.W, self.H), self.contract)
+            gt = None
+            if self.labels is not None:
+                from converter.commands.evaluate import load_gt
+                from PIL import Image
+
+                gt = load_gt(self.labels[index])
+                if gt.shape != (self.H, self.W):
+                    gt = np.asarray(Image.fromarray(gt).resize((self.W, self.H), Image.NEAREST))
+            self._cached = (index, (x, gt))
+        return self._cached[1]
+
+    def tile(self, item):
+        index, r, c = item
+        x, gt = self._image(index)
+        rows, cols = slice(r * self.h, (r + 1) * self.h), slice(c * self.w, (c + 1) * self.w)
+        tile = np.ascontiguousarray(x[:, :, rows, cols])
+        return tile if gt is None else (tile, gt[rows, cols])
+
+
+def _range_estimator(name):
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    return {"mean_quantile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+            "minmax": RangeEstimatorParametersSet.MINMAX,
+            "mean_minmax": RangeEstimatorParametersSet.MEAN_MINMAX}[name]
+
+
+def _miou_fn(num_classes):
+    from converter.data.cityscapes import confusion_matrix, iou_per_class
+
+    def validate(compiled, items):
+        conf = np.zeros((num_classes, num_classes), np.int64)
+        out = compiled.outputs[0]
+        for tile, gt in items:
+            conf += confusion_matrix(gt, compiled({0: tile})[out][0], num_classes)
+        ious = iou_per_class(conf)
+        return float(np.nanmean(ious)) if np.isfinite(ious).any() else 0.0
+    return validate
+
+
+def options_from(config, **overrides):
+    """The config's quantize defaults with the command line's choices on top."""
+    opts = dict(config.quantize)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConverterError(f"--{key.replace('_', '-')}: expected one of {', '.join(CHOICES[key])}")
+        opts[key] = list(value) if key == "calibration_tile" else value
+    return opts
+
+
+def run(config, workdir, images=None, options=None, cityscapes=None, split="val", max_drop=None,
+        max_iterations=8, force=False):
+    """Quantize the workdir's FP32 IR; returns the StageResult."""
+    from converter.data.images import expand_image_args, sample_images
+    from converter.util.incremental import current_record, stage_key, tool_versions
+
+    start = time.perf_counter()
+    opts = options or options_from(config)
+    ov_record = verified_record(workdir, "openvino")
+    shape = list(ov_record.input_shape)
+    fp32_xml = os.path.join(workdir, ir_path("FP32"))
+    fp32 = [fp32_xml, fp32_xml[:-4] + ".bin"]
+    built_from = {os.path.relpath(p, workdir): file_digest(p) for p in fp32}
+    paths = expand_image_args(images) if images else sample_images()
+    pairs = None
+    if cityscapes:
+        from converter.commands.evaluate import find_pairs
+
+        pairs = find_pairs(cityscapes, split)
+    max_drop = config.max_miou_drop if max_drop is None else max_drop
+    out_root = os.path.join(workdir, STAGES["quantize"][0])
+    key = stage_key({"stage": "quantize", "options": opts, "shape": shape,
+                     "accuracy_control": bool(pairs), "max_drop": max_drop if pairs else None,
+                     "max_iterations": max_iterations if pairs else None,
+                     "tools": tool_versions("openvino", "nncf")},
+                    fp32 + paths + [p for pair in pairs or () for p in pair])
+    record = None if force else current_record(out_root, "quantize", key)
+    if record:
+        info("quantize: up to date (same inputs and parameters); skipped. Use --force to redo.")
+        return StageResult("quantize", [p for p, _ in record_files(out_root, "quantize", record)], record,
+                           skipped=True)
+    try:
+        import logging
+
+        import nncf
+        import openvino as ov
+    except ImportError as exc:
+        raise StageError(f"quantize needs nncf ({exc}); install the project with its lock file") from None
+    nncf.set_log_level(logging.WARNING)  # not one INFO line per node left unquantized
+
+    tile_hw = tuple(opts["calibration_tile"])
+    calib = Tiles(config, paths, shape[2:], tile_hw, limit=opts["subset_size"])
+    info(f"quantize: {len(calib.items)} calibration tile(s) of {tile_hw[0]}x{tile_hw[1]} from "
+         f"{calib.images_used} image(s); preset {opts['preset']}, {opts['bias_correction']} bias correction, "
+         f"ignored scope {opts['ignored_scope']}, range estimator {opts['range_estimator']}")
+    model = ov.Core().read_model(fp32_xml)
+    model.reshape({model.inputs[0]: [1, 3, *tile_hw]})
+    ignored = fusion_adds(model) if opts["ignored_scope"] == "hrnet-fusion" else []
+    kwargs = dict(
+        preset=getattr(nncf.QuantizationPreset, opts["preset"].upper()),
+        subset_size=len(calib.items), fast_bias_correction=opts["bias_correction"] == "fast",
+        ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None)
+    from nncf.quantization.advanced_parameters import (AdvancedAccuracyRestorerParameters,
+                                                       AdvancedQuantizationParameters)
+    advanced = AdvancedQuantizationParameters(
+        activations_range_estimator_params=_range_estimator(opts["range_estimator"]))
+    accuracy = None
+    try:
+        dataset = nncf.Dataset(calib.items, calib.tile)
+        if pairs:
+            val = Tiles(config, [p[0] for p in pairs], shape[2:], tile_hw, labels=[p[1] for p in pairs])
+            info(f"quantize: accuracy control on {len(val.items)} labelled tile(s) from {len(pairs)} image(s), "
+                 f"max mIoU drop {max_drop}")
+            quantized = nncf.quantize_with_accuracy_control(
+                model, dataset, nncf.Dataset(val.items, val.tile), _miou_fn(config.num_classes),
+                max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced,
+                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                    max_num_iterations=max_iterations), **kwargs)
+            accuracy = {"images": len(pairs), "tiles": len(val.items), "max_drop": max_drop,
+                        "max_iterations": max_iterations}
+        else:
+            quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **kwargs)
+    except ConverterError:
+        raise
+    except Exception as exc:
+        raise StageError(f"NNCF quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") \
+            from None
+    quantized.reshape({quantized.inputs[0]: shape})
+    fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    names = [MODEL_STEM + ".xml", MODEL_STEM + ".bin"]
+    with staging_dir(out_root, record=STAGES["quantize"][1]) as tmp:
+        ov.save_model(quantized, os.path.join(tmp, names[0]), compress_to_fp16=False)
+        files = describe_files(tmp, names)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    seconds = round(time.perf_counter() - start, 1)
+    record = StageRecord(
+        "quantize", files, key, ov_record.weights, input=ov_record.input,
+        output=dict(ov_record.output or {}), seconds=seconds,
+        params={"input_shape": shape, "built_from": built_from, "options": opts,
+                "calibration": {"images": [os.path.abspath(p) for p in paths[:calib.images_used]],
+                                "tiles": len(calib.items), "tile": list(tile_hw)},
+                "ignored_adds": len(ignored), "fake_quantize_nodes": fq,
+                "accuracy_control": accuracy, "nncf": nncf.__version__, "openvino": ov.__version__,
+                "peak_rss_mb": peak_mb})
+    write_record(out_root, record)
+    info(f"quantize: {fq} FakeQuantize node(s), {len(ignored)} fusion Add(s) kept in float; "
+         f"{seconds} s, peak RSS {peak_mb} MB")
+    return StageResult("quantize", [os.path.join(out_root, n) for n in names], record, seconds=seconds)
