@@ -233,7 +233,7 @@ def validate(raw, path="<config>", digest=""):
         budgets=budgets, max_miou_drop=max_drop, quantize=_quantize(_get(raw, "quantize", "", dict)), raw=raw))
 
 
-PRECISIONS = ("bf16", "fp16", "int8")  # the reduced precisions a budget is given for
+PRECISIONS = ("f32", "bf16", "fp16", "int8")  # each has a numeric budget
 QUANTIZE_CHOICES = {"preset": ("mixed", "performance"), "bias_correction": ("fast", "full"),
                      "ignored_scope": ("hrnet-fusion", "none"),
                      "range_estimator": ("mean_quantile", "minmax", "mean_minmax")}

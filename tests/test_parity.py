@@ -39,16 +39,19 @@ def test_class_iou_ignores_absent_classes():
     assert class_iou(ref, ref, 19) == {0: 1.0, 2: 1.0}
 
 
-def _result(agreement, margin, gated=True):
-    return {"b": {"gated": gated, "images": {"i.png": {"agreement": agreement, "max_flip_margin": margin}}}}
+def _result(agreement, margin, gated=True, rel=1e-6):
+    return {"b": {"gated": gated, "budget": "f32", "images": {"i.png": {
+        "agreement": agreement, "max_flip_margin": margin, "logit_error": {"rel_p99": rel, "rel_max": rel}}}}}
 
 
-def test_gate_needs_agreement_and_near_ties_only():
+def test_f32_gate_needs_agreement_near_ties_and_f32_sized_errors():
     cfg = load_config()
-    assert gate(_result(0.99995, cfg.tie_margin / 2), cfg) == []
-    assert "agreement" in gate(_result(0.9990, 0.0), cfg)[0]
+    assert gate(_result(cfg.min_agreement + 1e-5, cfg.tie_margin / 2), cfg) == []
+    assert "agreement" in gate(_result(cfg.min_agreement - 1e-5, 0.0), cfg)[0]
     assert "flipped" in gate(_result(0.99999, cfg.tie_margin * 2), cfg)[0]
-    assert gate(_result(0.5, 9.0, gated=False), cfg) == []  # bf16/FP16: reported, not gated
+    too_big = cfg.budgets["f32"]["rel_max"] * 2   # bf16-sized errors on an f32 backend
+    assert [f for f in gate(_result(1.0, 0.0, rel=too_big), cfg) if "f32 budget" in f]
+    assert gate(_result(0.5, 9.0, gated=False), cfg) == []  # reported backends are not gated
 
 
 @pytest.fixture(scope="session")

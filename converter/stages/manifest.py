@@ -63,6 +63,9 @@ def build_manifest(config, workdir, parity, records):
             "openvino": {"source": ov_rec.params.get("source"), "input_shape": ov_rec.params.get("input_shape"),
                          "precisions": ov_rec.params.get("precisions"),
                          "preprocessing": ov_rec.params.get("preprocessing")} if ov_rec else None,
+            "quantize": {k: records["quantize"].params.get(k) for k in
+                         ("options", "calibration", "ignored_adds", "fake_quantize_nodes", "accuracy_control",
+                          "nncf", "built_from")} if "quantize" in records else None,
             "parity": {"passed": parity["passed"], "thresholds": parity["thresholds"],
                        "input_size": parity["input_size"]} if parity else None,
         },
@@ -75,16 +78,40 @@ def _parity_lines(parity):
         return ["Parity was not run."]
     lines = [f"Parity: **{'PASSED' if parity['passed'] else 'FAILED'}** at {parity['input_size'][0]}x"
              f"{parity['input_size'][1]} on {len(parity['images'])} image(s): "
-             + ", ".join(os.path.basename(p) for p in parity["images"]) + ".", "",
-             "| backend | gated | lowest agreement | largest flip margin |", "|---|---|---|---|"]
+             + ", ".join(os.path.basename(p) for p in parity["images"]) + ". f32 backends are gated on "
+             "agreement up to near-ties; reduced precisions on their logit error relative to the largest "
+             "logit (budgets in the config; see parity/report.md).", "",
+             "| backend | computes in | gate | lowest agreement | largest flip margin | worst logit error p99 / max "
+             "(relative) | verdict |", "|---|---|---|---|---|---|---|"]
+    failures = parity.get("failures") or []
     for name, entry in parity["results"].items():
         worst = min(m["agreement"] for m in entry["images"].values())
         margin = max(m.get("max_flip_margin", 0.0) for m in entry["images"].values())
-        lines.append(f"| {name} | {'yes' if entry['gated'] else 'no'} | {100 * worst:.4f} % | {margin:.3g} |")
+        errs = [m["logit_error"] for m in entry["images"].values() if "logit_error" in m]
+        err = (f"{max(e['rel_p99'] for e in errs):.3g} / {max(e['rel_max'] for e in errs):.3g}" if errs else "-")
+        gate = (entry.get("budget") or "f32") if entry["gated"] else "reported"
+        failed = any(f.startswith(name + " ") or f.startswith(name + ":") for f in failures)
+        lines.append(f"| {name} | {entry.get('precision', '')} | {gate} | {100 * worst:.4f} % | {margin:.3g} | {err} | "
+                     f"{('FAILED' if failed else 'passed') if entry['gated'] else '-'} |")
+    for name, why in (parity.get("not_built") or {}).items():
+        lines.append(f"| {name} | - | not run: {why} | | | | |")
     return lines
 
 
-def model_card(config, manifest, parity):
+def _bench_lines(bench):
+    if not bench:
+        return ["Not measured (run `make bench`)."]
+    lines = [f"Input {'x'.join(map(str, bench['input_shape']))}, {bench['threads']} threads, median of "
+             f"{bench['runs']} runs, measured {bench.get('timestamp', '')}.", "",
+             "| backend | median s | speed-up over the FP32 IR at f32 | peak RSS MB | computes in |", "|---|---|---|---|---|"]
+    for name, r in bench["backends"].items():
+        speed = f"{r['speedup_over_f32_ir']:.2f}x" if r.get("speedup_over_f32_ir") else "-"
+        lines.append(f"| {name} | {r['median_seconds']} | {speed} | {r['peak_rss_mb']} | "
+                     f"{r['info'].get('effective_precision', 'f32')} |")
+    return lines
+
+
+def model_card(config, manifest, parity, bench=None):
     weights = manifest["weights"] or {}
     synthetic = weights.get("kind") == "synthetic"
     shape = (manifest["stages"].get("openvino") or {}).get("input_shape") or list(config.converted_shape)
@@ -108,11 +135,13 @@ def model_card(config, manifest, parity):
         "Original (Paddle inference model, `paddle/`):", "",
         f"- input `{src_in.name}`, float32 [N,3,H,W], {src_in.color}, normalised as {config.normalisation_text()};",
         f"- output `{src_out.name}`, int32 [N,H,W], class index per pixel.", "",
-        "Converted (ONNX `onnx/`, OpenVINO IR `openvino/FP32`, `openvino/FP16`):", "",
+        "Converted (ONNX `onnx/`, OpenVINO IR `openvino/FP32`, `openvino/FP16`"
+        + (", `openvino/INT8` (NNCF post-training quantization)" if manifest["stages"].get("quantize") else "")
+        + "):", "",
         f"- input `{dst_in.name}`, float32 [{', '.join(map(str, shape))}], {dst_in.color}, pixel values 0..255 "
         "(channel order and normalisation are inside the model);",
         f"- output `{dst_out.name}`, int32 [{shape[0]}, {shape[2]}, {shape[3]}], class index per pixel.", "",
-        "## Parity", ""] + _parity_lines(parity) + [
+        "## Parity", ""] + _parity_lines(parity) + ["", "## Speed", ""] + _bench_lines(bench) + [
         "", "## Provenance", "",
         (f"Weights: synthetic, seed {weights.get('seed')} ({weights.get('method')})." if synthetic else
          f"Weights: {weights.get('source')} (sha384 {weights.get('sha384')}, verified: {weights.get('verified')})."),
@@ -132,10 +161,12 @@ def run_manifest(config, workdir):
     parity = read_json(report, "parity report") if os.path.lexists(report) else None
     try:
         manifest = build_manifest(config, workdir, parity, records)
-        card_text = model_card(config, manifest, parity)
+        bench_path = os.path.join(workdir, "bench", "bench.json")
+        bench = read_json(bench_path, "bench record") if os.path.lexists(bench_path) else None
+        card_text = model_card(config, manifest, parity, bench)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         # Only the parity report is read unchecked; our own records are verified.
-        raise StageError(f"{report}: not a parity report of this version (missing or malformed fields)") from None
+        raise StageError(f"{report} or the bench record: not of this version (missing or malformed fields)") from None
     card = os.path.join(workdir, "README.md")
     write_bytes_atomic(card, card_text.encode())
     path = os.path.join(workdir, "MANIFEST.json")

@@ -4,7 +4,8 @@ Every gated backend has a budget (backends.Backend.budget):
 
 - "f32" (ONNX Runtime, the FP32 IR at f32): agreement >= min_agreement AND
   every disagreeing pixel has an original top-2 logit margin below
-  tie_margin, i.e. is a near-tie that rounding may legitimately flip.
+  tie_margin, i.e. is a near-tie that rounding may legitimately flip, AND
+  the f32 numeric budget below (a bound at the level of f32 rounding).
 - a reduced precision ("bf16", "fp16", "int8"): a numeric budget that does
   not depend on how confident the weights are. The absolute logit error,
   divided by the image's largest |original logit|, must stay within the
@@ -105,7 +106,6 @@ def gate(results, config):
                 if m.get("max_flip_margin", 0.0) >= config.tie_margin:
                     failures.append(f"{backend} on {image}: a pixel with top-2 margin "
                                     f"{m['max_flip_margin']:.4g} >= tau {config.tie_margin} flipped")
-                continue
             bound, err = config.budgets[budget], m.get("logit_error")
             if err is None:
                 failures.append(f"{backend} on {image}: no logits to check the {budget} budget against")

@@ -1,0 +1,279 @@
+"""INT8 by NNCF and the gates of reduced precisions, at 256x512.
+
+The negative controls break a reduced-precision IR the way quantization or
+storage breaks in practice (one FakeQuantize's range scaled or shifted, an
+FP16 weight tensor corrupted), record the broken files as the stage's own
+output (a converter bug, not tampering), and show that parity fails them;
+the untouched copies pass, so the copying itself breaks nothing.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from converter.config import ConfigError, load_config, validate
+from converter.stages.parity_gates import gate, task_result
+from converter.data.images import SAMPLES_DIR
+from tests.conftest import run_cli
+
+SAMPLE = os.path.join(SAMPLES_DIR, "street_2.jpg")
+TILE = "128x256"   # 4 tiles per 256x512 input, 12 from the 3 samples
+
+
+def _image(rel_p99, rel_max, agreement=0.5):
+    return {"agreement": agreement, "max_flip_margin": 9.0,
+            "logit_error": {"rel_p99": rel_p99, "rel_max": rel_max}}
+
+
+@pytest.mark.parametrize("budget", ["bf16", "fp16", "int8"])  # f32: tests/test_parity.py
+def test_numeric_budget_gates_p99_and_max_not_agreement(budget):
+    cfg = load_config()
+    bound = cfg.budgets[budget]
+    inside = {"b": {"gated": True, "budget": budget,
+                    "images": {"i": _image(bound["rel_p99"] * 0.9, bound["rel_max"] * 0.9)}}}
+    assert gate(inside, cfg) == []   # low agreement and big flip margins are not gated
+    for p99, worst, stat in ((bound["rel_p99"] * 1.1, bound["rel_max"] * 0.9, "rel_p99"),
+                             (bound["rel_p99"] * 0.9, bound["rel_max"] * 1.1, "rel_max"),
+                             (float("nan"), bound["rel_max"] * 0.9, "rel_p99")):
+        failures = gate({"b": {"gated": True, "budget": budget, "images": {"i": _image(p99, worst)}}}, cfg)
+        assert len(failures) == 1 and stat in failures[0] and budget in failures[0]
+    no_logits = {"b": {"gated": True, "budget": budget, "images": {"i": {"agreement": 1.0}}}}
+    assert "no logits" in gate(no_logits, cfg)[0]
+
+
+def test_task_budget_is_the_miou_drop_against_ground_truth():
+    cfg = load_config()
+    names = cfg.class_names[:2]
+    # truth x prediction counts for two classes
+    ref = np.array([[90, 10], [10, 90]])
+    same = task_result(ref, ref, names)
+    assert same["miou_drop"] == 0 and same["miou"] == pytest.approx(90 / 110)
+    worse = np.array([[80, 20], [20, 80]])
+    t = task_result(ref, worse, names)
+    # IoU 90/110 -> 80/120 for both classes
+    assert t["miou_drop"] == pytest.approx(90 / 110 - 80 / 120)
+    assert t["per_class"]["road"]["drop"] == pytest.approx(90 / 110 - 80 / 120)
+    entry = {"gated": True, "budget": "int8", "images": {}, "task": t}
+    assert "below the original's" in gate({"b": entry}, cfg)[0]
+    assert gate({"b": dict(entry, task=same)}, cfg) == []
+    slightly = np.array([[89, 11], [10, 90]])   # a drop under 1 %
+    assert gate({"b": dict(entry, task=task_result(ref, slightly, names))}, cfg) == []
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda r: r["parity"]["budgets"].pop("int8"), "parity.budgets"),
+    (lambda r: r["parity"]["budgets"].pop("f32"), "parity.budgets"),
+    (lambda r: r["parity"]["budgets"]["fp16"].update(rel_p99=0.9, rel_max=0.1), "parity.budgets.fp16"),
+    (lambda r: r["parity"]["budgets"]["bf16"].update(rel_max="big"), "parity.budgets.bf16.rel_max"),
+    (lambda r: r["parity"].update(max_miou_drop=2), "parity.max_miou_drop"),
+    (lambda r: r["quantize"].update(preset="fast"), "quantize.preset"),
+    (lambda r: r["quantize"].update(calibration_tile=[100, 512]), "quantize.calibration_tile"),
+    (lambda r: r["quantize"].update(subset_size=0), "quantize.subset_size"),
+    (lambda r: r.pop("quantize"), "quantize: missing"),
+])
+def test_budget_and_quantize_config_errors_name_the_field(change, field):
+    import copy
+
+    raw = copy.deepcopy(load_config().raw)
+    change(raw)
+    with pytest.raises(ConfigError) as err:
+        validate(raw)
+    assert field in str(err.value)
+
+
+def test_fusion_adds_are_the_62_of_hrnet_w48(small_workdir):
+    """Stage 2: 1 module x 2 branches x 1 other branch; stage 3: 4 x 3 x 2;
+    stage 4: 3 x 4 x 3. Counted from the architecture, not from the code."""
+    import openvino as ov
+
+    from converter.stages.quantize import fusion_adds
+
+    model = ov.Core().read_model(str(small_workdir / "openvino" / "FP32" / "ocrnet-hrnet-w48-paddle.xml"))
+    names = fusion_adds(model)
+    assert len(names) == len(set(names)) == 1 * 2 * 1 + 4 * 3 * 2 + 3 * 4 * 3
+    ops = {op.get_friendly_name(): op for op in model.get_ops()}
+    assert all(ops[n].get_type_name() == "Add" for n in names)
+    # and the other Adds of two activations are exactly the blocks' residual
+    # Adds: 4 bottlenecks in layer1, then 4 basic blocks per branch:
+    # stage 2: 1 x 2 x 4, stage 3: 4 x 3 x 4, stage 4: 3 x 4 x 4
+    both_activations = [op for op in ops.values() if op.get_type_name() == "Add" and all(
+        op.input_value(i).get_node().get_type_name() != "Constant" for i in range(2))]
+    assert len(both_activations) - len(names) == 4 + 1 * 2 * 4 + 4 * 3 * 4 + 3 * 4 * 4
+
+
+@pytest.fixture(scope="session")
+def int8_workdir(small_workdir, tmp_path_factory):
+    """A copy of the small build with the INT8 IR (the shared build stays without it)."""
+    work = tmp_path_factory.mktemp("int8") / "work"
+    work.mkdir()
+    for name in ("paddle", "onnx"):
+        os.symlink(small_workdir / name, work / name)
+    shutil.copytree(small_workdir / "openvino", work / "openvino")
+    proc = run_cli("quantize", "--workdir", str(work), "--calibration-tile", TILE)
+    assert proc.returncode == 0, proc.stderr
+    return work
+
+
+def _int8(work):
+    return work / "openvino" / "INT8"
+
+
+def test_quantize_writes_a_recorded_reproducible_int8_ir(int8_workdir, tmp_path):
+    record = json.loads((_int8(int8_workdir) / "quantize.json").read_text())
+    assert record["stage"] == "quantize" and record["input_shape"] == [1, 3, 256, 512]
+    assert record["calibration"]["tiles"] == 12 and record["calibration"]["tile"] == [128, 256]
+    assert record["ignored_adds"] == 62 and record["fake_quantize_nodes"] > 300
+    assert record["options"]["preset"] == "mixed" and record["weights"]["kind"] == "synthetic"
+    fp32 = int8_workdir / "openvino" / "FP32" / "ocrnet-hrnet-w48-paddle.bin"
+    assert os.path.getsize(_int8(int8_workdir) / "ocrnet-hrnet-w48-paddle.bin") < 0.4 * os.path.getsize(fp32)
+    # up to date: skipped; forced: the same bytes again
+    proc = run_cli("quantize", "--workdir", str(int8_workdir), "--calibration-tile", TILE)
+    assert proc.returncode == 0 and "skipped" in proc.stderr
+    before = {n: record["files"][n]["sha256"] for n in record["files"]}
+    proc = run_cli("quantize", "--workdir", str(int8_workdir), "--calibration-tile", TILE, "--force")
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads((_int8(int8_workdir) / "quantize.json").read_text())
+    assert {n: again["files"][n]["sha256"] for n in again["files"]} == before
+
+
+def test_parity_gates_int8_and_passes(int8_workdir):
+    proc = run_cli("parity", "--workdir", str(int8_workdir), "--images", SAMPLE)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((int8_workdir / "parity" / "report.json").read_text())
+    entry = report["results"]["openvino-int8-default"]
+    assert entry["gated"] and entry["budget"] == "int8" and report["not_built"] == {}
+    err = entry["images"]["street_2.jpg"]["logit_error"]
+    assert 0 < err["rel_p99"] <= load_config().budgets["int8"]["rel_p99"]
+    assert "openvino-int8-default" in (int8_workdir / "parity" / "report.md").read_text()
+
+
+def test_parity_without_int8_says_it_was_not_built(small_workdir, tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    for name in ("paddle", "onnx", "openvino"):
+        os.symlink(small_workdir / name, work / name)
+    proc = run_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-fp32-f32")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-int8-default")
+    assert proc.returncode == 8 and "quantize" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_int8_from_a_rebuilt_fp32_ir_is_refused_as_stale(int8_workdir, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(int8_workdir, work, symlinks=True)
+    record = json.loads((work / "openvino" / "INT8" / "quantize.json").read_text())
+    record["built_from"]["openvino/FP32/ocrnet-hrnet-w48-paddle.bin"] = "0" * 64
+    (work / "openvino" / "INT8" / "quantize.json").write_text(json.dumps(record))
+    proc = run_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-int8-default")
+    assert proc.returncode == 8 and "no longer" in proc.stderr, proc.stderr
+
+
+def _rerecord(folder, record_name, group=None):
+    from converter.util.fsutil import describe_files
+
+    path = folder / record_name
+    record = json.loads(path.read_text())
+    files = record["files"][group] if group else record["files"]
+    fresh = describe_files(str(folder / group if group else folder), list(files))
+    if group:
+        record["files"][group] = fresh
+    else:
+        record["files"] = fresh
+    path.write_text(json.dumps(record))
+
+
+def _last_activation_fq(model):
+    """The FakeQuantize on the classifier's input activation: the last one
+    whose input is not a weight constant."""
+    fqs = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+           and op.input_value(0).get_node().get_type_name() not in ("Constant", "Convert")]
+    return fqs[-1]
+
+
+def _break_int8(src, dst, how):
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    core = ov.Core()
+    model = core.read_model(str(src))
+    fq = _last_activation_fq(model)
+    low, high = (fq.input_value(i).get_node().get_data().astype(np.float32) for i in (3, 4))
+    if how == "range-x4":
+        low, high = low * 4, high * 4
+    else:  # "zero-point": the range shifted by a quarter of its width
+        shift = (high - low) / 4
+        low, high = low + shift, high + shift
+    fq.input(3).replace_source_output(ops.constant(low).output(0))
+    fq.input(4).replace_source_output(ops.constant(high).output(0))
+    _save_over(model, dst)
+
+
+def _save_over(model, xml):
+    """Save beside, then rename over: the old .bin is memory-mapped by the
+    model just read, and writing into it in place would be a SIGBUS."""
+    import openvino as ov
+
+    tmp = str(xml) + ".new.xml"
+    ov.save_model(model, tmp, compress_to_fp16=False)
+    os.replace(tmp[:-4] + ".bin", str(xml)[:-4] + ".bin")
+    os.replace(tmp, str(xml))
+
+
+@pytest.mark.parametrize("how", ["range-x4", "zero-point"])
+def test_a_broken_int8_ir_fails_its_budget(int8_workdir, tmp_path, how):
+    work = tmp_path / "w"
+    shutil.copytree(int8_workdir, work, symlinks=True)
+    xml = _int8(work) / "ocrnet-hrnet-w48-paddle.xml"
+    _break_int8(xml, xml, how)
+    _rerecord(_int8(work), "quantize.json")
+    proc = run_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-int8-default")
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    report = json.loads((work / "parity" / "report.json").read_text())
+    assert report["failures"] and all("int8 budget" in f for f in report["failures"])
+
+
+def _corrupt_fp16(xml, fraction=0.05, seed=0):
+    """Overwrite part of the largest f16 weight tensor of the classifier head
+    with noise of the tensor's own scale, as a damaged download would."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    model = ov.Core().read_model(str(xml))
+    consts = [op for op in model.get_ordered_ops() if op.get_type_name() == "Constant"
+              and op.get_element_type() == ov.Type.f16 and len(op.get_output_shape(0)) == 4]
+    target = consts[-3]   # a conv of the OCR head, shortly before the classifier
+    data = target.get_data().astype(np.float32).copy()
+    rng = np.random.default_rng(seed)
+    flat = data.reshape(-1)
+    idx = rng.choice(flat.size, int(flat.size * fraction), replace=False)
+    flat[idx] = rng.standard_normal(idx.size).astype(np.float32) * float(np.abs(flat).max())
+    target.output(0).replace(ops.constant(data.astype(np.float16)).output(0))
+    _save_over(model, xml)
+
+
+def test_a_corrupted_fp16_ir_fails_its_budget(small_workdir, tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    for name in ("paddle", "onnx"):
+        os.symlink(small_workdir / name, work / name)
+    shutil.copytree(small_workdir / "openvino", work / "openvino")
+    args = ("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-fp16-default")
+    assert run_cli(*args).returncode == 0   # the intact copy passes
+    _corrupt_fp16(work / "openvino" / "FP16" / "ocrnet-hrnet-w48-paddle.xml")
+    _rerecord(work / "openvino", "openvino.json", "FP16")
+    proc = run_cli(*args)
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    report = json.loads((work / "parity" / "report.json").read_text())
+    assert report["failures"] and all("fp16 budget" in f for f in report["failures"])
+
+
+def test_quantize_refuses_bad_options_and_missing_inputs(tmp_path, small_workdir):
+    proc = run_cli("quantize", "--workdir", str(tmp_path))
+    assert proc.returncode == 8 and proc.stderr.startswith("error: missing") and "openvino" in proc.stderr
+    proc = run_cli("quantize", "--workdir", str(small_workdir), "--calibration-tile", "100x256")
+    assert proc.returncode == 2 and "multiples of 32" in proc.stderr
+    proc = run_cli("quantize", "--workdir", str(small_workdir), "--calibration-tile", "96x256")
+    assert proc.returncode != 0 and "does not divide" in proc.stderr
+    assert not (small_workdir / "openvino" / "INT8").exists()
