@@ -277,3 +277,26 @@ def test_quantize_refuses_bad_options_and_missing_inputs(tmp_path, small_workdir
     proc = run_cli("quantize", "--workdir", str(small_workdir), "--calibration-tile", "96x256")
     assert proc.returncode != 0 and "does not divide" in proc.stderr
     assert not (small_workdir / "openvino" / "INT8").exists()
+
+
+def test_parity_with_ground_truth_gates_the_miou_drop(int8_workdir, tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "scenes"
+    tool = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "make_samples.py")
+    subprocess.run([sys.executable, tool, "--output", str(root), "--seeds", "7", "8"], check=True,
+                   capture_output=True)
+    work = tmp_path / "w"
+    shutil.copytree(int8_workdir, work, symlinks=True)
+    proc = run_cli("parity", "--workdir", str(work), "--cityscapes", str(root),
+                   "--backends", "openvino-fp32-f32", "openvino-int8-default")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((work / "parity" / "report.json").read_text())
+    assert report["labels"]["split"] == "val" and len(report["images"]) == 2
+    for name in ("openvino-fp32-f32", "openvino-int8-default"):
+        task = report["results"][name]["task"]
+        assert task["pixels"] > 0 and 0 <= task["miou"] <= 1
+        assert task["miou_drop"] == pytest.approx(task["original_miou"] - task["miou"])
+    assert report["results"]["openvino-fp32-f32"]["task"]["miou_drop"] == pytest.approx(0, abs=1e-3)
+    assert "Against ground truth" in (work / "parity" / "report.md").read_text()
