@@ -3,6 +3,7 @@
 Heavy libraries (paddle, onnx, openvino) are imported inside the commands, so
 `--help` and `fetch` start fast.
 """
+import contextlib
 import errno
 import json
 import os
@@ -101,6 +102,19 @@ def _cmd_quantize(args, config):
     return 0
 
 
+def _cmd_package(args, config):
+    from converter.commands.package import run_package, verify
+
+    if args.verify:
+        print(verify(args.verify))
+        return 0
+    result = run_package(config, args.workdir, args.output, args.allow_unverified)
+    print(result["archive"])
+    print(f"package: {', '.join(result['precisions'])} in {args.output}/ovms and {args.output}/omz; "
+          f"archive sha256 {result['sha256']}" + (" (UNVERIFIED)" if result["unverified"] else ""), file=sys.stderr)
+    return 0
+
+
 def _cmd_parity(args, config):
     from converter.stages import parity
 
@@ -189,12 +203,14 @@ def _cmd_convert(args, config):
 
 COMMANDS = {"convert": _cmd_convert, "fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx,
             "openvino": _cmd_openvino, "quantize": _cmd_quantize, "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
-            "manifest": _cmd_manifest, "bench": _cmd_bench}
+            "manifest": _cmd_manifest, "package": _cmd_package, "bench": _cmd_bench}
 # The folder each command locks, and how: writers exclusively, readers shared.
-READERS = ("predict", "evaluate")
+READERS = ("predict", "evaluate", "package")
 
 
 def _lock_folder(args):
+    if args.command == "package" and args.verify:
+        return None  # reads only the archive
     if args.command == "fetch":
         return args.output
     if args.command == "export" and args.output:
@@ -225,7 +241,9 @@ def main(argv=None):
         _check_threads(args)
         if getattr(args, "output", None):
             _output_folder(args.output)  # before the lock, which creates its folder
-        with workdir_lock(_lock_folder(args), shared=args.command in READERS, log=info):
+        folder = _lock_folder(args)
+        lock = workdir_lock(folder, shared=args.command in READERS, log=info) if folder else contextlib.nullcontext()
+        with lock:
             return COMMANDS[args.command](args, config)
     except ConverterError as exc:
         print(f"error: {exc}", file=sys.stderr)

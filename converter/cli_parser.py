@@ -193,6 +193,14 @@ def build_parser():
     p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
                    help=f"subset to run (default: all of {', '.join(backends.NAMES)})")
 
+    p = sub.add_parser("package", help="OVMS and OMZ layouts and a reproducible release archive; or --verify one")
+    _add_common(p)
+    p.add_argument("--output", default="dist", metavar="DIST", help="where to write (default: %(default)s)")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="package a build whose parity failed or whose files differ from MANIFEST.json "
+                        "(the archive says so)")
+    p.add_argument("--verify", metavar="ARCHIVE", help="check an archive against its SHA256SUMS and MANIFEST.json")
+
     p = sub.add_parser("manifest", help="write MANIFEST.json and the model card README.md (last step)")
     _add_common(p)
     return parser

@@ -73,8 +73,11 @@ def run(config, workdir, shape=None, source="paddle", force=False):
         src = os.path.join(folder, "model.pdmodel")
         check_program(src)
         inputs = [src, os.path.join(folder, "model.pdiparams")]
+    from converter.stages.ir_metadata import class_map_description, model_info, set_model_info
+
+    metadata = model_info(config, class_map_description(config))
     out_root = os.path.join(workdir, "openvino")
-    key = stage_key({"stage": "openvino", "shape": list(shape), "source": source, "pre": pre,
+    key = stage_key({"stage": "openvino", "shape": list(shape), "source": source, "pre": pre, "model_info": metadata,
                      "tools": tool_versions("openvino")}, inputs)
     record = None if force else current_record(out_root, "openvino", key)
     if record:
@@ -85,7 +88,7 @@ def run(config, workdir, shape=None, source="paddle", force=False):
 
     info(f"openvino: converting {src}, input {list(shape)}...")
     try:
-        model = build_ir(src, shape, pre, from_onnx=(source == "onnx"))
+        model = set_model_info(build_ir(src, shape, pre, from_onnx=(source == "onnx")), metadata)
     except StageError:
         raise
     except Exception as exc:

@@ -219,6 +219,9 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
         raise StageError(f"NNCF quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") \
             from None
     quantized.reshape({quantized.inputs[0]: shape})
+    from converter.stages.ir_metadata import class_map_description, model_info, set_model_info
+
+    set_model_info(quantized, model_info(config, class_map_description(config)))
     fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     names = [MODEL_STEM + ".xml", MODEL_STEM + ".bin"]
     with staging_dir(out_root, record=STAGES["quantize"][1]) as tmp:

@@ -1,0 +1,177 @@
+"""package: model_info in the IRs, OVMS/OMZ layouts, the reproducible archive and --verify."""
+import gzip
+import io
+import json
+import os
+import shutil
+import tarfile
+
+import pytest
+
+from converter.commands.package import write_archive
+from converter.data.images import SAMPLES_DIR
+from tests.conftest import run_cli
+
+SAMPLE = os.path.join(SAMPLES_DIR, "street_2.jpg")
+ARCHIVE = "ocrnet-hrnet-w48-paddle-0.1.0.tar.gz"
+
+
+def test_every_ir_carries_model_info_for_model_api(small_workdir):
+    import openvino as ov
+
+    for precision in ("FP32", "FP16"):
+        model = ov.Core().read_model(str(small_workdir / "openvino" / precision / "ocrnet-hrnet-w48-paddle.xml"))
+        info = {k: model.get_rt_info(["model_info", k]).astype(str) for k in
+                ("model_type", "labels", "reverse_input_channels", "mean_values", "scale_values", "layout")}
+        assert info["model_type"] == "Segmentation"
+        labels = info["labels"].split()
+        assert len(labels) == 19 and labels[0] == "road" and labels[6] == "traffic_light" and labels[18] == "bicycle"
+        # the IR takes BGR 0..255 with its normalisation inside: Model API must feed its BGR image as it is
+        assert (info["reverse_input_channels"], info["mean_values"], info["scale_values"]) == ("False", "0 0 0", "1 1 1")
+        assert info["layout"] == "x:NCHW"
+
+
+@pytest.fixture(scope="session")
+def release_build(small_workdir, tmp_path_factory):
+    """A copy of the small build with parity run (one image) and its manifest."""
+    work = tmp_path_factory.mktemp("release") / "work"
+    work.mkdir()
+    os.symlink(small_workdir / "paddle", work / "paddle")
+    for name in ("onnx", "openvino"):   # packaged: real files, so that the manifest lists them
+        shutil.copytree(small_workdir / name, work / name)
+    for args in (("parity", "--images", SAMPLE), ("manifest",)):
+        proc = run_cli(*args, "--workdir", str(work))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return work
+
+
+@pytest.fixture(scope="session")
+def packaged(release_build, tmp_path_factory):
+    dist = tmp_path_factory.mktemp("dist")
+    proc = run_cli("package", "--workdir", str(release_build), "--output", str(dist))
+    assert proc.returncode == 0, proc.stderr
+    return dist
+
+
+def test_package_writes_ovms_omz_and_a_reproducible_archive(release_build, packaged, tmp_path):
+    config = json.loads((packaged / "ovms" / "config.json").read_text())
+    names = [m["config"]["name"] for m in config["model_config_list"]]
+    assert names == ["ocrnet-hrnet-w48-paddle-fp32", "ocrnet-hrnet-w48-paddle-fp16"]
+    for name in names:
+        for ext in ("xml", "bin"):
+            assert (packaged / "ovms" / "models" / name / "1" / f"model.{ext}").is_file()
+    for p in ("FP32", "FP16"):
+        omz = packaged / "omz" / "public" / "ocrnet-hrnet-w48-paddle" / p / "ocrnet-hrnet-w48-paddle.bin"
+        assert omz.read_bytes() == (release_build / "openvino" / p / "ocrnet-hrnet-w48-paddle.bin").read_bytes()
+    with tarfile.open(packaged / ARCHIVE) as tar:
+        members = tar.getmembers()
+    files = sorted(m.name.split("/", 1)[1] for m in members if m.isfile())
+    assert files == sorted(["LICENSE", "NOTICE", "MANIFEST.json", "README.md", "SHA256SUMS",
+                            "parity/report.json", "parity/report.md", "onnx/ocrnet-hrnet-w48-paddle.onnx"]
+                           + [f"openvino/{p}/ocrnet-hrnet-w48-paddle.{e}" for p in ("FP32", "FP16")
+                              for e in ("xml", "bin")])
+    assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" for m in members)
+    assert [m.name for m in members if m.isfile()] == sorted(m.name for m in members if m.isfile())
+    # a second package of the same build: the same bytes
+    again = tmp_path / "again"
+    proc = run_cli("package", "--workdir", str(release_build), "--output", str(again))
+    assert proc.returncode == 0, proc.stderr
+    assert (again / ARCHIVE).read_bytes() == (packaged / ARCHIVE).read_bytes()
+    proc = run_cli("package", "--verify", str(packaged / ARCHIVE))
+    assert proc.returncode == 0 and proc.stdout.startswith("OK:"), proc.stderr
+
+
+def test_a_flipped_byte_in_the_real_archive_fails_verify(packaged, tmp_path):
+    bad = tmp_path / ARCHIVE
+    shutil.copyfile(packaged / ARCHIVE, bad)
+    with open(bad, "r+b") as fh:
+        fh.seek(os.path.getsize(bad) // 2)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    proc = run_cli("package", "--verify", str(bad))
+    assert proc.returncode == 5 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def _small_archive(path, members):
+    write_archive(str(path), "rel-1", members)
+
+
+def _retar(src, dst, change):
+    """Copy the archive member by member through change(info, data) -> [(info, data)]."""
+    out = io.BytesIO()
+    with tarfile.open(src) as tar, tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as new:
+        for info in tar.getmembers():
+            data = tar.extractfile(info).read() if info.isfile() else None
+            for i, d in change(info, data):
+                new.addfile(i, io.BytesIO(d) if d is not None else None)
+    dst.write_bytes(gzip.compress(out.getvalue(), mtime=0))
+
+
+def _file(name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def _link(name, target, kind):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+TAMPERING = {
+    "flipped-byte": lambda i, d: [(i, bytes([d[0] ^ 1]) + d[1:]) if i.name.endswith("NOTICE") else (i, d)],
+    "missing-member": lambda i, d: [] if i.name.endswith("LICENSE") else [(i, d)],
+    "extra-member": lambda i, d: [(i, d)] + ([_file("rel-1/extra.txt", b"x")] if i.name.endswith("NOTICE") else []),
+    "traversal": lambda i, d: [(i, d)] + ([_file("rel-1/../../evil.txt", b"x")] if i.name.endswith("NOTICE") else []),
+    "absolute": lambda i, d: [(i, d)] + ([_file("/tmp/evil.txt", b"x")] if i.name.endswith("NOTICE") else []),
+    "symlink": lambda i, d: [(i, d)] + ([_link("rel-1/link", "/etc/passwd", tarfile.SYMTYPE)]
+                                        if i.name.endswith("NOTICE") else []),
+    "hardlink": lambda i, d: [(i, d)] + ([_link("rel-1/hard", "rel-1/NOTICE", tarfile.LNKTYPE)]
+                                         if i.name.endswith("NOTICE") else []),
+    "manifest-disagrees": lambda i, d: [(i, d)],   # built below from a manifest with another sha256
+}
+
+
+@pytest.mark.parametrize("how", sorted(TAMPERING))
+def test_verify_catches_tampering(tmp_path, how):
+    import hashlib
+
+    notice = b"NOTICE text\n"
+    manifest = {"files": [{"path": "NOTICE", "sha256": hashlib.sha256(notice).hexdigest()}]}
+    if how == "manifest-disagrees":
+        manifest["files"][0]["sha256"] = "0" * 64
+    members = {"LICENSE": b"licence\n", "NOTICE": notice, "MANIFEST.json": json.dumps(manifest).encode()}
+    good = tmp_path / "good.tar.gz"
+    _small_archive(good, members)
+    if how != "manifest-disagrees":   # the control: the untampered archive verifies
+        proc = run_cli("package", "--verify", str(good))
+        assert proc.returncode == 0, proc.stderr
+    bad = tmp_path / "bad.tar.gz"
+    _retar(good, bad, TAMPERING[how])
+    proc = run_cli("package", "--verify", str(bad))
+    assert proc.returncode == 5, (how, proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_package_refuses_failed_parity_and_manifest_mismatch(release_build, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(release_build, work, symlinks=True)
+    report = json.loads((work / "parity" / "report.json").read_text())
+    report["passed"] = False
+    (work / "parity" / "report.json").write_text(json.dumps(report))
+    proc = run_cli("manifest", "--workdir", str(work))   # the manifest now agrees with the failed report
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("package", "--workdir", str(work), "--output", str(tmp_path / "d1"))
+    assert proc.returncode == 10 and "parity" in proc.stderr, proc.stderr
+    assert not (tmp_path / "d1" / ARCHIVE).exists()
+    report["passed"] = True
+    (work / "parity" / "report.json").write_text(json.dumps(report))   # now newer than the manifest
+    proc = run_cli("package", "--workdir", str(work), "--output", str(tmp_path / "d2"))
+    assert proc.returncode == 8 and "MANIFEST" in proc.stderr, proc.stderr
+    proc = run_cli("package", "--workdir", str(work), "--output", str(tmp_path / "d3"), "--allow-unverified")
+    assert proc.returncode == 0, proc.stderr
+    with tarfile.open(tmp_path / "d3" / ARCHIVE) as tar:
+        text = tar.extractfile("ocrnet-hrnet-w48-paddle-0.1.0/UNVERIFIED.txt").read().decode()
+    assert "MANIFEST" in text
