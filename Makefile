@@ -15,7 +15,7 @@ SHAPE   ?= 1,3,1024,2048
 PARITY_IMAGES ?= converter/samples/street_1.jpg
 CLI     := $(BIN)/ocrnet-convert
 
-.PHONY: setup convert quantize test bench clean
+.PHONY: setup convert quantize package test bench clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ quantize: $(STAMP)
 	$(CLI) parity --workdir $(WORKDIR) --images $(PARITY_IMAGES)
 	$(CLI) manifest --workdir $(WORKDIR)
 
+# OVMS repository, OMZ layout and the release archive, from a gated build.
+DIST ?= dist
+package: $(STAMP)
+	$(CLI) package --workdir $(WORKDIR) --output $(DIST)
+	$(CLI) package --verify $(DIST)/ocrnet-hrnet-w48-paddle-$$($(BIN)/python -c 'import converter; print(converter.__version__)').tar.gz
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=15
 
@@ -45,4 +51,4 @@ bench: $(STAMP)
 	$(CLI) bench --workdir $(WORKDIR)
 
 clean:
-	rm -rf $(WORKDIR)
+	rm -rf $(WORKDIR) $(DIST)

@@ -79,6 +79,9 @@ def test_package_writes_ovms_omz_and_a_reproducible_archive(release_build, packa
     assert (again / ARCHIVE).read_bytes() == (packaged / ARCHIVE).read_bytes()
     proc = run_cli("package", "--verify", str(packaged / ARCHIVE))
     assert proc.returncode == 0 and proc.stdout.startswith("OK:"), proc.stderr
+    with tarfile.open(packaged / ARCHIVE) as tar:
+        card = tar.extractfile("ocrnet-hrnet-w48-paddle-0.1.0/README.md").read().decode()
+    assert card.splitlines()[0].startswith("# ocrnet-hrnet-w48-paddle: SYNTHETIC weights (seed 0)")
 
 
 def test_a_flipped_byte_in_the_real_archive_fails_verify(packaged, tmp_path):

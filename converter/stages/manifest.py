@@ -117,7 +117,9 @@ def model_card(config, manifest, parity, bench=None):
     shape = (manifest["stages"].get("openvino") or {}).get("input_shape") or list(config.converted_shape)
     src_in, src_out = config.original_input, config.original_output
     dst_in, dst_out = config.converted_input, config.converted_output
-    lines = [f"# {config.name}", ""]
+    # the first line says which weights these are
+    lines = [f"# {config.name}: " + (f"SYNTHETIC weights (seed {weights.get('seed')}), not the published model"
+                                    if synthetic else "the published PaddleSeg weights"), ""]
     if synthetic:
         lines += [f"> **These artifacts carry synthetic weights (seed {weights.get('seed')}), not the published "
                   "checkpoint.** The structure, interfaces and conversion are real; the outputs are not "
