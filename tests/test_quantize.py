@@ -160,7 +160,7 @@ def test_parity_without_int8_says_it_was_not_built(small_workdir, tmp_path):
     assert proc.returncode == 8 and "quantize" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_int8_from_a_rebuilt_fp32_ir_is_refused_as_stale(int8_workdir, tmp_path):
+def test_int8_from_a_rebuilt_fp32_ir_is_refused_as_stale_by_name(int8_workdir, tmp_path):
     work = tmp_path / "w"
     shutil.copytree(int8_workdir, work, symlinks=True)
     record = json.loads((work / "openvino" / "INT8" / "quantize.json").read_text())
@@ -300,3 +300,19 @@ def test_parity_with_ground_truth_gates_the_miou_drop(int8_workdir, tmp_path):
         assert task["miou_drop"] == pytest.approx(task["original_miou"] - task["miou"])
     assert report["results"]["openvino-fp32-f32"]["task"]["miou_drop"] == pytest.approx(0, abs=1e-3)
     assert "Against ground truth" in (work / "parity" / "report.md").read_text()
+
+
+def test_a_stale_int8_is_left_out_of_default_parity_but_refused_by_name(int8_workdir, tmp_path):
+    """After `make convert` rebuilt the FP32 IR, parity (and so convert) runs
+    without the stale INT8 and says why; asked for by name, it is an error."""
+    work = tmp_path / "w"
+    shutil.copytree(int8_workdir, work, symlinks=True)
+    path = work / "openvino" / "INT8" / "quantize.json"
+    record = json.loads(path.read_text())
+    record["built_from"]["openvino/FP32/ocrnet-hrnet-w48-paddle.xml"] = "0" * 64
+    path.write_text(json.dumps(record))
+    proc = run_cli("parity", "--workdir", str(work), "--images", SAMPLE)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((work / "parity" / "report.json").read_text())
+    assert "openvino-int8-default" not in report["results"]
+    assert "no longer there" in report["not_built"]["openvino-int8-default"]
