@@ -316,3 +316,25 @@ def test_a_stale_int8_is_left_out_of_default_parity_but_refused_by_name(int8_wor
     report = json.loads((work / "parity" / "report.json").read_text())
     assert "openvino-int8-default" not in report["results"]
     assert "no longer there" in report["not_built"]["openvino-int8-default"]
+
+
+def test_quantize_with_accuracy_control_on_labelled_scenes(small_workdir, tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "scenes"
+    tool = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "make_samples.py")
+    subprocess.run([sys.executable, tool, "--output", str(root), "--seeds", "11"], check=True, capture_output=True)
+    work = tmp_path / "w"
+    work.mkdir()
+    for name in ("paddle", "onnx"):
+        os.symlink(small_workdir / name, work / name)
+    shutil.copytree(small_workdir / "openvino", work / "openvino")
+    proc = run_cli("quantize", "--workdir", str(work), "--calibration-tile", TILE, "--subset-size", "4",
+                   "--cityscapes", str(root), "--max-drop", "0.02", "--max-iterations", "1")
+    assert proc.returncode == 0, proc.stderr
+    acc = json.loads((_int8(work) / "quantize.json").read_text())["accuracy_control"]
+    assert acc["images"] == 1 and acc["tiles"] == 4 and acc["max_drop"] == 0.02
+    assert 0 <= acc["miou_int8_ir"] <= 1 and acc["drop"] == pytest.approx(acc["miou_fp32_ir"] - acc["miou_int8_ir"])
+    proc = run_cli("quantize", "--workdir", str(work), "--cityscapes", str(tmp_path / "nothing"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no images under")
