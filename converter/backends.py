@@ -70,14 +70,10 @@ def get(name):
     raise ConverterError(f"unknown backend '{name}' (choose from {', '.join(NAMES)})")
 
 
-def select(names=None, with_reference=False, workdir=None):
-    """The named backends in registry order. When names is empty: all of
-    them, except optional ones whose stage has not run in workdir."""
-    from converter.records import record_path
-
-    chosen = {get(n).name for n in names} if names else {
-        b.name for b in BACKENDS
-        if not (b.optional and (workdir is None or not os.path.lexists(record_path(workdir, b.stage))))}
+def select(names=None, with_reference=False):
+    """The named backends in registry order (all when names is empty;
+    parity.check_artifacts then leaves out optional ones not built)."""
+    chosen = {get(n).name for n in names or NAMES}
     if with_reference:
         chosen.add(REFERENCE.name)
     return [b for b in BACKENDS if b.name in chosen]

@@ -118,7 +118,7 @@ def _cmd_package(args, config):
 def _cmd_parity(args, config):
     from converter.stages import parity
 
-    if args.cityscapes and args.split and not os.path.isdir(args.cityscapes):
+    if args.cityscapes and not os.path.isdir(args.cityscapes):
         raise ConverterError(f"--cityscapes {args.cityscapes}: not a folder")
     if (args.limit or args.split != "val") and not args.cityscapes:
         raise ConverterError("--split and --limit go with --cityscapes")

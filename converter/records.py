@@ -124,7 +124,8 @@ def load_record(path, stage):
         record = read_json(path)
     except StageError as exc:
         if str(exc) == f"missing {path}":
-            raise StageError(f"missing {path}: run the {stage} stage first (make convert)") from None
+            make = "make quantize" if stage == "quantize" else "make convert"
+            raise StageError(f"missing {path}: run the {stage} stage first ({make})") from None
         raise
     if record.get("stage") != stage:
         raise StageError(f"{path}: not a {stage} record (stage is {str(record.get('stage'))[:40]!r})")

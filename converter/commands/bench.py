@@ -26,12 +26,12 @@ from converter.util.fsutil import write_bytes_atomic, write_json_atomic
 from converter.data.images import load_rgb, resize_rgb, sample_images
 from converter.util.log import info
 from converter.backends import select
-
-F32_IR = "openvino-fp32-f32"
-TARGETS = {"openvino-int8-default": 1 / 3}  # latency, at most this fraction of F32_IR's
 from converter.records import converted_input_shape
 from converter.runners.process import run_worker
 from converter.stages.parity import check_artifacts
+
+F32_IR = "openvino-fp32-f32"
+TARGETS = {"openvino-int8-default": 1 / 3}  # latency, at most this fraction of F32_IR's
 
 # Steady-state speed is what bench measures, so Paddle Inference runs with
 # every oneDNN pass (parity and predict skip one that costs 11.5 s to apply).
@@ -80,8 +80,9 @@ def markdown(record):
 
 
 def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None):
-    chosen = select(backends, workdir=workdir)
-    check_artifacts(workdir, chosen)
+    chosen, left_out = check_artifacts(workdir, select(backends), named=bool(backends))
+    for name, why in left_out.items():
+        info(f"bench: {name} left out: {why}")
     static = converted_input_shape(workdir, required=True)
     shape = tuple(shape or static)
     if shape != static:

@@ -39,7 +39,9 @@ def find_pairs(root, split):
     return pairs
 
 
-def load_gt(path):
+def load_gt(path, size=None):
+    """trainIds [H, W] of a labelIds PNG; with size=(W, H), brought to that
+    size with nearest-neighbour (labels are never interpolated)."""
     from PIL import Image
 
     try:
@@ -53,7 +55,10 @@ def load_gt(path):
         raise ConverterError(f"{path}: not a readable ground-truth PNG ({type(exc).__name__})") from None
     if ids.max(initial=0) > 255:
         raise ConverterError(f"{path}: label ids above 255")
-    return label_ids_to_train_ids(ids.astype(np.uint8))
+    train = label_ids_to_train_ids(ids.astype(np.uint8))
+    if size is not None and train.shape != (size[1], size[0]):
+        train = np.asarray(Image.fromarray(train).resize(tuple(size), Image.NEAREST))
+    return train
 
 
 def metrics(conf, class_names):

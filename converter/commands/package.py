@@ -25,7 +25,8 @@ import zlib
 
 from converter import __version__
 from converter.errors import ChecksumError, ConverterError, ParityFailure, StageError
-from converter.records import MODEL_STEM, ONNX_PATH, STAGES, ir_path, read_json, record_path, verify_build
+from converter.records import (MODEL_STEM, ONNX_PATH, STAGES, ir_path, read_json, record_files, record_path,
+                               verify_build)
 from converter.util.fsutil import file_digest, staging_dir, write_bytes_atomic
 
 # precision -> (its OMZ folder name, the record stage that built it)
@@ -67,9 +68,10 @@ def _check_build(workdir, allow_unverified):
     manifest = read_json(os.path.join(workdir, "MANIFEST.json"), "manifest")
     listed = {f.get("path"): f for f in manifest.get("files", []) if isinstance(f, dict)}
     for stage in [s for s in built if s != "export"]:   # what goes into the package
-        for rel in _stage_files(workdir, stage, records[stage]):
-            entry = listed.get(rel)
-            if entry is None or entry.get("sha256") != file_digest(os.path.join(workdir, rel)):
+        # verify_build has just checked these files against their records' sha256
+        for path, meta in record_files(os.path.join(workdir, STAGES[stage][0]), stage, records[stage]):
+            rel = os.path.relpath(path, workdir)
+            if listed.get(rel, {}).get("sha256") != meta["sha256"]:
                 problems.append(f"{rel} does not match MANIFEST.json (rerun the manifest stage)")
     report = os.path.join(workdir, "parity", "report.json")
     for rel in ("parity/report.json", "parity/report.md"):
@@ -85,13 +87,6 @@ def _check_build(workdir, allow_unverified):
             raise ParityFailure(f"refusing to package: {first} (see {report}); --allow-unverified overrides")
         raise StageError(f"refusing to package: {first}; --allow-unverified overrides")
     return records, manifest, parity, problems
-
-
-def _stage_files(workdir, stage, record):
-    folder = STAGES[stage][0]
-    if STAGES[stage][2]:
-        return [os.path.join(folder, g, n) for g, entries in record.files.items() for n in entries]
-    return [os.path.join(folder, n) for n in record.files]
 
 
 def _tar_info(name, size, directory=False):
@@ -178,9 +173,9 @@ def run_package(config, workdir, dist, allow_unverified=False):
     finally:
         if os.path.exists(part):
             os.unlink(part)
-    sums = os.path.join(dist, f"{top}.tar.gz.sha256")
-    write_bytes_atomic(sums, f"{file_digest(archive)}  {os.path.basename(archive)}\n".encode())
-    return {"archive": archive, "sha256": file_digest(archive), "precisions": precisions,
+    digest = file_digest(archive)
+    write_bytes_atomic(os.path.join(dist, f"{top}.tar.gz.sha256"), f"{digest}  {os.path.basename(archive)}\n".encode())
+    return {"archive": archive, "sha256": digest, "precisions": precisions,
             "members": sorted(members) + ["SHA256SUMS"], "unverified": problems}
 
 

@@ -11,6 +11,7 @@ import stat
 from converter.errors import StageError
 from converter.util.fsutil import file_digest, write_bytes_atomic, write_json_atomic
 from converter.records import STAGES, read_json, record_files, record_path, verify_build
+from converter.stages.parity_gates import backend_failed
 from converter.stages.parity_report import system_info
 
 MODEL_DIRS = tuple(folder for folder, _, _ in STAGES.values()) + ("paddle-logits",)
@@ -90,7 +91,7 @@ def _parity_lines(parity):
         errs = [m["logit_error"] for m in entry["images"].values() if "logit_error" in m]
         err = (f"{max(e['rel_p99'] for e in errs):.3g} / {max(e['rel_max'] for e in errs):.3g}" if errs else "-")
         gate = (entry.get("budget") or "f32") if entry["gated"] else "reported"
-        failed = any(f.startswith(name + " ") or f.startswith(name + ":") for f in failures)
+        failed = backend_failed(name, failures)
         lines.append(f"| {name} | {entry.get('precision', '')} | {gate} | {100 * worst:.4f} % | {margin:.3g} | {err} | "
                      f"{('FAILED' if failed else 'passed') if entry['gated'] else '-'} |")
     for name, why in (parity.get("not_built") or {}).items():

@@ -16,31 +16,41 @@ from converter.data.cityscapes import confusion_matrix
 from converter.errors import ParityFailure, StageError
 from converter.data.images import expand_image_args, image_ids, load_rgb, resize_rgb, sample_images
 from converter.util.log import info
-from converter.backends import BACKENDS, REFERENCE, select
-from converter.records import converted_input_shape, verify_build
+from converter.backends import REFERENCE, select
+from converter.records import converted_input_shape, record_path, verify_build
 from converter.runners.process import run_worker
 from converter.stages.parity_gates import compare, gate, task_result
 
 
-def check_artifacts(workdir, selected):
-    """Every model the selected backends load, verified against its stage's record."""
-    verify_build(workdir, sorted({b.stage for b in selected}))
+def check_artifacts(workdir, selected, named=True):
+    """Every model the selected backends load, verified against its stage's
+    record; returns (the backends to run, {left-out backend: why}).
+
+    When the backends were not named (named=False), an optional one whose
+    build is missing or stale (an INT8 IR quantized from an FP32 IR rebuilt
+    since) is left out with the reason instead of failing the run: `make
+    convert` must not fail on what `make quantize` built before."""
+    left_out = {}
+    if not named:
+        for b in [b for b in selected if b.optional]:
+            if not os.path.lexists(record_path(workdir, b.stage)):
+                left_out[b.name] = f"no {b.stage} record: run `ocrnet-convert {b.stage}`"
+                continue
+            try:
+                verify_build(workdir, [b.stage])
+            except StageError as exc:
+                left_out[b.name] = f"{exc} (not gated)"
+    kept = [b for b in selected if b.name not in left_out]
+    verify_build(workdir, sorted({b.stage for b in kept}))
+    return kept, left_out
 
 
 def _labels(cityscapes, split, limit, width, height):
     """(image paths, a loader of each image's trainIds at the model's size)."""
-    from PIL import Image
-
     from converter.commands.evaluate import find_pairs, load_gt
 
     pairs = find_pairs(cityscapes, split)[:limit]
-
-    def truth(i):
-        gt = load_gt(pairs[i][1])
-        if gt.shape != (height, width):
-            gt = np.asarray(Image.fromarray(gt).resize((width, height), Image.NEAREST))
-        return gt
-    return [p[0] for p in pairs], truth
+    return [p[0] for p in pairs], lambda i: load_gt(pairs[i][1], (width, height))
 
 
 def run(config, workdir, images=None, threads=2, backends=None, cityscapes=None, split="val", limit=None):
@@ -58,19 +68,7 @@ def run_parity(config, workdir, images=None, threads=2, backends=None, cityscape
     reference always runs."""
     from converter.stages.parity_report import write_report
 
-    selected = select(backends, with_reference=True, workdir=workdir)
-    stale = {}
-    if not backends:
-        # An optional backend that was not asked for by name is left out, with
-        # the reason, when its build is stale (an INT8 IR quantized from an
-        # FP32 IR rebuilt since): `make convert` must not fail on it.
-        for b in [b for b in selected if b.optional]:
-            try:
-                check_artifacts(workdir, [b])
-            except StageError as exc:
-                stale[b.name] = f"{exc} (not gated)"
-                selected.remove(b)
-    check_artifacts(workdir, selected)
+    selected, not_built = check_artifacts(workdir, select(backends, with_reference=True), named=bool(backends))
     shape = converted_input_shape(workdir, config)
     width, height = shape[3], shape[2]
     truth = None
@@ -132,9 +130,7 @@ def run_parity(config, workdir, images=None, threads=2, backends=None, cityscape
         failures = gate(results, config)
         record = {"stage": "parity", "reference": ref, "input_size": [width, height], "threads": threads,
                   "images": [os.path.abspath(p) for p in paths], "runs": runs, "results": results,
-                  "not_built": {**{b.name: f"no {b.stage} record: run `ocrnet-convert {b.stage}`"
-                                   for b in BACKENDS if b.optional and not backends and b not in selected
-                                   and b.name not in stale}, **stale},
+                  "not_built": not_built,
                   "labels": {"cityscapes": os.path.abspath(cityscapes), "split": split} if cityscapes else None,
                   "thresholds": {"min_agreement": config.min_agreement, "tie_margin": config.tie_margin,
                                  "budgets": config.budgets, "max_miou_drop": config.max_miou_drop},

@@ -90,6 +90,11 @@ def task_result(ref_conf, got_conf, class_names):
             "pixels": int(got_conf.sum())}
 
 
+def backend_failed(name, failures):
+    """Whether gate()'s failures name this backend (each starts with it)."""
+    return any(f.startswith(name + " ") or f.startswith(name + ":") for f in failures)
+
+
 def gate(results, config):
     """The list of failures (strings) for the gated backends.
     results: {backend: {gated, budget, images: {id: compare()}, task?}}."""

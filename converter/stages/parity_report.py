@@ -83,7 +83,9 @@ def _gate_text(budget, thresholds):
 
 
 def _verdict(name, failures):
-    return "FAIL" if any(f.startswith(name + " ") or f.startswith(name + ":") for f in failures) else "pass"
+    from converter.stages.parity_gates import backend_failed
+
+    return "FAIL" if backend_failed(name, failures) else "pass"
 
 
 def markdown(record, class_names):

@@ -33,7 +33,7 @@ import numpy as np
 
 from converter.errors import ConverterError, StageError
 from converter.stages import StageResult
-from converter.util.fsutil import describe_files, file_digest, staging_dir
+from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
 from converter.records import MODEL_STEM, STAGES, StageRecord, ir_path, record_files, verified_record, write_record
 
@@ -92,11 +92,8 @@ class Tiles:
             gt = None
             if self.labels is not None:
                 from converter.commands.evaluate import load_gt
-                from PIL import Image
 
-                gt = load_gt(self.labels[index])
-                if gt.shape != (self.H, self.W):
-                    gt = np.asarray(Image.fromarray(gt).resize((self.W, self.H), Image.NEAREST))
+                gt = load_gt(self.labels[index], (self.W, self.H))
             self._cached = (index, (x, gt))
         return self._cached[1]
 
@@ -156,8 +153,12 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
     ov_record = verified_record(workdir, "openvino")
     shape = list(ov_record.input_shape)
     fp32_xml = os.path.join(workdir, ir_path("FP32"))
-    fp32 = [fp32_xml, fp32_xml[:-4] + ".bin"]
-    built_from = {os.path.relpath(p, workdir): file_digest(p) for p in fp32}
+    if "FP32" not in ov_record.files:
+        raise StageError(f"{os.path.join(workdir, 'openvino', 'openvino.json')} lists no FP32 IR; "
+                         "rerun the openvino stage")
+    # the FP32 IR's sha256, as its record lists them (verified just now)
+    built_from = {os.path.join(STAGES["openvino"][0], "FP32", name): meta["sha256"]
+                  for name, meta in sorted(ov_record.files["FP32"].items())}
     paths = expand_image_args(images) if images else sample_images()
     pairs = None
     if cityscapes:
@@ -166,11 +167,11 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
         pairs = find_pairs(cityscapes, split)
     max_drop = config.max_miou_drop if max_drop is None else max_drop
     out_root = os.path.join(workdir, STAGES["quantize"][0])
-    key = stage_key({"stage": "quantize", "options": opts, "shape": shape,
+    key = stage_key({"stage": "quantize", "options": opts, "shape": shape, "built_from": built_from,
                      "accuracy_control": bool(pairs), "max_drop": max_drop if pairs else None,
                      "max_iterations": max_iterations if pairs else None,
                      "tools": tool_versions("openvino", "nncf")},
-                    fp32 + paths + [p for pair in pairs or () for p in pair])
+                    paths + [p for pair in pairs or () for p in pair])
     record = None if force else current_record(out_root, "quantize", key)
     if record:
         info("quantize: up to date (same inputs and parameters); skipped. Use --force to redo.")
