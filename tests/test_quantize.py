@@ -276,6 +276,12 @@ def test_quantize_refuses_bad_options_and_missing_inputs(tmp_path, small_workdir
     assert proc.returncode == 2 and "multiples of 32" in proc.stderr
     proc = run_cli("quantize", "--workdir", str(small_workdir), "--calibration-tile", "96x256")
     assert proc.returncode != 0 and "does not divide" in proc.stderr
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    proc = run_cli("quantize", "--workdir", str(small_workdir), "--calibration-tile", TILE, "--images", str(bad))
+    # refused before NNCF starts: the error is the only line on stderr
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(f"error: {bad}: not a readable image")
     assert not (small_workdir / "openvino" / "INT8").exists()
 
 

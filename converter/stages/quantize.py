@@ -105,6 +105,19 @@ class Tiles:
         return tile if gt is None else (tile, gt[rows, cols])
 
 
+def _check_readable(paths, pairs):
+    """Decode every image (and ground truth) once before NNCF starts, so a
+    bad file is a one-line error up front, not one in the middle of NNCF's
+    progress output after minutes of statistics."""
+    from converter.commands.evaluate import load_gt
+    from converter.data.images import load_rgb
+
+    for path in paths:
+        load_rgb(path)
+    for _, gt in pairs or ():
+        load_gt(gt)
+
+
 def _range_estimator(name):
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
@@ -187,6 +200,7 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
     nncf.set_log_level(logging.WARNING)  # not one INFO line per node left unquantized
 
     tile_hw = tuple(opts["calibration_tile"])
+    _check_readable(paths, pairs)
     calib = Tiles(config, paths, shape[2:], tile_hw, limit=opts["subset_size"])
     info(f"quantize: {len(calib.items)} calibration tile(s) of {tile_hw[0]}x{tile_hw[1]} from "
          f"{calib.images_used} image(s); preset {opts['preset']}, {opts['bias_correction']} bias correction, "
