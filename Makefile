@@ -32,9 +32,10 @@ convert: $(STAMP)
 		--images $(PARITY_IMAGES)
 
 # INT8 by NNCF post-training quantization of the FP32 IR (after make convert),
-# then parity again so that the report gates INT8 too.
+# its Model API flavour, then parity again so that the report gates INT8 too.
 quantize: $(STAMP)
 	$(CLI) quantize --workdir $(WORKDIR)
+	$(CLI) model-api --workdir $(WORKDIR)
 	$(CLI) parity --workdir $(WORKDIR) --images $(PARITY_IMAGES)
 	$(CLI) manifest --workdir $(WORKDIR)
 

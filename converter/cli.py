@@ -147,6 +147,20 @@ def _cmd_openvino(args, config):
     return 0
 
 
+def _cmd_model_api(args, config):
+    from converter.stages import model_api
+
+    try:
+        result = model_api.run(config, args.workdir, args.threads, args.force)
+    except ParityFailure as exc:
+        print(f"FAILED: {exc}")
+        return exc.exit_code
+    checks = result.record.params["check"]["results"]
+    _print_result(result, ", argmax vs parent: " + ", ".join(f"{p} {c['agreement_min']:.4%}"
+                                                              for p, c in checks.items()))
+    return 0
+
+
 def _cmd_fetch(args, config):
     from converter.stages import fetch
 
@@ -202,7 +216,7 @@ def _cmd_convert(args, config):
 
 
 COMMANDS = {"convert": _cmd_convert, "fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx,
-            "openvino": _cmd_openvino, "quantize": _cmd_quantize, "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
+            "openvino": _cmd_openvino, "model-api": _cmd_model_api, "quantize": _cmd_quantize, "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
             "manifest": _cmd_manifest, "package": _cmd_package, "bench": _cmd_bench}
 # The folder each command locks, and how: writers exclusively, readers shared.
 READERS = ("predict", "evaluate", "package")

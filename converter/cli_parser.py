@@ -139,6 +139,11 @@ def build_parser():
     p.add_argument("--from", dest="source", choices=["paddle", "onnx"], default="paddle",
                    help="convert the Paddle model (default) or the ONNX file")
     p.add_argument("--force", action="store_true", help="redo even when the outputs are up to date")
+    p = sub.add_parser("model-api", help="the Model API flavour of each IR (Softmax scores), gated against it")
+    _add_common(p)
+    p.add_argument("--threads", type=int, default=2, help="threads for the check (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="redo even when the outputs are up to date")
+
     p = sub.add_parser("quantize", help="INT8 IR: NNCF post-training quantization of the FP32 IR")
     _add_common(p)
     p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",

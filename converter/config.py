@@ -69,6 +69,7 @@ class ModelConfig:
     budgets: dict = field(default_factory=dict)   # reduced precision -> {rel_p99, rel_max}
     max_miou_drop: float = 0.01                   # task budget, absolute mIoU, with labels
     quantize: dict = field(default_factory=dict)  # the quantize stage's defaults
+    model_api: dict = field(default_factory=dict)  # the model_api stage's output name and check tile
     raw: dict = field(repr=False, default_factory=dict)
 
     # -- what the preprocessing facts imply ------------------------------
@@ -230,7 +231,8 @@ def validate(raw, path="<config>", digest=""):
         reference={"miou": miou, "per_class_iou": dict(per_class),
                    "dataset": reference.get("dataset", "")},
         min_agreement=min_agreement, tie_margin=tie_margin, class_names=class_names, palette=palette,
-        budgets=budgets, max_miou_drop=max_drop, quantize=_quantize(_get(raw, "quantize", "", dict)), raw=raw))
+        budgets=budgets, max_miou_drop=max_drop, quantize=_quantize(_get(raw, "quantize", "", dict)),
+        model_api=_model_api(_get(raw, "model_api", "", dict)), raw=raw))
 
 
 PRECISIONS = ("f32", "bf16", "fp16", "int8")  # each has a numeric budget
@@ -260,15 +262,26 @@ def _quantize(raw):
         if value not in choices:
             raise ConfigError(f"quantize.{key}: expected one of {', '.join(choices)}, got {value!r}")
         out[key] = value
-    tile = _get(raw, "calibration_tile", "quantize", list)
-    if len(tile) != 2 or not all(type(v) is int and v > 0 and v % 32 == 0 for v in tile):
-        raise ConfigError("quantize.calibration_tile: expected [H, W], positive multiples of 32")
-    out["calibration_tile"] = list(tile)
+    out["calibration_tile"] = _tile(raw, "quantize", "calibration_tile")
     subset = _get(raw, "subset_size", "quantize", int)
     if subset <= 0:
         raise ConfigError("quantize.subset_size: must be positive")
     out["subset_size"] = subset
     return out
+
+
+def _tile(raw, section, key):
+    tile = _get(raw, key, section, list)
+    if len(tile) != 2 or not all(type(v) is int and v > 0 and v % 32 == 0 for v in tile):
+        raise ConfigError(f"{section}.{key}: expected [H, W], positive multiples of 32")
+    return list(tile)
+
+
+def _model_api(raw):
+    output = _get(raw, "output", "model_api", str)
+    if not output or not output.replace("_", "").replace(".", "").isalnum():
+        raise ConfigError("model_api.output: expected a tensor name of letters, digits, '_' and '.'")
+    return {"output": output, "check_tile": _tile(raw, "model_api", "check_tile")}
 
 
 def _check_interfaces(cfg):

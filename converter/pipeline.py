@@ -1,12 +1,12 @@
 """`convert`: the stages in pipeline order, each skipped when up to date.
 
 export (which fetches the checkpoint when the weights are auto or
-pretrained) -> onnx -> openvino -> parity -> manifest. A failed parity gate
+pretrained) -> onnx -> openvino -> model_api -> parity -> manifest. A failed parity gate
 still gets its manifest and model card written (they say FAILED), then
 fails the run with the gate's ParityFailure.
 """
 from converter.errors import ParityFailure
-from converter.stages import export, manifest, onnx, openvino, parity
+from converter.stages import export, manifest, model_api, onnx, openvino, parity
 
 
 def convert(config, workdir, choice, shape=None, images=None, threads=2, force=False, report=None):
@@ -19,6 +19,8 @@ def convert(config, workdir, choice, shape=None, images=None, threads=2, force=F
     results.append(onnx.run(config, workdir, shape, force=force))
     report(results[-1])
     results.append(openvino.run(config, workdir, shape, force=force))
+    report(results[-1])
+    results.append(model_api.run(config, workdir, threads, force=force))
     report(results[-1])
     failure = None
     try:

@@ -29,6 +29,8 @@ STAGES = {
     # the INT8 IR sits beside FP32 and FP16, with its own record: `make
     # quantize` is a separate step from `make convert`
     "quantize": (os.path.join("openvino", "INT8"), "quantize.json", False),
+    # the Model API flavour of each IR above ({FP32: ..., FP16: ..., INT8: ...})
+    "model_api": (os.path.join("openvino", "model_api"), "model_api.json", True),
 }
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

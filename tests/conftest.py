@@ -50,10 +50,11 @@ SMALL_SHAPE = "1,3,256,512"
 
 @pytest.fixture(scope="session")
 def small_workdir(synthetic_export):
-    """The export's folder converted to ONNX and IR at 1x3x256x512."""
+    """The export's folder converted to ONNX and IR at 1x3x256x512, with the
+    IRs' Model API flavour."""
     work = synthetic_export.parent
-    for stage in ("onnx", "openvino"):
-        proc = run_cli(stage, "--workdir", str(work), "--input-shape", SMALL_SHAPE)
+    for args in (("onnx", "--input-shape", SMALL_SHAPE), ("openvino", "--input-shape", SMALL_SHAPE), ("model-api",)):
+        proc = run_cli(*args, "--workdir", str(work))
         assert proc.returncode == 0, proc.stderr
     return work
 

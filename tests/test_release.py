@@ -19,8 +19,8 @@ ARCHIVE = "ocrnet-hrnet-w48-paddle-0.1.0.tar.gz"
 def test_every_ir_carries_model_info_for_model_api(small_workdir):
     import openvino as ov
 
-    for precision in ("FP32", "FP16"):
-        model = ov.Core().read_model(str(small_workdir / "openvino" / precision / "ocrnet-hrnet-w48-paddle.xml"))
+    for folder in ("FP32", "FP16", "model_api/FP32", "model_api/FP16"):
+        model = ov.Core().read_model(str(small_workdir / "openvino" / folder / "ocrnet-hrnet-w48-paddle.xml"))
         info = {k: model.get_rt_info(["model_info", k]).astype(str) for k in
                 ("model_type", "labels", "reverse_input_channels", "mean_values", "scale_values", "layout")}
         assert info["model_type"] == "Segmentation"
@@ -68,8 +68,13 @@ def test_package_writes_ovms_omz_and_a_reproducible_archive(release_build, packa
     files = sorted(m.name.split("/", 1)[1] for m in members if m.isfile())
     assert files == sorted(["LICENSE", "NOTICE", "MANIFEST.json", "README.md", "SHA256SUMS",
                             "parity/report.json", "parity/report.md", "onnx/ocrnet-hrnet-w48-paddle.onnx"]
-                           + [f"openvino/{p}/ocrnet-hrnet-w48-paddle.{e}" for p in ("FP32", "FP16")
-                              for e in ("xml", "bin")])
+                           + [f"{flavour}/{p}/ocrnet-hrnet-w48-paddle.{e}" for flavour in ("openvino", "model_api")
+                              for p in ("FP32", "FP16") for e in ("xml", "bin")])
+    for p in ("FP32", "FP16"):   # the Model API flavour: the same weights, another output
+        flavour = packaged / "model_api" / p / "ocrnet-hrnet-w48-paddle"
+        parent = release_build / "openvino" / p / "ocrnet-hrnet-w48-paddle"
+        assert flavour.with_suffix(".bin").read_bytes() == parent.with_suffix(".bin").read_bytes()
+        assert flavour.with_suffix(".xml").read_bytes() != parent.with_suffix(".xml").read_bytes()
     assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" for m in members)
     assert [m.name for m in members if m.isfile()] == sorted(m.name for m in members if m.isfile())
     # a second package of the same build: the same bytes
@@ -178,3 +183,50 @@ def test_package_refuses_failed_parity_and_manifest_mismatch(release_build, tmp_
     with tarfile.open(tmp_path / "d3" / ARCHIVE) as tar:
         text = tar.extractfile("ocrnet-hrnet-w48-paddle-0.1.0/UNVERIFIED.txt").read().decode()
     assert "MANIFEST" in text
+
+
+def _model_api(xml, image, out):
+    """tests/model_api_client.py in its own process (OpenCV, no paddle)."""
+    import subprocess
+    import sys
+
+    client = os.path.join(os.path.dirname(__file__), "model_api_client.py")
+    return subprocess.run([sys.executable, client, str(xml), str(image), str(out)], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_model_api_runs_the_packaged_flavour_as_it_is(release_build, packaged, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    # the sample at the build's input size, lossless: neither side resizes or decodes differently
+    image = tmp_path / "street_2.png"
+    Image.open(SAMPLE).convert("RGB").resize((512, 256), Image.BILINEAR).save(image)
+    proc = run_cli("predict", "--workdir", str(release_build), "--backend", "openvino-fp32-f32",
+                   "--output", str(tmp_path / "ours"), str(image))
+    assert proc.returncode == 0, proc.stderr
+    ours = np.asarray(Image.open(tmp_path / "ours" / "street_2_classes.png"))
+    proc = _model_api(packaged / "model_api" / "FP32" / "ocrnet-hrnet-w48-paddle.xml", image, tmp_path / "mapi.npy")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    # model_info picked the wrapper and the labels; the output is scores per class
+    assert info == {"wrapper": "SegmentationModel", "labels": ["road", "traffic_light", "bicycle"],
+                    "hard": [256, 512], "soft": [256, 512, 19]}
+    theirs = np.load(tmp_path / "mapi.npy")
+    assert theirs.shape == ours.shape
+    assert (theirs == ours).mean() >= 0.9999
+    # the control: Model API's map is not trivially equal to anything (it is not constant)
+    assert len(np.unique(theirs)) > 3
+
+
+def test_the_interface_ir_trips_model_api_postprocess(packaged, tmp_path):
+    """Why the flavour exists: openvino-model-api 0.4.7 (as every release
+    from 0.1.5) loads a 3-D class-map output, then fails in postprocess. If
+    a pinned upgrade fixes this, this test says so."""
+    from PIL import Image
+
+    image = tmp_path / "s.png"
+    Image.open(SAMPLE).convert("RGB").resize((512, 256)).save(image)
+    xml = packaged / "ovms" / "models" / "ocrnet-hrnet-w48-paddle-fp32" / "1" / "model.xml"
+    proc = _model_api(xml, image, tmp_path / "x.npy")
+    assert proc.returncode != 0 and "axis 2 is out of bounds" in proc.stderr, proc.stderr[-2000:]

@@ -3,8 +3,9 @@
 DIST/ovms/      an OpenVINO Model Server repository: models/<model>-<precision>/1/model.{xml,bin}
                 and config.json (model_config_list) naming each
 DIST/omz/       Open Model Zoo's layout: public/<model>/<FP32|FP16|FP32-INT8>/<model>.{xml,bin}
+DIST/model_api/ the Model API flavour (Softmax scores): <FP32|FP16|INT8>/<model>.{xml,bin}
 DIST/<model>-<version>.tar.gz
-                the IRs, the ONNX, MANIFEST.json, the model card, the parity report,
+                the IRs (both flavours), the ONNX, MANIFEST.json, the model card, the parity report,
                 LICENSE (Apache-2.0), NOTICE, and SHA256SUMS of every other member
 
 The archive is reproducible: members sorted, every mtime 0, uid/gid 0 with
@@ -27,6 +28,7 @@ from converter import __version__
 from converter.errors import ChecksumError, ConverterError, ParityFailure, StageError
 from converter.records import (MODEL_STEM, ONNX_PATH, STAGES, ir_path, read_json, record_files, record_path,
                                verify_build)
+from converter.stages.model_api import flavour_path
 from converter.util.fsutil import file_digest, staging_dir, write_bytes_atomic
 
 # precision -> (its OMZ folder name, the record stage that built it)
@@ -61,10 +63,17 @@ def notice(config, weights, unverified):
 def _check_build(workdir, allow_unverified):
     """(records, manifest, problems): problems are what --allow-unverified waives."""
     problems = []
-    built = [s for s in ("export", "onnx", "openvino", "quantize") if os.path.lexists(record_path(workdir, s))]
-    if "openvino" not in built:
-        raise StageError(f"missing {record_path(workdir, 'openvino')}: run make convert first")
+    built = [s for s in ("export", "onnx", "openvino", "quantize", "model_api")
+             if os.path.lexists(record_path(workdir, s))]
+    for stage in ("openvino", "model_api"):
+        if stage not in built:
+            raise StageError(f"missing {record_path(workdir, stage)}: run make convert first")
     records = verify_build(workdir, built)
+    flavours = set(records["model_api"].files)
+    irs = {p for p, (_, stage) in PRECISIONS.items() if stage in records}
+    if flavours != irs:
+        raise StageError(f"the Model API flavours ({', '.join(sorted(flavours))}) are not those of the IRs "
+                         f"({', '.join(sorted(irs))}): run ocrnet-convert model-api")
     manifest = read_json(os.path.join(workdir, "MANIFEST.json"), "manifest")
     listed = {f.get("path"): f for f in manifest.get("files", []) if isinstance(f, dict)}
     for stage in [s for s in built if s != "export"]:   # what goes into the package
@@ -136,6 +145,9 @@ def run_package(config, workdir, dist, allow_unverified=False):
         xml = os.path.join(workdir, ir_path(p))
         members[f"openvino/{p}/{model}.xml"] = xml
         members[f"openvino/{p}/{model}.bin"] = xml[:-4] + ".bin"
+        xml = os.path.join(workdir, flavour_path(p))
+        members[f"model_api/{p}/{model}.xml"] = xml
+        members[f"model_api/{p}/{model}.bin"] = xml[:-4] + ".bin"
     if "onnx" in records:
         members[f"onnx/{os.path.basename(ONNX_PATH)}"] = os.path.join(workdir, ONNX_PATH)
     for rel in ("MANIFEST.json", "README.md", "parity/report.json", "parity/report.md"):
@@ -165,6 +177,11 @@ def run_package(config, workdir, dist, allow_unverified=False):
             os.makedirs(folder)
             for ext in ("xml", "bin"):
                 shutil.copyfile(members[f"openvino/{p}/{model}.{ext}"], os.path.join(folder, f"{model}.{ext}"))
+    with staging_dir(os.path.join(dist, "model_api")) as tmp:
+        for p in precisions:
+            os.makedirs(os.path.join(tmp, p))
+            for ext in ("xml", "bin"):
+                shutil.copyfile(members[f"model_api/{p}/{model}.{ext}"], os.path.join(tmp, p, f"{model}.{ext}"))
     archive = os.path.join(dist, f"{top}.tar.gz")
     part = archive + f".{os.getpid()}.part"
     try:

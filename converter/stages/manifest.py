@@ -67,6 +67,9 @@ def build_manifest(config, workdir, parity, records):
             "quantize": {k: records["quantize"].params.get(k) for k in
                          ("options", "calibration", "ignored_adds", "fake_quantize_nodes", "accuracy_control",
                           "nncf", "built_from")} if "quantize" in records else None,
+            "model_api": {"output": records["model_api"].output, "check": records["model_api"].params.get("check"),
+                          "built_from": records["model_api"].params.get("built_from")}
+            if "model_api" in records else None,
             "parity": {"passed": parity["passed"], "thresholds": parity["thresholds"],
                        "input_size": parity["input_size"]} if parity else None,
         },
@@ -112,6 +115,19 @@ def _bench_lines(bench):
     return lines
 
 
+def _model_api_lines(entry, config):
+    if not entry:
+        return []
+    out, check = entry["output"], entry["check"]
+    lines = [f"Model API flavour (`openvino/model_api/<precision>`): the same graph and weights ending in "
+             f"Softmax, output `{out['name']}` float32 [{', '.join(map(str, out['shape']))}], the probability of "
+             "each class (openvino-model-api 0.1.5-0.4.7 cannot post-process a class-map output). Gated "
+             f"against its parent IR on {len(check['images'])} samples at {check['tile'][0]}x{check['tile'][1]}, "
+             "f32: argmax agreement " + ", ".join(f"{p} {100 * r['agreement_min']:.4f} %"
+                                                  for p, r in check["results"].items()) + ".", ""]
+    return lines
+
+
 def model_card(config, manifest, parity, bench=None):
     weights = manifest["weights"] or {}
     synthetic = weights.get("kind") == "synthetic"
@@ -143,7 +159,8 @@ def model_card(config, manifest, parity, bench=None):
         + "):", "",
         f"- input `{dst_in.name}`, float32 [{', '.join(map(str, shape))}], {dst_in.color}, pixel values 0..255 "
         "(channel order and normalisation are inside the model);",
-        f"- output `{dst_out.name}`, int32 [{shape[0]}, {shape[2]}, {shape[3]}], class index per pixel.", "",
+        f"- output `{dst_out.name}`, int32 [{shape[0]}, {shape[2]}, {shape[3]}], class index per pixel.", ""]
+    lines += _model_api_lines(manifest["stages"].get("model_api"), config) + [
         "## Parity", ""] + _parity_lines(parity) + ["", "## Speed", ""] + _bench_lines(bench) + [
         "", "## Provenance", "",
         (f"Weights: synthetic, seed {weights.get('seed')} ({weights.get('method')})." if synthetic else

@@ -1,0 +1,203 @@
+"""model_api stage: the Model API flavour of every IR, checked against its parent.
+
+Every openvino-model-api release checked (0.1.5 to 0.4.7) accepts a 3-D
+class-map output when it loads a model, then fails in
+SegmentationModel.postprocess (np.argmax over axis 2 of a 2-D map). So each
+IR (FP32, FP16, and INT8 when `make quantize` has run) gets a twin: the same
+graph, preprocessing and weights, ending in Softmax over the classes
+([1, C, H, W] probabilities) instead of the ArgMax, which is what Model API's
+soft prediction, soft_threshold and blur_strength are written for.
+
+The twin is gated before it is published: on the bundled samples, at the
+config's model_api.check_tile and INFERENCE_PRECISION_HINT f32, its argmax
+must agree with its parent IR's class map (tie-aware, as the f32 parity gate)
+and its output must be probabilities (in [0, 1], summing to 1 over classes).
+The tail is shape-independent, so a tile is enough and keeps this stage at
+seconds, not minutes. Files: openvino/model_api/<FP32|FP16|INT8>/.
+"""
+import os
+import time
+
+import numpy as np
+
+from converter.errors import ConverterError, ParityFailure, StageError
+from converter.records import (MODEL_STEM, STAGES, StageRecord, ir_path, record_files, record_path, verified_record,
+                               verify_build, write_record)
+from converter.stages import StageResult
+from converter.util.fsutil import describe_files, file_digest, staging_dir
+from converter.util.log import info
+
+FOLDER = STAGES["model_api"][0]
+# ops a class-map output may pass through after the ArgMax (TopK in OpenVINO)
+_TAIL_OPS = ("Convert", "Squeeze", "Reshape", "Unsqueeze")
+SUM_TOLERANCE = 1e-3  # |sum of probabilities - 1|, far above f32 rounding over 19 terms
+
+
+def flavour_path(precision):
+    return os.path.join(FOLDER, precision, MODEL_STEM + ".xml")
+
+
+def logits_of(model):
+    """The output of the node feeding the class map's ArgMax (TopK): walks up
+    from the model's only Result through the ops listed in _TAIL_OPS."""
+    if len(model.outputs) != 1:
+        raise StageError(f"expected an IR with one output, found {len(model.outputs)}")
+    node = model.get_results()[0].input_value(0).get_node()
+    for _ in range(8):
+        if node.get_type_name() in ("TopK", "ArgMax"):
+            return node.input_value(0)
+        if node.get_type_name() not in _TAIL_OPS:
+            break
+        node = node.input_value(0).get_node()
+    raise StageError(f"the IR's output does not end in an ArgMax over class scores (found {node.get_type_name()})")
+
+
+def make_flavour(model, output_name, metadata):
+    """The same graph ending in Softmax over axis 1 instead of the ArgMax."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    logits = logits_of(model)
+    softmax = ops.softmax(logits, 1)
+    softmax.set_friendly_name(output_name)
+    result = ops.result(softmax)
+    result.set_friendly_name(output_name + "/result")
+    flavour = ov.Model([result], model.get_parameters(), model.get_friendly_name())
+    flavour.outputs[0].get_tensor().set_names({output_name})
+    from converter.stages.ir_metadata import set_model_info
+
+    return set_model_info(flavour, metadata)
+
+
+def probabilities_description(config, output_name):
+    return (f"{output_name}: float32 [1, {config.num_classes}, H, W], the probability of each class at each pixel "
+            f"(Softmax over axis 1); its argmax is the class map")
+
+
+def parents(workdir):
+    """{precision: parent IR .xml (relative)} for every IR built and current,
+    and {precision: why it is left out}."""
+    verified_record(workdir, "openvino")
+    found, left_out = {"FP32": ir_path("FP32"), "FP16": ir_path("FP16")}, {}
+    if os.path.lexists(record_path(workdir, "quantize")):
+        try:
+            verify_build(workdir, ["quantize"])
+            found["INT8"] = ir_path("INT8")
+        except ConverterError as exc:
+            left_out["INT8"] = str(exc)
+    return found, left_out
+
+
+def _compiled(core, path_or_model, shape, threads, with_logits=False):
+    import openvino as ov
+
+    model = core.read_model(path_or_model) if isinstance(path_or_model, str) else path_or_model
+    model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
+    if with_logits:
+        model.add_outputs([logits_of(model)])
+    return core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                             "INFERENCE_PRECISION_HINT": "f32"})
+
+
+def check(config, parent_xml, flavour_model, images, threads=2):
+    """Gate a flavour (an ov.Model or an .xml path) against its parent IR on
+    images (float32 [1,3,h,w] inputs of the converted side). Returns the
+    figures; raises ParityFailure when the gate fails."""
+    import openvino as ov
+    from converter.stages.parity_gates import compare
+
+    core = ov.Core()
+    shape = images[0].shape
+    parent = _compiled(core, parent_xml, shape, threads, with_logits=True)
+    twin = _compiled(core, flavour_model, shape, threads)
+    agreement, disagree, margin, worst_sum, lowest, highest = 1.0, 0, 0.0, 0.0, 1.0, 0.0
+    for x in images:
+        out = parent.create_infer_request().infer({0: x})
+        classes, logits = out[parent.outputs[0]][0], out[parent.outputs[1]][0]
+        probs = twin.create_infer_request().infer({0: x})[twin.outputs[0]][0]
+        if probs.shape != logits.shape:
+            raise ParityFailure(f"the Model API flavour's output is {list(probs.shape)}, "
+                                f"expected {list(logits.shape)} (class scores)")
+        m = compare(classes, probs.argmax(0), logits, None, config.num_classes)
+        agreement, disagree = min(agreement, m["agreement"]), disagree + m["disagree"]
+        margin = max(margin, m.get("max_flip_margin", 0.0))
+        worst_sum = max(worst_sum, float(np.abs(probs.sum(0, dtype=np.float64) - 1).max()))
+        lowest, highest = min(lowest, float(probs.min())), max(highest, float(probs.max()))
+    figures = {"agreement_min": agreement, "disagree": disagree, "max_flip_margin": margin,
+               "max_sum_error": worst_sum, "min": lowest, "max": highest}
+    if not (agreement >= config.min_agreement and margin < config.tie_margin):
+        raise ParityFailure(f"the Model API flavour's argmax disagrees with its parent {parent_xml}: agreement "
+                            f"{agreement:.6%} (min {config.min_agreement:.4%}), largest flipped top-2 margin "
+                            f"{margin:.4g} (tau {config.tie_margin})")
+    if not (worst_sum <= SUM_TOLERANCE and lowest >= 0 and highest <= 1):
+        raise ParityFailure(f"the Model API flavour's output is not per-class probabilities: values in "
+                            f"[{lowest:.4g}, {highest:.4g}], sums off 1 by up to {worst_sum:.3g}")
+    return figures
+
+
+def check_images(config):
+    """The bundled samples at the check tile, as the converted models take them."""
+    from converter.data.images import input_contract, load_rgb, prepare, resize_rgb, sample_images
+
+    h, w = config.model_api["check_tile"]
+    contract = input_contract(config, "converted")
+    return [(os.path.basename(p), prepare(resize_rgb(load_rgb(p), w, h), contract)) for p in sample_images()]
+
+
+def run(config, workdir, threads=2, force=False):
+    from converter.stages.ir_metadata import model_info
+    from converter.util.incremental import current_record, stage_key, tool_versions
+
+    start = time.perf_counter()
+    found, left_out = parents(workdir)
+    for precision, why in left_out.items():
+        info(f"model_api: {precision} left out: {why}")
+    output = config.model_api["output"]
+    metadata = model_info(config, probabilities_description(config, output))
+    inputs = [os.path.join(workdir, rel[:-4] + ext) for rel in found.values() for ext in (".xml", ".bin")]
+    out_root = os.path.join(workdir, FOLDER)
+    key = stage_key({"stage": "model_api", "precisions": sorted(found), "settings": config.model_api,
+                     "model_info": metadata, "gate": [config.min_agreement, config.tie_margin],
+                     "tools": tool_versions("openvino")}, inputs)
+    record = None if force else current_record(out_root, "model_api", key)
+    if record:
+        info("model_api: up to date (same parent IRs and parameters); skipped. Use --force to redo.")
+        return StageResult("model_api", [p for p, _ in record_files(out_root, "model_api", record)], record,
+                           skipped=True)
+    import openvino as ov
+
+    images = check_images(config)
+    core, files, checks, paths = ov.Core(), {}, {}, []
+    with staging_dir(out_root, record=STAGES["model_api"][1]) as tmp:
+        for precision, rel in found.items():
+            parent_xml = os.path.join(workdir, rel)
+            info(f"model_api: {precision}: Softmax flavour of {rel}, checked on {len(images)} samples at "
+                 f"{config.model_api['check_tile']}...")
+            try:
+                flavour = make_flavour(core.read_model(parent_xml), output, metadata)
+            except StageError:
+                raise
+            except Exception as exc:
+                raise StageError(f"cannot derive the Model API flavour of {rel}: {str(exc).splitlines()[0]}") from None
+            os.makedirs(os.path.join(tmp, precision))
+            xml = os.path.join(tmp, precision, MODEL_STEM + ".xml")
+            # the parents' weights are stored as they are (FP16 ones stay f16)
+            ov.save_model(flavour, xml, compress_to_fp16=False)
+            # gate the files as written, not the in-memory graph
+            checks[precision] = check(config, parent_xml, xml, [x for _, x in images], threads)
+            names = [MODEL_STEM + ".xml", MODEL_STEM + ".bin"]
+            files[precision] = describe_files(os.path.join(tmp, precision), names)
+            paths += [os.path.join(out_root, precision, n) for n in names]
+    ov_record = verified_record(workdir, "openvino")
+    built_from = {os.path.relpath(p, workdir): file_digest(p) for p in inputs}
+    shape = ov_record.params.get("input_shape")
+    record = StageRecord(
+        "model_api", files, key, ov_record.weights, input=ov_record.input,
+        output={"name": output, "shape": [shape[0], config.num_classes, shape[2], shape[3]], "dtype": "float32"},
+        seconds=round(time.perf_counter() - start, 1),
+        params={"built_from": built_from, "left_out": left_out, "openvino": ov.__version__,
+                "check": {"images": [name for name, _ in images], "tile": config.model_api["check_tile"],
+                          "precision_hint": "f32", "min_agreement": config.min_agreement,
+                          "tie_margin": config.tie_margin, "results": checks}})
+    write_record(out_root, record)
+    return StageResult("model_api", paths, record, seconds=record.seconds)

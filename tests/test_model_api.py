@@ -1,0 +1,79 @@
+"""The model_api stage: a Softmax twin of each IR, gated against its parent."""
+import json
+
+import numpy as np
+import pytest
+
+from converter.config import load_config
+from converter.data.images import input_contract, load_rgb, prepare, resize_rgb, sample_images
+from converter.errors import ParityFailure, StageError
+from converter.stages import model_api
+
+STEM = "ocrnet-hrnet-w48-paddle"
+
+
+@pytest.fixture(scope="module")
+def sample_input():
+    config = load_config()
+    return prepare(resize_rgb(load_rgb(sample_images()[0]), 512, 256), input_contract(config, "converted"))
+
+
+def _infer(xml_or_model, x, extra_logits=False):
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(xml_or_model) if isinstance(xml_or_model, str) else xml_or_model
+    if extra_logits:
+        model.add_outputs([model_api.logits_of(model)])
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    out = compiled.create_infer_request().infer({0: x})
+    return [out[o] for o in compiled.outputs]
+
+
+def test_the_flavour_is_the_softmax_of_its_parents_logits(small_workdir, sample_input):
+    record = json.loads((small_workdir / "openvino" / "model_api" / "model_api.json").read_text())
+    assert sorted(record["files"]) == ["FP16", "FP32"]
+    assert record["output"] == {"name": "probabilities", "shape": [1, 19, 256, 512], "dtype": "float32"}
+    for precision in ("FP32", "FP16"):
+        assert record["check"]["results"][precision]["agreement_min"] == 1.0
+        classes, logits = _infer(str(small_workdir / "openvino" / precision / f"{STEM}.xml"), sample_input, True)
+        (probs,) = _infer(str(small_workdir / "openvino" / "model_api" / precision / f"{STEM}.xml"), sample_input)
+        # numpy's softmax of the parent's logits, computed here
+        shifted = np.exp(logits - logits.max(1, keepdims=True))
+        expected = shifted / shifted.sum(1, keepdims=True)
+        assert probs.shape == (1, 19, 256, 512)
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+        assert (probs.argmax(1) == classes).all()
+
+
+def _twin(parent_xml, tail):
+    """A flavour built by hand with another tail, for the negative controls."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    model = ov.Core().read_model(parent_xml)
+    node = tail(ops, model_api.logits_of(model))
+    return ov.Model([ops.result(node)], model.get_parameters())
+
+
+@pytest.mark.parametrize("tail, why", [
+    (lambda ops, logits: ops.softmax(logits, 3), "disagrees"),           # over the width, not the classes
+    (lambda ops, logits: logits, "not per-class probabilities"),          # scores, argmax intact
+    (lambda ops, logits: ops.softmax(ops.multiply(logits, ops.constant(np.float32(-1))), 1), "disagrees"),
+])
+def test_the_check_trips_on_a_wrong_tail(small_workdir, sample_input, tail, why):
+    config = load_config()
+    parent = str(small_workdir / "openvino" / "FP32" / f"{STEM}.xml")
+    # the control: the stage's own tail passes the same check
+    good = model_api.make_flavour(__import__("openvino").Core().read_model(parent), "p", {})
+    assert model_api.check(config, parent, good, [sample_input])["agreement_min"] == 1.0
+    with pytest.raises(ParityFailure, match=why):
+        model_api.check(config, parent, _twin(parent, tail), [sample_input])
+
+
+def test_an_ir_without_an_argmax_is_refused(small_workdir):
+    import openvino as ov
+
+    flavour = ov.Core().read_model(str(small_workdir / "openvino" / "model_api" / "FP32" / f"{STEM}.xml"))
+    with pytest.raises(StageError, match="does not end in an ArgMax"):
+        model_api.logits_of(flavour)
