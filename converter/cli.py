@@ -15,7 +15,8 @@ from converter.errors import ConverterError, DiskFullError, ParityFailure
 
 
 def _check_threads(args):
-    if getattr(args, "threads", 1) < 1:
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
         raise ConverterError("--threads must be at least 1")
 
 
@@ -161,6 +162,24 @@ def _cmd_model_api(args, config):
     return 0
 
 
+def _cmd_validate(args, config):
+    from converter.commands.validate import run_validate
+
+    try:
+        paths, doc = run_validate(config, args.workdir, args.output, args.images, args.cityscapes, args.split,
+                                  args.backends, args.limit, args.executor, args.ray_address, args.workers,
+                                  args.threads)
+    except ParityFailure as exc:
+        print(f"FAILED: {exc}")
+        return exc.exit_code
+    for path in paths:
+        print(path)
+    run = doc["run"]
+    print(f"validate: PASSED on {run['images']} image(s) ({run['computed']} computed, {run['reused']} reused) "
+          f"in {run['seconds']} s", file=sys.stderr)
+    return 0
+
+
 def _cmd_fetch(args, config):
     from converter.stages import fetch
 
@@ -217,9 +236,10 @@ def _cmd_convert(args, config):
 
 COMMANDS = {"convert": _cmd_convert, "fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx,
             "openvino": _cmd_openvino, "model-api": _cmd_model_api, "quantize": _cmd_quantize, "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
+            "validate": _cmd_validate,
             "manifest": _cmd_manifest, "package": _cmd_package, "bench": _cmd_bench}
 # The folder each command locks, and how: writers exclusively, readers shared.
-READERS = ("predict", "evaluate", "package")
+READERS = ("predict", "evaluate", "package", "validate")
 
 
 def _lock_folder(args):

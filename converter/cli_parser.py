@@ -99,7 +99,7 @@ def build_parser():
     p.add_argument("--input-shape", type=_shape, help="static input shape N,C,H,W (default: the config's)")
     p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
                    help="images for the parity gate (default: the bundled samples)")
-    p.add_argument("--threads", type=int, default=2, help="threads per parity backend (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="threads per parity worker (default: cores / 2 workers)")
     p.add_argument("--force", action="store_true", help="redo every stage even when up to date")
 
     p = sub.add_parser("fetch", help="download the checkpoint and configs, verified and cached")
@@ -169,9 +169,25 @@ def build_parser():
                       help="labelled images (Cityscapes layout): adds the mIoU task budget")
     p.add_argument("--split", default="val", help="with --cityscapes (default: %(default)s)")
     p.add_argument("--limit", type=_positive(int), help="with --cityscapes: the first N images")
-    p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="threads per worker (default: cores / 2 workers)")
     p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
                    help="converted backends to compare (default: all; the reference always runs)")
+    p = sub.add_parser("validate", help="original vs backends over a whole image set: resumable, local or on Ray")
+    _add_common(p)
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--images", nargs="+", metavar="FILE_OR_DIR", help="images (no labels)")
+    data.add_argument("--cityscapes", metavar="ROOT", help="labelled images in the Cityscapes layout")
+    p.add_argument("--split", default="val", help="with --cityscapes (default: %(default)s)")
+    p.add_argument("--output", required=True, metavar="OUT", help="where results and reports go")
+    p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
+                   help="backends to compare (default: all built; the reference always runs)")
+    p.add_argument("--limit", type=_positive(int), help="the first N images")
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help="default: %(default)s")
+    p.add_argument("--ray-address", metavar="HOST:PORT", help="join this Ray cluster (default: start one)")
+    p.add_argument("--workers", type=_positive(int), default=2, help="worker processes or actors "
+                   "(default: %(default)s)")
+    p.add_argument("--threads", type=_positive(int), help="threads per worker (default: cores / workers)")
+
     p = sub.add_parser("predict", help="segment images; write class, colour and overlay PNGs")
     _add_common(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
@@ -187,8 +203,9 @@ def build_parser():
     p.add_argument("--backend", choices=backends.NAMES, default=backends.DEFAULT,
                    help="a backend of the registry (default: %(default)s)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
-    p.add_argument("--jobs", type=int, default=2, help="image-decoding threads (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="worker processes, each with the backend loaded (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="inference threads per worker (default: cores / jobs)")
     p.add_argument("--output", required=True, metavar="DIR", help="where metrics.json and metrics.md go")
     p = sub.add_parser("bench", help="latency, peak RSS and roofline fraction of each backend")
     _add_common(p)

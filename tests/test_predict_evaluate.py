@@ -169,5 +169,10 @@ def test_evaluate_bad_limit_and_missing_dataset(small_workdir, tmp_path):
     proc = run_cli("evaluate", "--cityscapes", str(tmp_path / "none"), "--workdir", str(small_workdir),
                    "--output", str(tmp_path / "o"))
     assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: --cityscapes {tmp_path / 'none'}: not a folder"
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("evaluate", "--cityscapes", str(tmp_path / "empty"), "--workdir", str(small_workdir),
+                   "--output", str(tmp_path / "o"))
+    assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: no images under")
     assert not (tmp_path / "o").exists()

@@ -6,20 +6,19 @@ trainIds with the official table and all other ids are ignored. One confusion
 matrix is accumulated over all images; a class's IoU is TP / (TP + FP + FN),
 null when the class occurs in neither ground truth nor prediction, and mIoU is
 the mean over the non-null classes. Predictions are made at the model's input
-size and brought back to the ground truth's size with nearest-neighbour.
+size and brought back to the ground truth's size with nearest-neighbour. The images go through the validate engine
+(converter.validate) with this one backend and no reference.
 """
 import glob
 import os
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from converter.data.cityscapes import confusion_matrix, iou_per_class, label_ids_to_train_ids
+from converter.data.cityscapes import iou_per_class, label_ids_to_train_ids
 from converter.errors import ConverterError
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
-from converter.data.images import load_rgb
+from converter.data.images import MAX_PIXELS
 from converter.records import export_weights
 
 
@@ -39,13 +38,19 @@ def find_pairs(root, split):
     return pairs
 
 
-def load_gt(path, size=None):
-    """trainIds [H, W] of a labelIds PNG; with size=(W, H), brought to that
-    size with nearest-neighbour (labels are never interpolated)."""
+def load_gt(path, size=None, data=None):
+    """trainIds [H, W] of a labelIds PNG (from data, its bytes, when given);
+    with size=(W, H), brought to that size with nearest-neighbour (labels
+    are never interpolated)."""
+    import io
+
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ConverterError(f"{path}: {img.width}x{img.height} is too large for ground truth")
             if img.mode not in ("L", "P", "I", "I;16"):
                 raise ConverterError(f"{path}: ground truth must be a single-channel labelIds PNG, got {img.mode}")
             ids = np.asarray(img)
@@ -88,39 +93,28 @@ def markdown(result, reference):
     return "\n".join(lines) + "\n"
 
 
-def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs=2, threads=2):
-    from converter.commands.predict import Segmenter
+def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs=2, threads=None):
+    """validate with one backend against ground truth, no reference: the
+    same engine, with --jobs workers each holding the backend."""
+    from converter.backends import get
+    from converter.commands.validate import collect_items, run_engine
+    from converter.stages.parity import check_artifacts
 
-    pairs = find_pairs(root, split)[:limit]  # limit None: all
-    segmenter = Segmenter(config, workdir, backend, threads)
+    if jobs < 1:
+        raise ConverterError("--jobs must be at least 1")
+    selected, _ = check_artifacts(workdir, [get(backend)], named=True)
+    items = collect_items(cityscapes=root, split=split, limit=limit)
+    start = time.perf_counter()
+    results, _, _ = run_engine(config, workdir, items, selected, None, None, workers=jobs, threads=threads,
+                               what=f"evaluate ({backend})")
     num = config.num_classes
     conf = np.zeros((num, num), np.int64)
-    start = time.perf_counter()
-    bar = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=len(pairs), unit="img", file=sys.stderr, desc=f"evaluate ({backend})")
-
-    def load(pair):
-        return load_rgb(pair[0]), load_gt(pair[1])
-
-    # --jobs threads decode images and ground truth ahead of the (single)
-    # inference stream; the model itself already uses all cores.
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for i, (rgb, gt) in enumerate(pool.map(load, pairs)):
-            if gt.shape != rgb.shape[:2]:
-                raise ConverterError(f"{pairs[i][1]}: size {gt.shape[::-1]} differs from its image's {rgb.shape[1::-1]}")
-            conf += confusion_matrix(gt, segmenter.segment(rgb), num)
-            if bar:
-                bar.update(1)
-            else:
-                print(f"evaluate: {i + 1}/{len(pairs)}", file=sys.stderr)
-    if bar:
-        bar.close()
+    for r in results:
+        conf += np.asarray(r["backends"][backend]["conf_gt"], np.int64)
     seconds = time.perf_counter() - start
-    result = dict(metrics(conf, config.class_names), backend=backend, split=split, images=len(pairs),
+    result = dict(metrics(conf, config.class_names), backend=backend, split=split, images=len(items),
                   weights=export_weights(workdir),
-                  seconds=round(seconds, 1), seconds_per_image=round(seconds / len(pairs), 2),
+                  seconds=round(seconds, 1), seconds_per_image=round(seconds / len(items), 2),
                   confusion=conf.tolist(),
                   reference={"miou": config.reference["miou"], "per_class_iou": config.reference["per_class_iou"]})
     os.makedirs(output, exist_ok=True)

@@ -4,6 +4,7 @@ Pillow rather than OpenCV: importing cv2 after paddle once crashed in zlib here.
 """
 import glob
 import hashlib
+import io
 import os
 import stat
 import warnings
@@ -58,11 +59,14 @@ def image_ids(paths):
     return out
 
 
-def _bits_per_sample(img, path):
+def _bits_per_sample(img, path, data=None):
     """Bit depth Pillow hides: it opens a 16-bit RGB PNG as 8-bit "RGB"."""
     if img.format == "PNG":
-        with open(path, "rb") as fh:
-            head = fh.read(25)
+        if data is not None:
+            head = data[:25]
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(25)
         return head[24] if len(head) == 25 and head[12:16] == b"IHDR" else 8
     if img.format == "TIFF":
         bits = img.tag_v2.get(258, (8,))
@@ -70,8 +74,9 @@ def _bits_per_sample(img, path):
     return 8
 
 
-def load_rgb(path):
-    """Decode an 8-bit RGB image as uint8 HxWx3.
+def load_rgb(path, data=None):
+    """Decode an 8-bit RGB image as uint8 HxWx3 (from data, its bytes, when
+    given; path then only names it in messages).
 
     Grayscale and palette images are converted to RGB; RGBA is composited on
     black (alpha dropped). 16-bit and float images are refused, since scaling
@@ -81,14 +86,14 @@ def load_rgb(path):
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        if data is None and not stat.S_ISREG(os.stat(path).st_mode):
             raise ConverterError(f"{path}: not a regular file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data) if data is not None else path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise ConverterError(f"{path}: {img.width}x{img.height} is too large (decompression bomb?)")
-                if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") or _bits_per_sample(img, path) > 8:
+                if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") or _bits_per_sample(img, path, data) > 8:
                     raise ConverterError(f"{path}: 16-bit or float images are not supported; use 8-bit RGB")
                 img.load()
                 img = ImageOps.exif_transpose(img)  # the camera's orientation, as viewers show it

@@ -144,7 +144,7 @@ def check_images(config):
     return [(os.path.basename(p), prepare(resize_rgb(load_rgb(p), w, h), contract)) for p in sample_images()]
 
 
-def run(config, workdir, threads=2, force=False):
+def run(config, workdir, threads=None, force=False):
     from converter.stages.ir_metadata import model_info
     from converter.util.incremental import current_record, stage_key, tool_versions
 
@@ -167,6 +167,7 @@ def run(config, workdir, threads=2, force=False):
     import openvino as ov
 
     images = check_images(config)
+    threads = threads or os.cpu_count() or 2
     core, files, checks, paths = ov.Core(), {}, {}, []
     with staging_dir(out_root, record=STAGES["model_api"][1]) as tmp:
         for precision, rel in found.items():
