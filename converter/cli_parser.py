@@ -99,7 +99,7 @@ def build_parser():
     p.add_argument("--input-shape", type=_shape, help="static input shape N,C,H,W (default: the config's)")
     p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
                    help="images for the parity gate (default: the bundled samples)")
-    p.add_argument("--threads", type=int, help="threads per parity worker (default: cores / 2 workers)")
+    p.add_argument("--threads", type=int, help="threads of the parity worker (default: the cores)")
     p.add_argument("--force", action="store_true", help="redo every stage even when up to date")
 
     p = sub.add_parser("fetch", help="download the checkpoint and configs, verified and cached")
@@ -169,7 +169,7 @@ def build_parser():
                       help="labelled images (Cityscapes layout): adds the mIoU task budget")
     p.add_argument("--split", default="val", help="with --cityscapes (default: %(default)s)")
     p.add_argument("--limit", type=_positive(int), help="with --cityscapes: the first N images")
-    p.add_argument("--threads", type=int, help="threads per worker (default: cores / 2 workers)")
+    p.add_argument("--threads", type=int, help="threads of the worker (default: the cores)")
     p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
                    help="converted backends to compare (default: all; the reference always runs)")
     p = sub.add_parser("validate", help="original vs backends over a whole image set: resumable, local or on Ray")
@@ -184,7 +184,9 @@ def build_parser():
     p.add_argument("--limit", type=_positive(int), help="the first N images")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="default: %(default)s")
     p.add_argument("--ray-address", metavar="HOST:PORT", help="join this Ray cluster (default: start one)")
-    p.add_argument("--workers", type=_positive(int), default=2, help="worker processes or actors "
+    # 1 by default: on 2 cores one worker with 2 threads did 66 s/image (6 backends, full size),
+    # two with 1 thread each 88 s (they contend for memory bandwidth)
+    p.add_argument("--workers", type=_positive(int), default=1, help="worker processes or actors "
                    "(default: %(default)s)")
     p.add_argument("--threads", type=_positive(int), help="threads per worker (default: cores / workers)")
 
@@ -203,7 +205,7 @@ def build_parser():
     p.add_argument("--backend", choices=backends.NAMES, default=backends.DEFAULT,
                    help="a backend of the registry (default: %(default)s)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
-    p.add_argument("--jobs", type=int, default=2,
+    p.add_argument("--jobs", type=int, default=1,
                    help="worker processes, each with the backend loaded (default: %(default)s)")
     p.add_argument("--threads", type=int, help="inference threads per worker (default: cores / jobs)")
     p.add_argument("--output", required=True, metavar="DIR", help="where metrics.json and metrics.md go")

@@ -34,7 +34,7 @@ def _validate(workdir, data, out, *extra, env=None):
 @pytest.fixture(scope="module")
 def local_run(small_workdir, labelled, tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
-    proc = _validate(small_workdir, labelled, out)
+    proc = _validate(small_workdir, labelled, out, "--workers", "2")   # two hosts: the backends split
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
@@ -59,6 +59,7 @@ def test_local_run_reports_every_backend_with_ground_truth(local_run):
     assert m["backends"]["openvino-fp32-f32"]["agreement"] > 0.9999
     assert m["backends"]["openvino-fp16-default"]["agreement"] < m["backends"]["openvino-fp32-f32"]["agreement"]
     assert doc["run"]["computed"] == 4 and doc["run"]["reused"] == 0
+    assert len(doc["run"]["hosts"]) == 2 and sorted(sum(doc["run"]["groups"], [])) == sorted(BACKENDS + ("paddle",))
     assert set(doc["timing"]) == set(BACKENDS) | {"paddle"}
     # not a terminal: progress is JSON lines
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith('{"event"')]
@@ -86,10 +87,11 @@ def test_a_rerun_reuses_every_image_and_reproduces_the_metrics(small_workdir, la
 
 
 def test_ray_executor_gives_the_local_metrics(small_workdir, labelled, local_run, tmp_path):
-    proc = _validate(small_workdir, labelled, tmp_path, "--executor", "ray")
+    proc = _validate(small_workdir, labelled, tmp_path, "--executor", "ray", "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     doc = _doc(tmp_path)
     assert doc["run"]["executor"] == "ray" and doc["run"]["computed"] == 4
+    assert len(doc["run"]["hosts"]) == 2 and doc["run"]["lanes"] == 1
     assert doc["metrics"] == _doc(local_run[0])["metrics"]
 
 

@@ -93,7 +93,7 @@ def markdown(result, reference):
     return "\n".join(lines) + "\n"
 
 
-def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs=2, threads=None):
+def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs=1, threads=None):
     """validate with one backend against ground truth, no reference: the
     same engine, with --jobs workers each holding the backend."""
     from converter.backends import get

@@ -63,7 +63,7 @@ def progress_printer(what):
 
 
 def run_engine(config, workdir, items, selected, reference, out_images, executor="local", address=None,
-               workers=2, threads=None, keep_maps=False, what="validate"):
+               workers=1, threads=None, keep_maps=False, what="validate"):
     """Every backend of selected over items with one engine; returns
     (results, counts, hosts' descriptions)."""
     from converter.records import converted_input_shape, verify_build
@@ -86,7 +86,7 @@ def run_engine(config, workdir, items, selected, reference, out_images, executor
 
 
 def run_validate(config, workdir, output, images=None, cityscapes=None, split="val", backends=None, limit=None,
-                 executor="local", address=None, workers=2, threads=None):
+                 executor="local", address=None, workers=1, threads=None):
     from converter.backends import REFERENCE, select
     from converter.records import export_weights
     from converter.stages.parity import check_artifacts

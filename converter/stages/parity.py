@@ -1,9 +1,9 @@
 """parity stage: original vs every converted backend, per pixel, with a gate
 per precision (the gates: parity_gates).
 
-A front end of the validate engine (converter.validate): two worker
-processes hold the backends between them, each image goes to the original
-first and then to every backend, which compares its class map and logits
+A front end of the validate engine (converter.validate): one worker process
+holds the backends (faster on 2 cores than two: see validate), each image
+goes to the original first and then to every backend, which compares its class map and logits
 with the original's. Nothing is cached: parity keeps the class maps of its
 few images for the report's pictures. With --cityscapes the images come with
 ground truth, and each backend's mIoU is compared with the original's (the
@@ -54,7 +54,7 @@ def run(config, workdir, images=None, threads=None, backends=None, cityscapes=No
 
 
 def run_parity(config, workdir, images=None, threads=None, backends=None, cityscapes=None, split="val", limit=None,
-               workers=2):
+               workers=1):
     """Returns (paths, record); raises ParityFailure when the gate fails.
     backends: names from the registry (default: all that are built); the
     reference always runs. The images go through the validate engine

@@ -71,7 +71,7 @@ def plan(names, workers, weights):
 
 
 class Engine:
-    def __init__(self, specs, reference, size, num_classes, workers=2, threads=1, executor="local",
+    def __init__(self, specs, reference, size, num_classes, workers=1, threads=1, executor="local",
                  address=None, keep_maps=False, weights=None):
         """specs: backend_spec() of every backend to run; reference: the
         name of one of them, or None (no comparison: ground truth only)."""
