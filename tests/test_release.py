@@ -68,7 +68,7 @@ def test_package_writes_ovms_omz_and_a_reproducible_archive(release_build, packa
     files = sorted(m.name.split("/", 1)[1] for m in members if m.isfile())
     assert files == sorted(["LICENSE", "NOTICE", "MANIFEST.json", "README.md", "SHA256SUMS",
                             "parity/report.json", "parity/report.md", "onnx/ocrnet-hrnet-w48-paddle.onnx"]
-                           + [f"{flavour}/{p}/ocrnet-hrnet-w48-paddle.{e}" for flavour in ("openvino", "model_api")
+                           + [f"{flavour}/{p}/ocrnet-hrnet-w48-paddle.{e}" for flavour in ("openvino", "openvino/model_api")
                               for p in ("FP32", "FP16") for e in ("xml", "bin")])
     for p in ("FP32", "FP16"):   # the Model API flavour: the same weights, another output
         flavour = packaged / "model_api" / p / "ocrnet-hrnet-w48-paddle"
@@ -84,6 +84,8 @@ def test_package_writes_ovms_omz_and_a_reproducible_archive(release_build, packa
     assert (again / ARCHIVE).read_bytes() == (packaged / ARCHIVE).read_bytes()
     proc = run_cli("package", "--verify", str(packaged / ARCHIVE))
     assert proc.returncode == 0 and proc.stdout.startswith("OK:"), proc.stderr
+    # every model file (both flavours), the card and the report are checked against the MANIFEST too
+    assert "15 members match SHA256SUMS, 11 of them MANIFEST.json" in proc.stdout, proc.stdout
     with tarfile.open(packaged / ARCHIVE) as tar:
         card = tar.extractfile("ocrnet-hrnet-w48-paddle-0.1.0/README.md").read().decode()
     assert card.splitlines()[0].startswith("# ocrnet-hrnet-w48-paddle: SYNTHETIC weights (seed 0)")

@@ -145,9 +145,10 @@ def run_package(config, workdir, dist, allow_unverified=False):
         xml = os.path.join(workdir, ir_path(p))
         members[f"openvino/{p}/{model}.xml"] = xml
         members[f"openvino/{p}/{model}.bin"] = xml[:-4] + ".bin"
+        # at its workdir path, so that --verify checks it against the MANIFEST too
         xml = os.path.join(workdir, flavour_path(p))
-        members[f"model_api/{p}/{model}.xml"] = xml
-        members[f"model_api/{p}/{model}.bin"] = xml[:-4] + ".bin"
+        members[flavour_path(p)] = xml
+        members[flavour_path(p)[:-4] + ".bin"] = xml[:-4] + ".bin"
     if "onnx" in records:
         members[f"onnx/{os.path.basename(ONNX_PATH)}"] = os.path.join(workdir, ONNX_PATH)
     for rel in ("MANIFEST.json", "README.md", "parity/report.json", "parity/report.md"):
@@ -181,7 +182,7 @@ def run_package(config, workdir, dist, allow_unverified=False):
         for p in precisions:
             os.makedirs(os.path.join(tmp, p))
             for ext in ("xml", "bin"):
-                shutil.copyfile(members[f"model_api/{p}/{model}.{ext}"], os.path.join(tmp, p, f"{model}.{ext}"))
+                shutil.copyfile(members[flavour_path(p)[:-3] + ext], os.path.join(tmp, p, f"{model}.{ext}"))
     archive = os.path.join(dist, f"{top}.tar.gz")
     part = archive + f".{os.getpid()}.part"
     try:

@@ -136,7 +136,7 @@ def markdown(record, class_names):
                 flips = ", ".join(f"{class_names[f['from']]}->{class_names[f['to']]} x{f['count']}"
                                   for f in m["top_flips"])
                 lines.append(f"- {backend}, {image}: {flips}")
-    lines += ["", "## Backends", "", "| backend | load s | infer s (per image) | wall s | peak RSS MB | precision |",
+    lines += ["", "## Backends", "", "| backend | load s | infer s (per image) | wall s | its worker's peak RSS MB | precision |",
               "|---|---|---|---|---|---|"]
     for name, run in record["runs"].items():
         prec = run["info"].get("effective_precision", "f32")
