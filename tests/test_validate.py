@@ -179,6 +179,9 @@ def test_validate_joins_a_running_ray_cluster(small_workdir, labelled, local_run
 @pytest.mark.parametrize("args, code, fragment", [
     (("--images", "missing.png"), 2, "not found"),
     (("--images", "converter/samples", "--ray-address", "127.0.0.1:1"), 2, "--ray-address goes with"),
+    # an unreachable head: one line at once, not minutes of Ray retrying
+    (("--images", "converter/samples", "--executor", "ray", "--ray-address", "127.0.0.1:1"), 2, "cannot reach"),
+    (("--images", "converter/samples", "--executor", "ray", "--ray-address", "nonsense"), 2, "expected HOST:PORT"),
 ])
 def test_bad_validate_arguments_are_one_line_errors(small_workdir, tmp_path, args, code, fragment):
     proc = run_cli("validate", "--workdir", str(small_workdir), "--output", str(tmp_path / "o"), *args)

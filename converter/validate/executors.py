@@ -207,6 +207,22 @@ class LocalExecutor:
         self.conns, self.procs = [], []
 
 
+def check_reachable(address, timeout=5.0):
+    """HOST:PORT must accept a TCP connection: ray.init(address=...) would
+    otherwise retry an unreachable head for minutes, logging as it goes."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConverterError(f"--ray-address {address!r}: expected HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConverterError(f"cannot reach the Ray cluster at {address}: "
+                             f"{exc.strerror or type(exc).__name__}") from None
+
+
 class RayExecutor:
     """Hosts as Ray actors. Without an address, a local Ray instance is
     started for the run (num_cpus: this machine's cores) and stopped after;
@@ -219,6 +235,8 @@ class RayExecutor:
     def __init__(self, specs, address=None):
         import logging
 
+        if address:
+            check_reachable(address)
         if address and "RAY_AUTH_MODE" not in os.environ and (
                 os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(os.path.expanduser("~/.ray/auth_token"))):
             # `ray start` turns token auth on when it finds a token; a driver
