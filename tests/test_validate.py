@@ -207,3 +207,19 @@ def test_a_corrupt_image_is_one_error_line(small_workdir, tmp_path):
     assert proc.returncode == 2, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if not ln.startswith('{"event"')]
     assert len(errors) == 1 and errors[0].startswith("error:") and "cut.png" in errors[0], proc.stderr
+
+
+def test_a_damaged_stored_result_is_recomputed_not_trusted(small_workdir, labelled, local_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(local_run[0], out)
+    victim = sorted((out / "images").glob("*.json"))[0]
+    result = json.loads(victim.read_text())
+    result["backends"]["onnxruntime"]["compare"]["agreement"] = "all of it"   # a field of the wrong type
+    victim.write_text(json.dumps(result))
+    proc = _validate(small_workdir, labelled, out)
+    assert proc.returncode == 0, proc.stderr
+    doc = _doc(out)
+    assert (doc["run"]["reused"], doc["run"]["computed"]) == (3, 1)
+    assert doc["metrics"] == _doc(local_run[0])["metrics"]

@@ -24,7 +24,7 @@ import time
 from collections import deque
 
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
-from converter.validate.items import RESULT_SCHEMA, load_result, models_fingerprint, result_key
+from converter.validate.items import RESULT_SCHEMA, load_result, models_fingerprint, result_key, well_formed
 
 WINDOW = 2
 
@@ -76,6 +76,7 @@ class Engine:
         """specs: backend_spec() of every backend to run; reference: the
         name of one of them, or None (no comparison: ground truth only)."""
         self.reference = reference
+        self.num_classes = num_classes
         self.size = tuple(size)
         self.fingerprint = models_fingerprint(specs, size)
         by_name = {s["name"]: s for s in specs}
@@ -125,9 +126,11 @@ class Engine:
         images_dir None: nothing is stored or reused (parity's own runs)."""
         keys = [result_key(item, self.fingerprint) for item in items]
         results, todo = [None] * len(items), deque()
+        names = [n for group in self.groups for n in group if n != self.reference]
         for i, key in enumerate(keys):
             stored = load_result(images_dir, key) if images_dir else None
-            if stored is not None:
+            if stored is not None and well_formed(stored, names, self.reference, self.num_classes,
+                                                  items[i].label_sha256 is not None):
                 results[i] = stored
             else:
                 todo.append(i)

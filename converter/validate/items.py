@@ -88,6 +88,37 @@ def result_key(item, fingerprint):
     return hashlib.sha256(f"{fingerprint}:{item.sha256}:{item.label_sha256}".encode()).hexdigest()[:40]
 
 
+def _matrix(m, num):
+    return isinstance(m, list) and len(m) == num and all(
+        isinstance(row, list) and len(row) == num and all(type(v) is int and v >= 0 for v in row) for row in m)
+
+
+def well_formed(result, names, reference, num, labelled):
+    """Whether a stored result has every field aggregation reads, of the
+    right type: a damaged or forged file is recomputed, never a traceback."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+    try:
+        if reference and not number(result["reference"]["seconds"]):
+            return False
+        for name in names:
+            e = result["backends"][name]
+            if not number(e["seconds"]) or (labelled and not _matrix(e["conf_gt"], num)):
+                return False
+            if reference:
+                c = e["compare"]
+                if not (all(number(c[k]) for k in ("pixels", "disagree", "agreement", "max_flip_margin"))
+                        and _matrix(e["conf_ref"], num) and isinstance(c.get("logit_error", {}), dict)
+                        and all(number(v) for v in c.get("logit_error", {}).values())):
+                    return False
+        if reference and labelled and not _matrix(result["reference"]["conf_gt"], num):
+            return False
+        return isinstance(result["id"], str)
+    except (KeyError, TypeError):
+        return False
+
+
 def load_result(folder, key):
     """The stored result of key, or None when absent, partial or of another form."""
     path = os.path.join(folder, key + ".json")
