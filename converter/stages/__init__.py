@@ -16,3 +16,17 @@ class StageResult:
     skipped: bool = False    # up to date: nothing was redone
     seconds: float = 0.0
 
+
+
+def up_to_date(stage, folder, key, force=False, why="same inputs and parameters"):
+    """The StageResult of a stage whose record in folder has this key and
+    whose outputs are unchanged (util.incremental), or None: redo it."""
+    from converter.records import record_files
+    from converter.util.incremental import current_record
+    from converter.util.log import info
+
+    record = None if force else current_record(folder, stage, key)
+    if record is None:
+        return None
+    info(f"{stage}: up to date ({why}); skipped. Use --force to redo.")
+    return StageResult(stage, [p for p, _ in record_files(folder, stage, record)], record, skipped=True)

@@ -21,9 +21,9 @@ import time
 import numpy as np
 
 from converter.errors import ConverterError, ParityFailure, StageError
-from converter.records import (MODEL_STEM, STAGES, StageRecord, ir_path, record_files, record_path, verified_record,
+from converter.records import (MODEL_STEM, STAGES, StageRecord, ir_path, record_path, verified_record,
                                verify_build, write_record)
-from converter.stages import StageResult
+from converter.stages import StageResult, up_to_date
 from converter.util.fsutil import describe_files, file_digest, staging_dir
 from converter.util.log import info
 
@@ -146,7 +146,7 @@ def check_images(config):
 
 def run(config, workdir, threads=None, force=False):
     from converter.stages.ir_metadata import model_info
-    from converter.util.incremental import current_record, stage_key, tool_versions
+    from converter.util.incremental import stage_key, tool_versions
 
     start = time.perf_counter()
     found, left_out = parents(workdir)
@@ -159,11 +159,9 @@ def run(config, workdir, threads=None, force=False):
     key = stage_key({"stage": "model_api", "precisions": sorted(found), "settings": config.model_api,
                      "model_info": metadata, "gate": [config.min_agreement, config.tie_margin],
                      "tools": tool_versions("openvino")}, inputs)
-    record = None if force else current_record(out_root, "model_api", key)
-    if record:
-        info("model_api: up to date (same parent IRs and parameters); skipped. Use --force to redo.")
-        return StageResult("model_api", [p for p, _ in record_files(out_root, "model_api", record)], record,
-                           skipped=True)
+    skipped = up_to_date("model_api", out_root, key, force, "same parent IRs and parameters")
+    if skipped:
+        return skipped
     import openvino as ov
 
     images = check_images(config)

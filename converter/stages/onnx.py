@@ -22,7 +22,7 @@ import numpy as np
 
 from converter.errors import StageError
 from converter.records import ONNX_NAME, StageRecord, write_record
-from converter.stages import StageResult
+from converter.stages import StageResult, up_to_date
 from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
 from converter.util.no_install import no_runtime_installs
@@ -122,7 +122,7 @@ def _text(values):
 
 
 def run(config, workdir, shape=None, force=False):
-    from converter.util.incremental import current_record, stage_key, tool_versions
+    from converter.util.incremental import stage_key, tool_versions
 
     start = time.perf_counter()
     shape = tuple(shape or config.converted_shape)
@@ -131,10 +131,9 @@ def run(config, workdir, shape=None, force=False):
     key = stage_key({"stage": "onnx", "shape": list(shape), "opset": config.onnx_opset, "pre": config.baked(),
                      "tools": tool_versions("paddlepaddle", "paddle2onnx", "onnx")},
                     [os.path.join(paddle_dir, n) for n in ("model.pdmodel", "model.pdiparams")])
-    record = None if force else current_record(out_dir, "onnx", key)
-    if record:
-        info("onnx: up to date (same inputs and parameters); skipped. Use --force to redo.")
-        return StageResult("onnx", [os.path.join(out_dir, ONNX_NAME)], record, skipped=True)
+    skipped = up_to_date("onnx", out_dir, key, force)
+    if skipped:
+        return skipped
     import onnx
 
     info(f"onnx: converting {paddle_dir} with paddle2onnx (opset {config.onnx_opset}), input {list(shape)}...")

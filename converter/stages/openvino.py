@@ -13,11 +13,11 @@ import os
 import time
 
 from converter.errors import StageError
-from converter.stages import StageResult
+from converter.stages import StageResult, up_to_date
 from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
 from converter.stages.onnx import check_paddle_export
-from converter.records import MODEL_STEM as IR_NAME, ONNX_PATH, StageRecord, record_files, verified_record, write_record
+from converter.records import MODEL_STEM as IR_NAME, ONNX_PATH, StageRecord, verified_record, write_record
 
 
 def _per_channel(values):
@@ -57,7 +57,7 @@ def build_ir(source_path, shape, pre, from_onnx=False):
 
 
 def run(config, workdir, shape=None, source="paddle", force=False):
-    from converter.util.incremental import current_record, stage_key, tool_versions
+    from converter.util.incremental import stage_key, tool_versions
 
     start = time.perf_counter()
     shape = tuple(shape or config.converted_shape)
@@ -79,11 +79,9 @@ def run(config, workdir, shape=None, source="paddle", force=False):
     out_root = os.path.join(workdir, "openvino")
     key = stage_key({"stage": "openvino", "shape": list(shape), "source": source, "pre": pre, "model_info": metadata,
                      "tools": tool_versions("openvino")}, inputs)
-    record = None if force else current_record(out_root, "openvino", key)
-    if record:
-        info("openvino: up to date (same inputs and parameters); skipped. Use --force to redo.")
-        return StageResult("openvino", [p for p, _ in record_files(out_root, "openvino", record)], record,
-                           skipped=True)
+    skipped = up_to_date("openvino", out_root, key, force)
+    if skipped:
+        return skipped
     import openvino as ov
 
     info(f"openvino: converting {src}, input {list(shape)}...")

@@ -32,10 +32,10 @@ import time
 import numpy as np
 
 from converter.errors import ConverterError, StageError
-from converter.stages import StageResult
+from converter.stages import StageResult, up_to_date
 from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
-from converter.records import MODEL_STEM, STAGES, StageRecord, ir_path, record_files, verified_record, write_record
+from converter.records import MODEL_STEM, STAGES, StageRecord, ir_path, verified_record, write_record
 
 from converter.config import QUANTIZE_CHOICES as CHOICES
 
@@ -159,7 +159,7 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
         max_iterations=8, force=False):
     """Quantize the workdir's FP32 IR; returns the StageResult."""
     from converter.data.images import expand_image_args, sample_images
-    from converter.util.incremental import current_record, stage_key, tool_versions
+    from converter.util.incremental import stage_key, tool_versions
 
     start = time.perf_counter()
     opts = options or options_from(config)
@@ -185,11 +185,9 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
                      "max_iterations": max_iterations if pairs else None,
                      "tools": tool_versions("openvino", "nncf")},
                     paths + [p for pair in pairs or () for p in pair])
-    record = None if force else current_record(out_root, "quantize", key)
-    if record:
-        info("quantize: up to date (same inputs and parameters); skipped. Use --force to redo.")
-        return StageResult("quantize", [p for p, _ in record_files(out_root, "quantize", record)], record,
-                           skipped=True)
+    skipped = up_to_date("quantize", out_root, key, force)
+    if skipped:
+        return skipped
     try:
         import logging
 
