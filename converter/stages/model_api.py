@@ -21,10 +21,10 @@ import time
 import numpy as np
 
 from converter.errors import ConverterError, ParityFailure, StageError
-from converter.records import (MODEL_STEM, STAGES, StageRecord, ir_path, record_path, verified_record,
+from converter.records import (MODEL_STEM, STAGES, StageRecord, ir_path, record_files, record_path, verified_record,
                                verify_build, write_record)
 from converter.stages import StageResult, up_to_date
-from converter.util.fsutil import describe_files, file_digest, staging_dir
+from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
 
 FOLDER = STAGES["model_api"][0]
@@ -75,17 +75,24 @@ def probabilities_description(config, output_name):
 
 
 def parents(workdir):
-    """{precision: parent IR .xml (relative)} for every IR built and current,
-    and {precision: why it is left out}."""
-    verified_record(workdir, "openvino")
+    """({precision: parent IR .xml (relative)} for every IR built and current,
+    {precision: why it is left out}, {parent file (relative): sha256} as the
+    records just verified say, the openvino record)."""
+    records = {"openvino": verified_record(workdir, "openvino")}
     found, left_out = {"FP32": ir_path("FP32"), "FP16": ir_path("FP16")}, {}
     if os.path.lexists(record_path(workdir, "quantize")):
         try:
-            verify_build(workdir, ["quantize"])
+            records.update(verify_build(workdir, ["quantize"]))
             found["INT8"] = ir_path("INT8")
         except ConverterError as exc:
             left_out["INT8"] = str(exc)
-    return found, left_out
+    parent_files = {rel[:-4] + ext for rel in found.values() for ext in (".xml", ".bin")}
+    digests = {}
+    for stage, record in records.items():
+        for path, meta in record_files(os.path.join(workdir, STAGES[stage][0]), stage, record):
+            if os.path.relpath(path, workdir) in parent_files:
+                digests[os.path.relpath(path, workdir)] = meta["sha256"]
+    return found, left_out, digests, records["openvino"]
 
 
 def _compiled(core, path_or_model, shape, threads, with_logits=False):
@@ -149,16 +156,16 @@ def run(config, workdir, threads=None, force=False):
     from converter.util.incremental import stage_key, tool_versions
 
     start = time.perf_counter()
-    found, left_out = parents(workdir)
+    found, left_out, built_from, ov_record = parents(workdir)
     for precision, why in left_out.items():
         info(f"model_api: {precision} left out: {why}")
     output = config.model_api["output"]
     metadata = model_info(config, probabilities_description(config, output))
-    inputs = [os.path.join(workdir, rel[:-4] + ext) for rel in found.values() for ext in (".xml", ".bin")]
     out_root = os.path.join(workdir, FOLDER)
-    key = stage_key({"stage": "model_api", "precisions": sorted(found), "settings": config.model_api,
+    # the parents by the sha256 their records hold, verified a moment ago
+    key = stage_key({"stage": "model_api", "parents": built_from, "settings": config.model_api,
                      "model_info": metadata, "gate": [config.min_agreement, config.tie_margin],
-                     "tools": tool_versions("openvino")}, inputs)
+                     "tools": tool_versions("openvino")})
     skipped = up_to_date("model_api", out_root, key, force, "same parent IRs and parameters")
     if skipped:
         return skipped
@@ -187,8 +194,6 @@ def run(config, workdir, threads=None, force=False):
             names = [MODEL_STEM + ".xml", MODEL_STEM + ".bin"]
             files[precision] = describe_files(os.path.join(tmp, precision), names)
             paths += [os.path.join(out_root, precision, n) for n in names]
-    ov_record = verified_record(workdir, "openvino")
-    built_from = {os.path.relpath(p, workdir): file_digest(p) for p in inputs}
     shape = ov_record.params.get("input_shape")
     record = StageRecord(
         "model_api", files, key, ov_record.weights, input=ov_record.input,
