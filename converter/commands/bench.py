@@ -80,7 +80,7 @@ def markdown(record):
 
 
 def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None):
-    chosen, left_out = check_artifacts(workdir, select(backends), named=bool(backends))
+    chosen, left_out, _ = check_artifacts(workdir, select(backends), named=bool(backends))
     for name, why in left_out.items():
         info(f"bench: {name} left out: {why}")
     static = converted_input_shape(workdir, required=True)

@@ -102,10 +102,10 @@ def run_evaluate(config, workdir, root, split, backend, output, limit=None, jobs
 
     if jobs < 1:
         raise ConverterError("--jobs must be at least 1")
-    selected, _ = check_artifacts(workdir, [get(backend)], named=True)
+    selected, _, records = check_artifacts(workdir, [get(backend)], named=True)
     items = collect_items(cityscapes=root, split=split, limit=limit)
     start = time.perf_counter()
-    results, _, _ = run_engine(config, workdir, items, selected, None, None, workers=jobs, threads=threads,
+    results, _, _ = run_engine(config, workdir, records, items, selected, None, None, workers=jobs, threads=threads,
                                what=f"evaluate ({backend})")
     num = config.num_classes
     conf = np.zeros((num, num), np.int64)

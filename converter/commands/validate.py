@@ -62,14 +62,14 @@ def progress_printer(what):
     return report
 
 
-def run_engine(config, workdir, items, selected, reference, out_images, executor="local", address=None,
+def run_engine(config, workdir, records, items, selected, reference, out_images, executor="local", address=None,
                workers=1, threads=None, keep_maps=False, what="validate"):
-    """Every backend of selected over items with one engine; returns
-    (results, counts, hosts' descriptions)."""
-    from converter.records import converted_input_shape, verify_build
+    """Every backend of selected over items with one engine; records: the
+    verified records of their stages (parity.check_artifacts). Returns
+    (results, counts with the hosts' descriptions, the input size)."""
+    from converter.records import converted_input_shape
     from converter.validate.engine import Engine, backend_spec, measured_weights
 
-    records = verify_build(workdir, sorted({b.stage for b in selected}))
     shape = converted_input_shape(workdir, config)
     specs = [backend_spec(b, workdir, config, records) for b in selected]
     threads = threads or default_threads(workers)
@@ -95,9 +95,10 @@ def run_validate(config, workdir, output, images=None, cityscapes=None, split="v
 
     if address and executor != "ray":
         raise ConverterError("--ray-address goes with --executor ray")
-    selected, left_out = check_artifacts(workdir, select(backends, with_reference=True), named=bool(backends))
+    selected, left_out, records = check_artifacts(workdir, select(backends, with_reference=True),
+                                                  named=bool(backends))
     items = collect_items(images, cityscapes, split, limit)
-    results, run, size = run_engine(config, workdir, items, selected, REFERENCE.name,
+    results, run, size = run_engine(config, workdir, records, items, selected, REFERENCE.name,
                                     os.path.join(output, "images"), executor, address, workers, threads)
     compared = [b for b in selected if b is not REFERENCE]
     summary = aggregate(results, config, compared, REFERENCE.name)

@@ -23,25 +23,26 @@ from converter.stages.parity_gates import gate, task_result
 
 def check_artifacts(workdir, selected, named=True):
     """Every model the selected backends load, verified against its stage's
-    record; returns (the backends to run, {left-out backend: why}).
+    record; returns (the backends to run, {left-out backend: why},
+    {stage: its verified record} for the backends run).
 
     When the backends were not named (named=False), an optional one whose
     build is missing or stale (an INT8 IR quantized from an FP32 IR rebuilt
     since) is left out with the reason instead of failing the run: `make
     convert` must not fail on what `make quantize` built before."""
-    left_out = {}
+    left_out, records = {}, {}
     if not named:
         for b in [b for b in selected if b.optional]:
             if not os.path.lexists(record_path(workdir, b.stage)):
                 left_out[b.name] = f"no {b.stage} record: run `ocrnet-convert {b.stage}`"
                 continue
             try:
-                verify_build(workdir, [b.stage])
+                records.update(verify_build(workdir, [b.stage]))
             except StageError as exc:
                 left_out[b.name] = f"{exc} (not gated)"
     kept = [b for b in selected if b.name not in left_out]
-    verify_build(workdir, sorted({b.stage for b in kept}))
-    return kept, left_out
+    records.update(verify_build(workdir, sorted({b.stage for b in kept} - set(records))))
+    return kept, left_out, records
 
 
 def run(config, workdir, images=None, threads=None, backends=None, cityscapes=None, split="val", limit=None):
@@ -62,12 +63,13 @@ def run_parity(config, workdir, images=None, threads=None, backends=None, citysc
     from converter.commands.validate import collect_items, run_engine
     from converter.stages.parity_report import write_report
 
-    selected, not_built = check_artifacts(workdir, select(backends, with_reference=True), named=bool(backends))
+    selected, not_built, records = check_artifacts(workdir, select(backends, with_reference=True),
+                                                   named=bool(backends))
     items = collect_items(images, cityscapes, split, limit)
     start = time.perf_counter()
     ref = REFERENCE.name
     info(f"parity: {', '.join(b.name for b in selected)} on {len(items)} image(s)...")
-    results, run, (width, height) = run_engine(config, workdir, items, selected, ref, None, workers=workers,
+    results, run, (width, height) = run_engine(config, workdir, records, items, selected, ref, None, workers=workers,
                                                threads=threads, keep_maps=True, what="parity")
     compared = [b for b in selected if b is not REFERENCE]
     num = config.num_classes
