@@ -12,7 +12,6 @@ task budget).
 import os
 import time
 
-import numpy as np
 
 from converter.errors import ParityFailure, StageError
 from converter.util.log import info
@@ -62,6 +61,7 @@ def run_parity(config, workdir, images=None, threads=None, backends=None, citysc
     (converter.validate), keeping each image's class maps for the report."""
     from converter.commands.validate import collect_items, run_engine
     from converter.stages.parity_report import write_report
+    from converter.validate.aggregate import sum_matrices
 
     selected, not_built, records = check_artifacts(workdir, select(backends, with_reference=True),
                                                    named=bool(backends))
@@ -78,12 +78,10 @@ def run_parity(config, workdir, images=None, threads=None, backends=None, citysc
                         "images": {r["id"]: r["backends"][b.name]["compare"] for r in results}}
                for b in compared}
     if cityscapes:
-        def total(rows):
-            return sum((np.asarray(m, np.int64) for m in rows), np.zeros((num, num), np.int64))
-        ref_conf = total([r["reference"]["conf_gt"] for r in results])
+        ref_conf = sum_matrices([r["reference"]["conf_gt"] for r in results], num)
         for b in compared:
-            entries[b.name]["task"] = task_result(ref_conf, total([r["backends"][b.name]["conf_gt"] for r in results]),
-                                                  config.class_names)
+            entries[b.name]["task"] = task_result(
+                ref_conf, sum_matrices([r["backends"][b.name]["conf_gt"] for r in results], num), config.class_names)
     failures = gate(entries, config)
     hosts = {name: host for host in run["hosts"] for name in host["load_seconds"]}
     runs = {}

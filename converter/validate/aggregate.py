@@ -22,7 +22,8 @@ from converter.stages.parity_gates import backend_failed, gate, miou, task_resul
 WORST = 5
 
 
-def _sum(matrices, num):
+def sum_matrices(matrices, num):
+    """The sum of [num, num] confusion matrices (lists); None entries count as zero."""
     total = np.zeros((num, num), np.int64)
     for m in matrices:
         if m is not None:
@@ -40,7 +41,7 @@ def aggregate(results, config, backends, reference):
     num, names = config.num_classes, config.class_names
     labelled = all(r.get("label_sha256") for r in results) and bool(results)
     out, for_gate = {}, {}
-    ref_conf = _sum([r["reference"]["conf_gt"] for r in results], num) if reference and labelled else None
+    ref_conf = sum_matrices([r["reference"]["conf_gt"] for r in results], num) if reference and labelled else None
     for b in backends:
         entries = [(r["id"], r["backends"][b.name]) for r in results]
         entry = {"title": b.title, "runtime": b.runtime,
@@ -49,7 +50,7 @@ def aggregate(results, config, backends, reference):
         if reference:
             pixels = sum(e["compare"]["pixels"] for _, e in entries)
             disagree = sum(e["compare"]["disagree"] for _, e in entries)
-            vs_ref, _ = miou(_sum([e["conf_ref"] for _, e in entries], num))
+            vs_ref, _ = miou(sum_matrices([e["conf_ref"] for _, e in entries], num))
             errs = [e["compare"]["logit_error"] for _, e in entries if "logit_error" in e["compare"]]
             ranked = sorted([ie for ie in entries if ie[1]["compare"]["disagree"]],
                             key=lambda ie: (ie[1]["compare"]["agreement"], ie[0]))[:WORST]
@@ -65,7 +66,7 @@ def aggregate(results, config, backends, reference):
             for_gate[b.name] = {"gated": b.gated, "budget": b.budget,
                                 "images": {i: e["compare"] for i, e in entries}}
         if labelled:
-            conf = _sum([e["conf_gt"] for _, e in entries], num)
+            conf = sum_matrices([e["conf_gt"] for _, e in entries], num)
             entry["ground_truth"] = gt_metrics(conf, names)
             if ref_conf is not None:
                 task = task_result(ref_conf, conf, names)
