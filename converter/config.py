@@ -7,6 +7,7 @@ import hashlib
 import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 
 from converter.errors import ConfigError
@@ -107,6 +108,16 @@ class ModelConfig:
         return self.file("checkpoint")
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 60, 60
+
+
+def _shown(value):
+    """A short repr: a YAML alias bomb's value is exponentially large
+    expanded, and an error message must not expand it."""
+    return _REPR.repr(value)
+
+
 def _get(mapping, key, where, kind):
     if not isinstance(mapping, dict):
         raise ConfigError(f"{where}: expected a mapping")
@@ -115,26 +126,26 @@ def _get(mapping, key, where, kind):
     value = mapping[key]
     path = f"{where}.{key}" if where else key
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        raise ConfigError(f"{path}: expected an integer, got {_shown(value)}")
     if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+        raise ConfigError(f"{path}: expected a number, got {_shown(value)}")
     if kind is float and not math.isfinite(value):
-        raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        raise ConfigError(f"{path}: expected a finite number, got {_shown(value)}")
     if kind in (str, list, dict) and not isinstance(value, kind):
-        raise ConfigError(f"{path}: expected a {kind.__name__}, got {value!r}")
+        raise ConfigError(f"{path}: expected a {kind.__name__}, got {_shown(value)}")
     return float(value) if kind is float else value
 
 
 def _tensor(mapping, where):
     shape = _get(mapping, "shape", where, list)
     if not shape or not all(isinstance(d, int) and (d > 0 or d == -1) for d in shape):
-        raise ConfigError(f"{where}.shape: expected positive integers or -1, got {shape!r}")
+        raise ConfigError(f"{where}.shape: expected positive integers or -1, got {_shown(shape)}")
     dtype = _get(mapping, "dtype", where, str)
     if dtype not in ("float32", "int32", "int64"):
         raise ConfigError(f"{where}.dtype: unsupported '{dtype}'")
     color = mapping.get("color", "")
     if color and color not in ("RGB", "BGR"):
-        raise ConfigError(f"{where}.color: expected RGB or BGR, got {color!r}")
+        raise ConfigError(f"{where}.color: expected RGB or BGR, got {_shown(color)}")
     return TensorSpec(_get(mapping, "name", where, str), tuple(shape), dtype, mapping.get("layout", ""), color)
 
 
@@ -158,7 +169,7 @@ def _classes(raw, num_classes):
 def _file(entry, where):
     name = _get(entry, "name", where, str)
     if not _NAME.match(name) or name in (".", ".."):
-        raise ConfigError(f"{where}.name: not a plain file name: {name!r}")
+        raise ConfigError(f"{where}.name: not a plain file name: {_shown(name)}")
     size = _get(entry, "size", where, int)
     if size <= 0:
         raise ConfigError(f"{where}.size: must be positive")
@@ -173,8 +184,9 @@ def _file(entry, where):
 
 def _triple(mapping, key, where):
     values = _get(mapping, key, where, list)
-    if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
-        raise ConfigError(f"{where}.{key}: expected three numbers")
+    if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                   for v in values):
+        raise ConfigError(f"{where}.{key}: expected three finite numbers")
     if key == "scale" and any(v == 0 for v in values):
         raise ConfigError(f"{where}.{key}: must not be zero")
     return tuple(float(v) for v in values)
@@ -260,7 +272,7 @@ def _quantize(raw):
     for key, choices in QUANTIZE_CHOICES.items():
         value = _get(raw, key, "quantize", str)
         if value not in choices:
-            raise ConfigError(f"quantize.{key}: expected one of {', '.join(choices)}, got {value!r}")
+            raise ConfigError(f"quantize.{key}: expected one of {', '.join(choices)}, got {_shown(value)}")
         out[key] = value
     out["calibration_tile"] = _tile(raw, "quantize", "calibration_tile")
     subset = _get(raw, "subset_size", "quantize", int)
