@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from converter.errors import ConverterError
-from converter.records import ONNX_PATH, ir_path
+from converter.records import ONNX_PATH, StaleBuild, check_built_from, ir_path, record_path, verified_record, verify_build
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,40 @@ def get(name):
 
 def select(names=None, with_reference=False):
     """The named backends in registry order (all when names is empty;
-    parity.check_artifacts then leaves out optional ones not built)."""
+    check_artifacts then leaves out optional ones not built)."""
     chosen = {get(n).name for n in names or NAMES}
     if with_reference:
         chosen.add(REFERENCE.name)
     return [b for b in BACKENDS if b.name in chosen]
+
+
+def check_artifacts(workdir, selected, named=True):
+    """Every model the selected backends load, verified against its stage's
+    record; returns (the backends to run, {left-out backend: why},
+    {stage: its verified record} for the backends run).
+
+    When the backends were not named (named=False), an optional one whose
+    build is missing or stale (an INT8 IR quantized from an FP32 IR rebuilt
+    since) is left out with the reason instead of failing the run: `make
+    convert` must not fail on what `make quantize` built before. A build
+    whose own files differ from its own record was tampered with: that is
+    an error whether named or not."""
+    left_out, records = {}, {}
+    if not named:
+        for b in [b for b in selected if b.optional]:
+            if not os.path.lexists(record_path(workdir, b.stage)):
+                left_out[b.name] = f"no {b.stage} record: run `ocrnet-convert {b.stage}`"
+                continue
+            record = verified_record(workdir, b.stage)
+            try:
+                check_built_from(workdir, b.stage, record)
+            except StaleBuild as exc:
+                left_out[b.name] = f"{exc} (not gated)"
+                continue
+            records[b.stage] = record
+    kept = [b for b in selected if b.name not in left_out]
+    records.update(verify_build(workdir, sorted({b.stage for b in kept} - set(records))))
+    return kept, left_out, records
 
 
 def open_backend(backend, workdir, threads=2, logits=False, **options):

@@ -11,13 +11,30 @@ import signal
 import sys
 
 from converter.cli_parser import _output_folder, build_parser
-from converter.errors import ConverterError, DiskFullError, ParityFailure
+from converter.errors import ConverterError, DiskFullError, GuardMissed, ParityFailure
 
 
-def _check_threads(args):
+MAX_RAY_THREADS = 1024
+
+
+def _check_counts(args):
+    """--threads and --workers within what exists: a local run has the
+    machine's cores (OpenMP aborts the process for absurd thread counts, and
+    each worker holds a model); a Ray cluster is checked when joined."""
+    cores = os.cpu_count() or 1
+    ray = getattr(args, "executor", "local") == "ray"
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise ConverterError("--threads must be at least 1")
+    if threads is not None and threads > (MAX_RAY_THREADS if ray else cores):
+        raise ConverterError(f"--threads {threads}: more than the {cores} cores of this machine")
+    workers = getattr(args, "workers", None)
+    if workers is not None and not ray and workers * (threads or 1) > cores:
+        raise ConverterError(f"--workers {workers}" + (f" x --threads {threads}" if threads else "")
+                             + f": more than the {cores} cores of this machine (each worker holds a model "
+                             "and its threads)")
+    if getattr(args, "jobs", None) is not None:
+        raise ConverterError("--jobs is retired: use --workers N")
 
 
 def _cmd_bench(args, config):
@@ -25,9 +42,15 @@ def _cmd_bench(args, config):
 
     if args.runs < 1:
         raise ConverterError("--runs must be at least 1")
-    paths, record = run_bench(config, args.workdir, args.input_shape, args.runs, args.threads, args.backends)
+    paths, record = run_bench(config, args.workdir, args.input_shape, args.runs, args.threads, args.backends,
+                              args.engine, args.engine_images)
     print(markdown(record))
     print(f"bench: {paths[0]}")
+    guards = (record.get("engine") or {}).get("guards", {})
+    missed = [name for name, g in guards.items() if not g["met"]]
+    if missed:
+        print(f"FAILED: the engine missed its guard(s): {', '.join(missed)} (see {paths[1]})")
+        return GuardMissed.exit_code
     return 0
 
 
@@ -78,12 +101,8 @@ def _cmd_predict(args, config):
 def _cmd_evaluate(args, config):
     from converter.commands.evaluate import run_evaluate
 
-    if args.limit is not None and args.limit <= 0:
-        raise ConverterError("--limit must be positive")
-    if args.jobs < 1:
-        raise ConverterError("--jobs must be at least 1")
     paths, result = run_evaluate(config, args.workdir, args.cityscapes, args.split, args.backend,
-                                 args.output, args.limit, args.jobs, args.threads)
+                                 args.output, args.limit, args.workers, args.threads)
     print(f"mIoU {result['miou']:.4f} (reference {config.reference['miou']:.4f}), pixel accuracy "
           f"{result['pixel_accuracy']:.4f} over {result['images']} images; {paths[0]}")
     return 0
@@ -125,7 +144,7 @@ def _cmd_parity(args, config):
         raise ConverterError("--split and --limit go with --cityscapes")
     try:
         result = parity.run(config, args.workdir, args.images, args.threads, args.backends,
-                            cityscapes=args.cityscapes, split=args.split, limit=args.limit)
+                            cityscapes=args.cityscapes, split=args.split, limit=args.limit, workers=args.workers)
     except ParityFailure as exc:
         print(f"FAILED: {exc}")
         return exc.exit_code
@@ -168,7 +187,7 @@ def _cmd_validate(args, config):
     try:
         paths, doc = run_validate(config, args.workdir, args.output, args.images, args.cityscapes, args.split,
                                   args.backends, args.limit, args.executor, args.ray_address, args.workers,
-                                  args.threads)
+                                  args.threads, args.trust_unsealed, chunk=args.chunk)
     except ParityFailure as exc:
         print(f"FAILED: {exc}")
         return exc.exit_code
@@ -197,7 +216,7 @@ def _cmd_fetch(args, config):
 
 
 def _weights(args, config):
-    from converter.weights.choice import resolve_weights
+    from converter.stages.weights import resolve_weights
 
     return resolve_weights(config, args.weights, args.seed, args.cache_dir, args.mirror, args.allow_unverified)
 
@@ -272,7 +291,7 @@ def main(argv=None):
         from converter.util.log import info
 
         config = load_config(args.config)
-        _check_threads(args)
+        _check_counts(args)
         if getattr(args, "output", None):
             _output_folder(args.output)  # before the lock, which creates its folder
         folder = _lock_folder(args)

@@ -76,6 +76,15 @@ def _add_common(p, workdir=True):
         p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="artifact folder (default: %(default)s)")
 
 
+def _add_workers(p):
+    # 1 by default: on 2 cores one worker with 2 threads did 66 s/image (6 backends, full size),
+    # two with 1 thread each 88 s (they contend for memory bandwidth)
+    p.add_argument("--workers", type=_positive(int), default=1,
+                   help="worker processes (or Ray actors), each running the backends in turn on its own "
+                        "images (default: %(default)s)")
+    p.add_argument("--threads", type=_positive(int), help="threads per worker (default: cores / workers)")
+
+
 def _add_weights(p):
     p.add_argument("--weights", default="auto",
                    help="auto (default), pretrained, synthetic, or a .pdparams path")
@@ -169,7 +178,7 @@ def build_parser():
                       help="labelled images (Cityscapes layout): adds the mIoU task budget")
     p.add_argument("--split", default="val", help="with --cityscapes (default: %(default)s)")
     p.add_argument("--limit", type=_positive(int), help="with --cityscapes: the first N images")
-    p.add_argument("--threads", type=int, help="threads of the worker (default: the cores)")
+    _add_workers(p)
     p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
                    help="converted backends to compare (default: all; the reference always runs)")
     p = sub.add_parser("validate", help="original vs backends over a whole image set: resumable, local or on Ray")
@@ -184,11 +193,12 @@ def build_parser():
     p.add_argument("--limit", type=_positive(int), help="the first N images")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="default: %(default)s")
     p.add_argument("--ray-address", metavar="HOST:PORT", help="join this Ray cluster (default: start one)")
-    # 1 by default: on 2 cores one worker with 2 threads did 66 s/image (6 backends, full size),
-    # two with 1 thread each 88 s (they contend for memory bandwidth)
-    p.add_argument("--workers", type=_positive(int), default=1, help="worker processes or actors "
-                   "(default: %(default)s)")
-    p.add_argument("--threads", type=_positive(int), help="threads per worker (default: cores / workers)")
+    _add_workers(p)
+    p.add_argument("--chunk", type=_positive(int), help="images a worker holds the reference outputs of at once "
+                   "(default: as many as 640 MB of them; more: fewer model loads, more memory)")
+    p.add_argument("--trust-unsealed", action="store_true",
+                   help="reuse stored results this machine did not seal (e.g. a shared folder written by "
+                        "another user), after their schema check; validate.json records it")
 
     p = sub.add_parser("predict", help="segment images; write class, colour and overlay PNGs")
     _add_common(p)
@@ -204,10 +214,9 @@ def build_parser():
     p.add_argument("--split", default="val", help="default: %(default)s")
     p.add_argument("--backend", choices=backends.NAMES, default=backends.DEFAULT,
                    help="a backend of the registry (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N images")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="worker processes, each with the backend loaded (default: %(default)s)")
-    p.add_argument("--threads", type=int, help="inference threads per worker (default: cores / jobs)")
+    p.add_argument("--limit", type=_positive(int), help="evaluate only the first N images")
+    _add_workers(p)
+    p.add_argument("--jobs", help=argparse.SUPPRESS)   # retired: an error naming --workers
     p.add_argument("--output", required=True, metavar="DIR", help="where metrics.json and metrics.md go")
     p = sub.add_parser("bench", help="latency, peak RSS and roofline fraction of each backend")
     _add_common(p)
@@ -216,6 +225,11 @@ def build_parser():
     p.add_argument("--threads", type=int, default=2, help="threads per backend (default: %(default)s)")
     p.add_argument("--backends", nargs="+", metavar="NAME", choices=backends.NAMES,
                    help=f"subset to run (default: all of {', '.join(backends.NAMES)})")
+    p.add_argument("--engine", action="store_true",
+                   help="then run the validate engine on the same backends and hold it to these figures "
+                        "(inference, wall time per image, peak RSS)")
+    p.add_argument("--engine-images", type=_positive(int), default=2,
+                   help="sample images for --engine (default: %(default)s)")
 
     p = sub.add_parser("package", help="OVMS and OMZ layouts and a reproducible release archive; or --verify one")
     _add_common(p)

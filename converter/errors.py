@@ -40,3 +40,21 @@ class DiskFullError(StageError):
 class ParityFailure(ConverterError):
     """Converted models disagree with the original beyond the config's gate."""
     exit_code = 10
+
+
+class WorkerLost(StageError):
+    """A worker process (or Ray actor) of the validate engine died."""
+
+
+class HostError(ConverterError):
+    """A call into a worker failed there; it carries the exit code of the
+    worker's own error (a bad image is 2, a tampered model 8, ...)."""
+
+    def __init__(self, message, exit_code=StageError.exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class GuardMissed(ConverterError):
+    """bench --engine: the engine missed a speed or memory guard."""
+    exit_code = 12

@@ -195,22 +195,31 @@ def verified_record(workdir, stage, folder=None):
     return record
 
 
+class StaleBuild(StageError):
+    """A build whose own files are intact but which was made from inputs
+    that have changed since (an INT8 IR of an FP32 IR rebuilt since)."""
+
+
+def check_built_from(workdir, stage, record):
+    """A record's `built_from` ({path in the workdir: sha256}) must match the
+    files there now; else StaleBuild."""
+    built_from = record.params.get("built_from") or {}
+    if not isinstance(built_from, dict):
+        raise StageError(f"{record_path(workdir, stage)}: 'built_from' must be an object")
+    for rel, sha in sorted(built_from.items()):
+        path = os.path.join(workdir, str(rel))
+        if ".." in str(rel).split("/") or os.path.isabs(str(rel)) or not os.path.isfile(path) \
+                or file_digest(path) != sha:
+            raise StaleBuild(f"{record_path(workdir, stage)}: built from a {rel} that is no longer "
+                             f"there (rebuilt or changed); rerun the {stage} stage")
+
+
 def verify_build(workdir, stages):
-    """{stage: record} for each stage, every file verified (see verified_record).
-    A record's `built_from` ({path in the workdir: sha256}) must match the
-    files there now: an INT8 IR quantized from an FP32 IR that has since
-    been rebuilt is stale, though its own files are intact."""
+    """{stage: record} for each stage, every file verified (see verified_record)
+    and not stale (check_built_from)."""
     records = {stage: verified_record(workdir, stage) for stage in stages}
     for stage, record in records.items():
-        built_from = record.params.get("built_from") or {}
-        if not isinstance(built_from, dict):
-            raise StageError(f"{record_path(workdir, stage)}: 'built_from' must be an object")
-        for rel, sha in sorted(built_from.items()):
-            path = os.path.join(workdir, str(rel))
-            if ".." in str(rel).split("/") or os.path.isabs(str(rel)) or not os.path.isfile(path) \
-                    or file_digest(path) != sha:
-                raise StageError(f"{record_path(workdir, stage)}: built from a {rel} that is no longer "
-                                 f"there (rebuilt or changed); rerun the {stage} stage")
+        check_built_from(workdir, stage, record)
     return records
 
 

@@ -1,7 +1,9 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -13,6 +15,14 @@ if not os.path.exists(FIXTURE):  # CI's clone has shared/ beside it, like the wo
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # The test run must never reach the network for the real checkpoint.
 os.environ["OCRNET_CONVERT_OFFLINE"] = "1"
+# Nor the user's cache: the suite gets its own (its synthetic weights, its
+# results key), removed at the end of the session.
+_CACHE = tempfile.mkdtemp(prefix="ocrnet-test-cache-")
+os.environ["OCRNET_CONVERT_CACHE"] = _CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -290,7 +290,7 @@ def test_from_dir_is_verified(tmp_path, files):
 
 
 def test_auto_weights_use_a_cached_checkpoint(tmp_path, files, monkeypatch):
-    from converter.weights.choice import resolve_weights
+    from converter.stages.weights import resolve_weights
     monkeypatch.setenv("OCRNET_CONVERT_OFFLINE", "1")
     cfg = load_config(write_config(tmp_path, files, "http://127.0.0.1:9"))
     assert resolve_weights(cfg, "auto", cache_dir=str(tmp_path / "c")).kind == "synthetic"
@@ -311,6 +311,7 @@ def test_auto_weights_use_a_cached_checkpoint(tmp_path, files, monkeypatch):
 def test_default_cache_dir_follows_xdg(monkeypatch):
     monkeypatch.delenv("OCRNET_CONVERT_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", "/x/cache")
-    assert fetch.default_cache_dir() == "/x/cache/ocrnet-convert"
+    from converter.util.cache import default_cache_dir
+    assert default_cache_dir() == "/x/cache/ocrnet-convert"
     monkeypatch.setenv("OCRNET_CONVERT_CACHE", "/y")
-    assert fetch.default_cache_dir() == "/y"
+    assert default_cache_dir() == "/y"

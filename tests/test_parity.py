@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from converter.config import load_config
-from converter.stages.parity_gates import class_iou, compare, gate, top2_margin
+from converter.validate.gates import class_iou, compare, gate, top2_margin
 from tests.conftest import run_cli
 
 

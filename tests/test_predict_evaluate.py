@@ -12,8 +12,7 @@ CONFIG = load_config()
 CLASSES, PALETTE = CONFIG.class_names, np.array(CONFIG.palette, np.uint8)
 from converter.data.images import load_rgb, sample_images
 from tests.conftest import run_cli
-
-TRAIN_TO_LABEL = {t: l for l, t in LABEL_TO_TRAIN.items()}
+from tests.labelled import TRAIN_TO_LABEL, expected as _expected, write_dataset as _write_dataset
 
 
 def test_official_label_table():
@@ -76,39 +75,6 @@ def test_predict_rejects_bad_files_in_one_line(small_workdir, tmp_path):
         assert not out.exists()
 
 
-def _write_dataset(root, predictions, damage):
-    """GT = the backend's own class maps, turned into labelIds, then damaged."""
-    for (city, stem), (rgb, pred) in predictions.items():
-        img_dir = root / "leftImg8bit" / "val" / city
-        gt_dir = root / "gtFine" / "val" / city
-        img_dir.mkdir(parents=True, exist_ok=True)
-        gt_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgb).save(img_dir / f"{stem}_leftImg8bit.png")
-        label = np.vectorize(TRAIN_TO_LABEL.get)(pred).astype(np.uint8)
-        label = damage(label)
-        Image.fromarray(label).save(gt_dir / f"{stem}_gtFine_labelIds.png")
-
-
-def _expected(preds, gts):
-    """Independent IoU: per class, count TP/FP/FN with boolean masks over all images."""
-    tp, fp, fn = np.zeros(19), np.zeros(19), np.zeros(19)
-    correct = total = 0
-    for pred, label in zip(preds, gts):
-        train = np.full(label.shape, 255)
-        for l_id, t_id in LABEL_TO_TRAIN.items():
-            train[label == l_id] = t_id
-        valid = train != 255
-        for c in range(19):
-            tp[c] += np.sum((pred == c) & (train == c) & valid)
-            fp[c] += np.sum((pred == c) & (train != c) & valid)
-            fn[c] += np.sum((pred != c) & (train == c) & valid)
-        correct += np.sum((pred == train) & valid)
-        total += np.sum(valid)
-    iou = [tp[c] / (tp[c] + fp[c] + fn[c]) if tp[c] + fp[c] + fn[c] else None for c in range(19)]
-    present = [v for v in iou if v is not None]
-    return iou, sum(present) / len(present), correct / total
-
-
 def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
     images = {("aachen", "aachen_000000_000019"): _crop(128, 256, 0),
               ("aachen", "aachen_000001_000019"): _crop(128, 256, 1),
@@ -135,7 +101,7 @@ def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
     _write_dataset(root, predictions, damage)
     out = tmp_path / "eval"
     proc = run_cli("evaluate", "--cityscapes", str(root), "--backend", "openvino-fp32-f32", "--workdir",
-                   str(small_workdir), "--output", str(out), "--jobs", "2")
+                   str(small_workdir), "--output", str(out), "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "metrics.json").read_text())
     preds = [p for _, p in predictions.values()]
@@ -165,7 +131,10 @@ def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
 def test_evaluate_bad_limit_and_missing_dataset(small_workdir, tmp_path):
     proc = run_cli("evaluate", "--cityscapes", str(tmp_path), "--workdir", str(small_workdir),
                    "--output", str(tmp_path / "o"), "--limit", "0")
-    assert proc.returncode == 2 and "--limit must be positive" in proc.stderr
+    assert proc.returncode == 2 and "--limit: must be positive" in proc.stderr
+    proc = run_cli("evaluate", "--cityscapes", str(tmp_path), "--workdir", str(small_workdir),
+                   "--output", str(tmp_path / "o"), "--jobs", "2")
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --jobs is retired: use --workers N"
     proc = run_cli("evaluate", "--cityscapes", str(tmp_path / "none"), "--workdir", str(small_workdir),
                    "--output", str(tmp_path / "o"))
     assert proc.returncode == 2

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from converter.config import ConfigError, load_config, validate
-from converter.stages.parity_gates import gate, task_result
+from converter.validate.gates import gate, task_result
 from converter.data.images import SAMPLES_DIR
 from tests.conftest import run_cli
 
@@ -300,10 +300,32 @@ def test_parity_with_ground_truth_gates_the_miou_drop(int8_workdir, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((work / "parity" / "report.json").read_text())
     assert report["labels"]["split"] == "val" and len(report["images"]) == 2
-    for name in ("openvino-fp32-f32", "openvino-int8-default"):
+    # the mIoUs counted here, pixel by pixel, from each model's own maps
+    from PIL import Image
+
+    from converter.data.images import load_rgb, resize_rgb
+    from converter.runners import make_runner
+    from tests.conftest import converted_input, original_input
+    from tests.labelled import expected
+
+    pairs = sorted((p, root / "gtFine" / "val" / p.parent.name / p.name.replace("leftImg8bit", "gtFine_labelIds"))
+                   for p in (root / "leftImg8bit" / "val").glob("*/*.png"))
+    gts = [np.asarray(Image.open(g)) for _, g in pairs]
+    rgbs = [resize_rgb(load_rgb(str(p)), 512, 256) for p, _ in pairs]
+
+    def miou(runner, prep):
+        preds = [np.asarray(Image.fromarray(runner.infer(prep(rgb))["argmax_0.tmp_0"][0].astype(np.uint8))
+                            .resize(gt.shape[::-1], Image.NEAREST)) for rgb, gt in zip(rgbs, gts)]
+        return expected(preds, gts)[1]
+    original = miou(make_runner("paddle", str(work / "paddle")), original_input)
+    for name, precision in (("openvino-fp32-f32", "f32"), ("openvino-int8-default", None)):
+        xml = "FP32" if name.endswith("f32") else "INT8"
+        got = miou(make_runner("openvino", str(work / "openvino" / xml / "ocrnet-hrnet-w48-paddle.xml"),
+                               precision=precision), converted_input)
         task = report["results"][name]["task"]
-        assert task["pixels"] > 0 and 0 <= task["miou"] <= 1
-        assert task["miou_drop"] == pytest.approx(task["original_miou"] - task["miou"])
+        assert task["original_miou"] == pytest.approx(original, abs=1e-3)
+        assert task["miou"] == pytest.approx(got, abs=1e-3), name
+        assert task["miou_drop"] == pytest.approx(original - got, abs=2e-3), name
     assert report["results"]["openvino-fp32-f32"]["task"]["miou_drop"] == pytest.approx(0, abs=1e-3)
     assert "Against ground truth" in (work / "parity" / "report.md").read_text()
 
@@ -341,6 +363,30 @@ def test_quantize_with_accuracy_control_on_labelled_scenes(small_workdir, tmp_pa
     assert proc.returncode == 0, proc.stderr
     acc = json.loads((_int8(work) / "quantize.json").read_text())["accuracy_control"]
     assert acc["images"] == 1 and acc["tiles"] == 4 and acc["max_drop"] == 0.02
-    assert 0 <= acc["miou_int8_ir"] <= 1 and acc["drop"] == pytest.approx(acc["miou_fp32_ir"] - acc["miou_int8_ir"])
+    # both mIoUs counted here on the same four 128x256 tiles of the 256x512 input, with the labels
+    # brought to that size by nearest-neighbour, at f32 and the tile shape as the stage measures them
+    import openvino as ov
+    from PIL import Image
+
+    from converter.data.images import load_rgb, resize_rgb
+    from tests.conftest import converted_input
+    from tests.labelled import expected, to_train
+
+    image = next((root / "leftImg8bit" / "val").glob("*/*.png"))
+    label = root / "gtFine" / "val" / image.parent.name / image.name.replace("leftImg8bit", "gtFine_labelIds")
+    x = converted_input(resize_rgb(load_rgb(str(image)), 512, 256))
+    gt = to_train(np.asarray(Image.open(label).resize((512, 256), Image.NEAREST)))
+    tiles = [(slice(r, r + 128), slice(c, c + 256)) for r in (0, 128) for c in (0, 256)]
+
+    def miou(xml):
+        model = ov.Core().read_model(str(xml))
+        model.reshape({model.inputs[0]: [1, 3, 128, 256]})
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        preds = [compiled(np.ascontiguousarray(x[:, :, rows, cols]))[0][0] for rows, cols in tiles]
+        return expected(preds, [gt[rows, cols] for rows, cols in tiles], train_ids=True)[1]
+    fp32, int8 = miou(work / "openvino" / "FP32" / "ocrnet-hrnet-w48-paddle.xml"), miou(_int8(work) / "ocrnet-hrnet-w48-paddle.xml")
+    assert acc["miou_fp32_ir"] == pytest.approx(fp32, abs=1e-3)
+    assert acc["miou_int8_ir"] == pytest.approx(int8, abs=1e-3)
+    assert acc["drop"] == pytest.approx(fp32 - int8, abs=2e-3)
     proc = run_cli("quantize", "--workdir", str(work), "--cityscapes", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: no images under")

@@ -25,10 +25,9 @@ from converter.errors import ConverterError
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
 from converter.data.images import load_rgb, resize_rgb, sample_images
 from converter.util.log import info
-from converter.backends import select
+from converter.backends import check_artifacts, select
 from converter.records import converted_input_shape
 from converter.runners.process import run_worker
-from converter.stages.parity import check_artifacts
 
 F32_IR = "openvino-fp32-f32"
 TARGETS = {"openvino-int8-default": 1 / 3}  # latency, at most this fraction of F32_IR's
@@ -76,11 +75,22 @@ def markdown(record):
     for name, t in record.get("targets", {}).items():
         lines += ["", f"Target: {name} latency <= {t['max_fraction']:.3f} of {F32_IR}'s: "
                       f"{t['fraction']:.3f}, **{'met' if t['met'] else 'NOT MET'}**."]
-    return "\n".join(lines) + "\n"
+    sysinfo = record.get("system")
+    if sysinfo:
+        lines += ["", f"CPU: {sysinfo['cpu']} ({sysinfo['cores']} cores); flags: "
+                  + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in sysinfo["cpu_flags"].items()) + "."]
+    text = "\n".join(lines) + "\n"
+    if record.get("engine"):
+        from converter.commands.bench_engine import markdown as engine_markdown
+
+        text += engine_markdown(record["engine"])
+    return text
 
 
-def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None):
-    chosen, left_out, _ = check_artifacts(workdir, select(backends), named=bool(backends))
+def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None, engine=False, engine_images=2):
+    """engine: also run the validate engine on the same backends (the
+    reference among them) and hold it to these figures (bench_engine)."""
+    chosen, left_out, _ = check_artifacts(workdir, select(backends, with_reference=engine), named=bool(backends))
     for name, why in left_out.items():
         info(f"bench: {name} left out: {why}")
     static = converted_input_shape(workdir, required=True)
@@ -120,6 +130,13 @@ def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None):
     record = {"stage": "bench", "input_shape": list(shape), "runs": runs, "threads": threads,
               "model_gflop": flops / 1e9, "sgemm": sgemm, "backends": results, "targets": targets,
               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    from converter.stages.parity_report import system_info
+
+    record["system"] = system_info()
+    if engine:
+        from converter.commands.bench_engine import engine_figures
+
+        record["engine"] = engine_figures(config, workdir, record, chosen, engine_images, threads)
     out_dir = os.path.join(workdir, "bench")
     os.makedirs(out_dir, exist_ok=True)
     write_json_atomic(os.path.join(out_dir, "bench.json"), record)

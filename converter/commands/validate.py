@@ -10,96 +10,38 @@ OUT/worst/<backend>-<rank>.png   the 5 images with the lowest agreement, drawn
 OUT/validate.json, validate.md   the metrics per backend and the gates; exit 10 when one fails
 """
 import os
-import sys
-import time
 
 from converter.errors import ConverterError, ParityFailure
 
 SCHEMA = "ocrnet-convert/validate/1"
 
 
-def collect_items(images=None, cityscapes=None, split="val", limit=None):
-    from converter.commands.evaluate import find_pairs
-    from converter.data.images import expand_image_args, sample_images
-    from converter.validate.items import make_items
-
-    if cityscapes:
-        if not os.path.isdir(cityscapes):
-            raise ConverterError(f"--cityscapes {cityscapes}: not a folder")
-        pairs = find_pairs(cityscapes, split)[:limit]
-        return make_items([p[0] for p in pairs], [p[1] for p in pairs])
-    paths = expand_image_args(images) if images else sample_images()
-    return make_items(paths[:limit])
-
-
-def default_threads(workers):
-    return max(1, (os.cpu_count() or 2) // max(1, workers))
-
-
-def progress_printer(what):
-    """A tqdm bar with ETA on a terminal; JSON lines otherwise."""
-    import json
-
-    state = {"bar": None, "last": 0.0}
-
-    def report(done, total, reused, eta):
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            if state["bar"] is None:
-                state["bar"] = tqdm(total=total, initial=done, unit="img", desc=what, file=sys.stderr)
-            else:
-                state["bar"].update(done - state["bar"].n)
-            if done >= total:
-                state["bar"].close()
-            return
-        now = time.monotonic()
-        if done < total and now - state["last"] < 1.0 and done != reused:
-            return
-        state["last"] = now
-        print(json.dumps({"event": "progress", "stage": what, "done": done, "total": total, "reused": reused,
-                          "eta_seconds": None if eta is None else round(eta, 1)}), file=sys.stderr, flush=True)
-    return report
-
-
-def run_engine(config, workdir, records, items, selected, reference, out_images, executor="local", address=None,
-               workers=1, threads=None, keep_maps=False, what="validate"):
-    """Every backend of selected over items with one engine; records: the
-    verified records of their stages (parity.check_artifacts). Returns
-    (results, counts with the hosts' descriptions, the input size)."""
-    from converter.records import converted_input_shape
-    from converter.validate.engine import Engine, backend_spec, measured_weights
-
-    shape = converted_input_shape(workdir, config)
-    specs = [backend_spec(b, workdir, config, records) for b in selected]
-    threads = threads or default_threads(workers)
-    with Engine(specs, reference, (shape[3], shape[2]), config.num_classes, workers, threads, executor, address,
-                keep_maps, measured_weights(workdir)) as engine:
-        results, counts = engine.run(items, out_images, progress_printer(what))
-        hosts = engine.describe()
-    import resource
-
-    counts.update(executor=executor, workers=workers, threads=threads, lanes=engine.lanes,
-                  groups=engine.groups, hosts=hosts,
-                  driver_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
-    return results, counts, (shape[3], shape[2])
-
-
 def run_validate(config, workdir, output, images=None, cityscapes=None, split="val", backends=None, limit=None,
-                 executor="local", address=None, workers=1, threads=None):
-    from converter.backends import REFERENCE, select
+                 executor="local", address=None, workers=1, threads=None, trust_unsealed=False, host_class=None,
+                 chunk=None):
+    """validate.json/.md for the images; raises ParityFailure when a gate
+    fails. host_class: the engine's Host (tests pass faulty ones)."""
+    from converter.backends import REFERENCE, check_artifacts, select
     from converter.records import export_weights
-    from converter.stages.parity import check_artifacts
     from converter.util.fsutil import write_bytes_atomic, write_json_atomic
+    from converter.util.progress import progress_printer
     from converter.validate.aggregate import aggregate, draw_worst, markdown, timing
+    from converter.validate.items import collect_items
+    from converter.validate.run import run_engine
 
     if address and executor != "ray":
         raise ConverterError("--ray-address goes with --executor ray")
+    if address:
+        from converter.validate.ray_address import parse
+
+        parse(address)   # a malformed address is refused even when every result is reused
     selected, left_out, records = check_artifacts(workdir, select(backends, with_reference=True),
                                                   named=bool(backends))
     items = collect_items(images, cityscapes, split, limit)
     results, run, size = run_engine(config, workdir, records, items, selected, REFERENCE.name,
-                                    os.path.join(output, "images"), executor, address, workers, threads)
+                                    os.path.join(output, "images"), executor, address, workers, threads,
+                                    progress=progress_printer("validate"), host_class=host_class,
+                                    trust_unsealed=trust_unsealed, chunk=chunk)
     compared = [b for b in selected if b is not REFERENCE]
     summary = aggregate(results, config, compared, REFERENCE.name)
     draw_worst(summary, results, output, size)

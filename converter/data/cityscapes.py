@@ -1,9 +1,17 @@
-"""Cityscapes' label format and the metrics on class maps.
+"""Cityscapes' layout, label format and the metrics on class maps.
 
 The classes' names and colours are the model's, in the config (`classes`);
-this module holds what belongs to the dataset: the labelId -> trainId table.
+this module holds what belongs to the dataset: where images and labels lie
+(ROOT/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png beside
+ROOT/gtFine/<split>/<city>/<name>_gtFine_labelIds.png), the labelId ->
+trainId table, and the IoU metrics of a confusion matrix.
 """
+import glob
+import os
+
 import numpy as np
+
+from converter.errors import ConverterError
 
 
 def colorize(classes, palette):
@@ -44,3 +52,61 @@ def iou_per_class(conf):
     union = conf.sum(0) + conf.sum(1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, tp / union, np.nan)
+
+
+def find_pairs(root, split):
+    """[(image, labels)] of the split, sorted; a missing label file is an error."""
+    images = sorted(glob.glob(os.path.join(root, "leftImg8bit", split, "*", "*_leftImg8bit.png")))
+    if not images:
+        raise ConverterError(f"no images under {os.path.join(root, 'leftImg8bit', split)} "
+                             "(expected <city>/*_leftImg8bit.png)")
+    pairs = []
+    for img in images:
+        city = os.path.basename(os.path.dirname(img))
+        stem = os.path.basename(img)[: -len("_leftImg8bit.png")]
+        gt = os.path.join(root, "gtFine", split, city, f"{stem}_gtFine_labelIds.png")
+        if not os.path.isfile(gt):
+            raise ConverterError(f"missing ground truth for {img}: {gt}")
+        pairs.append((img, gt))
+    return pairs
+
+
+def load_gt(path, size=None, data=None):
+    """trainIds [H, W] of a labelIds PNG (from data, its bytes, when given);
+    with size=(W, H), brought to that size with nearest-neighbour (labels
+    are never interpolated)."""
+    import io
+
+    from PIL import Image
+
+    from converter.data.images import MAX_PIXELS
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ConverterError(f"{path}: {img.width}x{img.height} is too large for ground truth")
+            if img.mode not in ("L", "P", "I", "I;16"):
+                raise ConverterError(f"{path}: ground truth must be a single-channel labelIds PNG, got {img.mode}")
+            ids = np.asarray(img)
+    except ConverterError:
+        raise
+    except Exception as exc:
+        raise ConverterError(f"{path}: not a readable ground-truth PNG ({type(exc).__name__})") from None
+    if ids.max(initial=0) > 255 or ids.min(initial=0) < 0:
+        raise ConverterError(f"{path}: label ids outside 0..255 ({int(ids.min())}..{int(ids.max())})")
+    train = label_ids_to_train_ids(ids.astype(np.uint8))
+    if size is not None and train.shape != (size[1], size[0]):
+        train = np.asarray(Image.fromarray(train).resize(tuple(size), Image.NEAREST))
+    return train
+
+
+def metrics(conf, class_names):
+    """mIoU (over the classes present in truth or prediction), per-class IoU
+    (None for a class absent from both), pixel accuracy and pixel count."""
+    per_class = {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou_per_class(conf))}
+    present = [v for v in per_class.values() if v is not None]
+    return {"miou": float(np.mean(present)) if present else None,
+            "per_class_iou": per_class,
+            "pixel_accuracy": float(np.trace(conf) / conf.sum()) if conf.sum() else None,
+            "pixels": int(conf.sum())}

@@ -39,16 +39,18 @@ def build_weighted_model(config, choice):
         # checkpoint is refused in a fraction of a second and small memory.
         info(f"export: reading checkpoint {choice.path}")
         state = read_checkpoint(choice.path, choice.sha384)
-    from converter.model import build_model
-    from converter.weights.synthetic import synthetic_state_dict
-
     from converter.data.images import input_contract
+    from converter.model import build_model
+    from converter.weights.synthetic import cached_synthetic_state_dict
 
     model = build_model(config.num_classes)
     if state is None:
-        info(f"export: making synthetic weights (seed {choice.provenance['seed']}; "
-             "BatchNorm recalibration on the sample images)...")
-        synthetic_state_dict(model, choice.provenance["seed"], input_contract(config, "original"))
+        seed = choice.provenance["seed"]
+        info(f"export: synthetic weights (seed {seed}; BatchNorm recalibration on the sample images, "
+             f"cached in {choice.cache_dir or 'no cache'})...")
+        _, hit = cached_synthetic_state_dict(model, seed, input_contract(config, "original"), choice.cache_dir,
+                                             log=info)
+        info("export: synthetic weights " + ("taken from the cache (verified)" if hit else "computed"))
     else:
         extra = load_state(model, state, log=info)
         choice.provenance["ignored_keys"] = len(extra)

@@ -20,6 +20,7 @@ import stat
 import urllib.parse
 
 from converter.errors import ChecksumError, FetchError
+from converter.util.cache import cache_path, default_cache_dir
 from converter.util.fsutil import file_digest
 
 CHUNK = 1 << 16
@@ -27,25 +28,6 @@ RETRY_STATUSES = {429, 500, 502, 503, 504}
 CONNECT_FAILURES = ("cannot connect to", "connection to")  # prefixes of _open's connect-phase errors
 NO_NETWORK_HINT = ("no network? Use --mirror URL or --from DIR, or pass a local "
                    "checkpoint with --weights PATH")
-
-
-def default_cache_dir():
-    """$OCRNET_CONVERT_CACHE, else the platform's user cache folder:
-    $XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS,
-    %LOCALAPPDATA% on Windows; always with an `ocrnet-convert` subfolder."""
-    if os.environ.get("OCRNET_CONVERT_CACHE"):
-        return os.environ["OCRNET_CONVERT_CACHE"]
-    if sys.platform == "darwin":
-        base = os.path.expanduser("~/Library/Caches")
-    elif os.name == "nt":
-        base = os.environ.get("LOCALAPPDATA", os.path.expanduser("~\\AppData\\Local"))
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "ocrnet-convert")
-
-
-def cache_path(cache_dir, sha384):
-    return os.path.join(cache_dir, "sha384", sha384[:2], sha384)
 
 
 def file_sha384(path):

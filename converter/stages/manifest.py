@@ -11,7 +11,7 @@ import stat
 from converter.errors import StageError
 from converter.util.fsutil import file_digest, write_bytes_atomic, write_json_atomic
 from converter.records import STAGES, read_json, record_files, record_path, verify_build
-from converter.stages.parity_gates import backend_failed
+from converter.validate.gates import backend_failed
 from converter.stages.parity_report import system_info
 
 MODEL_DIRS = tuple(folder for folder, _, _ in STAGES.values()) + ("paddle-logits",)

@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from converter.errors import ConverterError, ParityFailure, StageError
-from converter.records import (MODEL_STEM, STAGES, StageRecord, ir_path, record_files, record_path, verified_record,
-                               verify_build, write_record)
+from converter.errors import ParityFailure, StageError
+from converter.records import (MODEL_STEM, STAGES, StageRecord, StaleBuild, check_built_from, ir_path, record_files,
+                               record_path, verified_record, write_record)
 from converter.stages import StageResult, up_to_date
 from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
@@ -81,10 +81,13 @@ def parents(workdir):
     records = {"openvino": verified_record(workdir, "openvino")}
     found, left_out = {"FP32": ir_path("FP32"), "FP16": ir_path("FP16")}, {}
     if os.path.lexists(record_path(workdir, "quantize")):
+        # a tampered INT8 build is an error (verified_record); a stale one is left out
+        quantized = verified_record(workdir, "quantize")
         try:
-            records.update(verify_build(workdir, ["quantize"]))
+            check_built_from(workdir, "quantize", quantized)
+            records["quantize"] = quantized
             found["INT8"] = ir_path("INT8")
-        except ConverterError as exc:
+        except StaleBuild as exc:
             left_out["INT8"] = str(exc)
     parent_files = {rel[:-4] + ext for rel in found.values() for ext in (".xml", ".bin")}
     digests = {}
@@ -111,7 +114,7 @@ def check(config, parent_xml, flavour_model, images, threads=2):
     images (float32 [1,3,h,w] inputs of the converted side). Returns the
     figures; raises ParityFailure when the gate fails."""
     import openvino as ov
-    from converter.stages.parity_gates import compare
+    from converter.validate.gates import compare
 
     core = ov.Core()
     shape = images[0].shape

@@ -83,7 +83,7 @@ def _gate_text(budget, thresholds):
 
 
 def _verdict(name, failures):
-    from converter.stages.parity_gates import backend_failed
+    from converter.validate.gates import backend_failed
 
     return "FAIL" if backend_failed(name, failures) else "pass"
 
@@ -136,11 +136,14 @@ def markdown(record, class_names):
                 flips = ", ".join(f"{class_names[f['from']]}->{class_names[f['to']]} x{f['count']}"
                                   for f in m["top_flips"])
                 lines.append(f"- {backend}, {image}: {flips}")
-    lines += ["", "## Backends", "", "| backend | load s | infer s (per image) | wall s | its worker's peak RSS MB | precision |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "## Backends", "", "Each worker loads one backend at a time; its peak RSS is that of "
+              "the largest, plus the reference outputs of its chunk of images.", "",
+              "| backend | load s | infer s (per image) | compare s (per image) | wall s | worker peak RSS MB | "
+              "precision |", "|---|---|---|---|---|---|---|"]
     for name, run in record["runs"].items():
         prec = run["info"].get("effective_precision", "f32")
         lines.append(f"| {name} | {run['load_seconds']} | {', '.join(map(str, run['infer_seconds']))} | "
+                     f"{', '.join(map(str, run.get('compare_seconds', [])))} | "
                      f"{run['wall_seconds']} | {run['peak_rss_mb']} | {prec} |")
     sysinfo = record["system"]
     lines += ["", "## System", "", f"CPU: {sysinfo['cpu']} ({sysinfo['cores']} cores); flags: "

@@ -91,7 +91,7 @@ class Tiles:
             x = prepare(resize_rgb(load_rgb(self.paths[index]), self.W, self.H), self.contract)
             gt = None
             if self.labels is not None:
-                from converter.commands.evaluate import load_gt
+                from converter.data.cityscapes import load_gt
 
                 gt = load_gt(self.labels[index], (self.W, self.H))
             self._cached = (index, (x, gt))
@@ -109,7 +109,7 @@ def _check_readable(paths, pairs):
     """Decode every image (and ground truth) once before NNCF starts, so a
     bad file is a one-line error up front, not one in the middle of NNCF's
     progress output after minutes of statistics."""
-    from converter.commands.evaluate import load_gt
+    from converter.data.cityscapes import load_gt
     from converter.data.images import load_rgb
 
     for path in paths:
@@ -175,7 +175,7 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
     paths = expand_image_args(images) if images else sample_images()
     pairs = None
     if cityscapes:
-        from converter.commands.evaluate import find_pairs
+        from converter.data.cityscapes import find_pairs
 
         pairs = find_pairs(cityscapes, split)
     max_drop = config.max_miou_drop if max_drop is None else max_drop

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from converter.stages import fetch
 from converter.errors import CheckpointError, ChecksumError, FetchError
+from converter.util.cache import default_cache_dir
 from converter.util.log import banner, info
 
 
@@ -20,6 +21,7 @@ class WeightsChoice:
     path: str = ""       # checkpoint file, when kind is "pretrained"
     provenance: dict = None
     sha384: str = ""     # of the file as verified; the loader refuses other bytes
+    cache_dir: str = ""  # the user's cache (calibrated synthetic weights are kept there too)
 
 
 def _synthetic(seed, reason=None):
@@ -52,7 +54,14 @@ def _get_checkpoint(config, cache_dir, mirror, offline):
 
 def resolve_weights(config, choice="auto", seed=0, cache_dir=None, mirror=None,
                     allow_unverified=False):
-    cache_dir = cache_dir or fetch.default_cache_dir()
+    import dataclasses
+
+    cache_dir = cache_dir or default_cache_dir()
+    return dataclasses.replace(_resolve(config, choice, seed, cache_dir, mirror, allow_unverified),
+                               cache_dir=cache_dir)
+
+
+def _resolve(config, choice, seed, cache_dir, mirror, allow_unverified):
     offline = os.environ.get("OCRNET_CONVERT_OFFLINE") == "1"
     if choice == "synthetic":
         return _synthetic(seed)

@@ -1,10 +1,14 @@
 """One engine for every comparison over images: validate, parity and evaluate.
 
-items    what is compared: images (and labels), their content hashes, result keys
-host     runs in a worker (a local process or a Ray actor): loads its backends
-         once and turns one image into small results
-executors  local worker processes, or Ray actors
-engine   plans the workers, feeds them images, writes each image's results
-         atomically and skips those already there (resume)
-aggregate  per-image results -> metrics per backend, the gates, the reports
+A library: it knows no command. Top down:
+
+run         run_engine(): the entry point
+engine      feeds workers chunks of images, writes each image's results
+            atomically and reuses those already there (resume)
+executors   local worker processes, or Ray actors (ray_address checks a cluster's)
+host        a worker: one backend loaded at a time, a chunk of images held
+items       what is compared: images (and labels), their content hashes, result keys
+results     the per-image result's schema: sealed, checked, read
+gates       what is measured per image (compare) and the gate of each precision
+aggregate   per-image results -> metrics per backend, the gates, the reports
 """

@@ -8,16 +8,17 @@ backend:
 - mIoU of its maps against the original's maps (one confusion matrix summed
   over the images: how far the conversion moves the segmentation);
 - with labels, mIoU and per-class IoU against ground truth, and the drop
-  from the original's mIoU on the same images (parity_gates.task_result);
-- the gate of its precision (parity_gates.gate, the same as parity's);
+  from the original's mIoU on the same images (gates.task_result);
+- the gate of its precision (gates.gate, the same as parity's);
 - the 5 images with the lowest agreement, each drawn as a PNG.
 """
+import io
 import os
 
 import numpy as np
 
-from converter.commands.evaluate import metrics as gt_metrics
-from converter.stages.parity_gates import backend_failed, gate, miou, task_result
+from converter.data.cityscapes import metrics as gt_metrics
+from converter.validate.gates import backend_failed, gate, miou, task_result
 
 WORST = 5
 
@@ -61,8 +62,8 @@ def aggregate(results, config, backends, reference):
                 "miou_vs_original_maps": vs_ref,
                 "logit_error": {"rel_p99_max": max(e["rel_p99"] for e in errs),
                                 "rel_max_max": max(e["rel_max"] for e in errs)} if errs else None,
-                "worst": [{"id": i, "agreement": e["compare"]["agreement"], "disagree": e["compare"]["disagree"],
-                           "diff_png": e.get("diff_png")} for i, e in ranked]})
+                "worst": [{"id": i, "agreement": e["compare"]["agreement"], "disagree": e["compare"]["disagree"]}
+                          for i, e in ranked]})
             for_gate[b.name] = {"gated": b.gated, "budget": b.budget,
                                 "images": {i: e["compare"] for i, e in entries}}
         if labelled:
@@ -108,14 +109,21 @@ def draw_worst(summary, results, out_dir, size):
     from converter.data.images import load_rgb, resize_rgb
     from converter.util.fsutil import write_png_atomic
 
+    from converter.validate.results import read_png
+
     by_id = {r["id"]: r for r in results}
     drawn = {}
     for name, entry in summary["backends"].items():
         for rank, worst in enumerate(entry.get("worst", []), 1):
-            if not worst.get("diff_png"):
+            result = by_id[worst["id"]]
+            stored = result["backends"][name]
+            png = read_png(os.path.join(out_dir, "images"), stored.get("diff_png"), stored.get("diff_png_sha256"))
+            if png is None:
                 continue
-            rgb = resize_rgb(load_rgb(by_id[worst["id"]]["path"]), *size)
-            with Image.open(os.path.join(out_dir, "images", worst["diff_png"])) as img:
+            rgb = resize_rgb(load_rgb(result["path"]), *size)
+            with Image.open(io.BytesIO(png)) as img:
+                if img.size != tuple(size) or img.mode != "1":
+                    continue
                 mask = np.asarray(img.convert("L")) > 0
             picture = (rgb // 3).astype(np.uint8)
             picture[mask] = (255, 32, 32)
@@ -165,6 +173,8 @@ def markdown(doc):
     if s["failures"]:
         lines += ["", "## Gate failures", ""] + [f"- {f}" for f in s["failures"][:50]]
     run = doc["run"]
-    lines += ["", f"Run: executor {run['executor']}, {run['workers']} worker(s) in {run['lanes']} lane(s), "
-              f"{run['computed']} image(s) computed, {run['reused']} reused, {run['seconds']} s."]
+    lines += ["", f"Run: executor {run['executor']}, {run['workers']} worker(s) (each running the backends in turn "
+              f"on chunks of {run['chunk']} image(s)), {run['computed']} image(s) computed, {run['reused']} reused "
+              f"({run['refused_stored']} stored result(s) refused and recomputed"
+              + (", unsealed results trusted" if run.get("trust_unsealed") else "") + f"), {run['seconds']} s."]
     return "\n".join(lines) + "\n"

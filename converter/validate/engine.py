@@ -1,32 +1,45 @@
-"""The engine: plan workers, feed them images, keep each image's small results.
+"""The engine: feed workers chunks of images, keep each image's small results.
 
-Plan. With W workers and B backends to run (the reference included), one
-"lane" is min(W, B) workers holding all B backends between them (assigned
-greedily by their measured seconds per image, from bench.json when there is
-one, so that the workers of a lane carry similar loads); W // min(W, B)
-lanes take images in turn. Each worker loads its backends once and keeps
-them: memory per worker does not grow with the number of images.
+Plan. `workers` hosts (processes or Ray actors); each takes a chunk of
+images at a time and runs the backends over it one after the other: the
+reference first (whose class maps and logits stay in the host), then every
+other backend, each compared with the reference as it runs. A host holds
+one runtime at a time (see validate.host), so its memory is its largest
+backend's plus the chunk's reference outputs, whatever the number of
+backends or images. The chunk is as many images as CHUNK_BYTES of
+reference outputs allow (3 at 1024x2048 with 19 classes); more images per
+chunk would load each backend fewer times, at the price of memory.
 
-Flow of one image in a lane: the reference's host runs the reference and
-returns its class map and logits (the only full-resolution object); every
-host of the lane then compares its backends against them and returns small
-results; the image's results are written to OUT/images/<key>.json (the
-disagreement masks beside it as 1-bit PNGs, the JSON last), and the
-reference's output is dropped. At most WINDOW images are in flight per lane,
-so the driver holds at most lanes x WINDOW reference outputs.
+Results. When every backend has compared an image, its results are written
+to OUT/images/<key>.json (the disagreement masks beside it as 1-bit PNGs,
+the JSON last), sealed with this machine's secret (validate.results).
 
-Resume. An image whose key (items.result_key) has a result file is not
-computed again; a killed run leaves only whole result files (atomic writes),
-so a rerun computes exactly the images without one.
+Resume. An image whose key has a usable stored result is not computed again;
+a killed run leaves only whole result files (atomic writes), so a rerun
+computes exactly the images without one. A stored result that fails its
+seal or schema is recomputed and counted.
 """
 import os
 import time
-from collections import deque
 
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
-from converter.validate.items import RESULT_SCHEMA, load_result, models_fingerprint, result_key, well_formed
+from converter.validate import results as schema
+from converter.validate.items import models_fingerprint, result_key
 
-WINDOW = 2
+CHUNK_BYTES = 640 << 20
+MAX_CHUNK = 32
+
+
+def chunk_size(num_classes, size, budget=CHUNK_BYTES):
+    """Images per chunk: a host keeps, per image, the reference's f32 logits
+    and class map, the input and the labels."""
+    w, h = size
+    per_image = w * h * (4 * num_classes + 1 + 3 + 1)
+    return max(1, min(MAX_CHUNK, budget // per_image))
+
+
+def default_threads(workers):
+    return max(1, (os.cpu_count() or 2) // max(1, workers))
 
 
 def backend_spec(backend, workdir, config, records):
@@ -46,168 +59,217 @@ def backend_spec(backend, workdir, config, records):
             "output": backend.output_name(config)}
 
 
-def measured_weights(workdir):
-    """{backend: median seconds per image} from bench.json, or {}."""
-    import json
-
-    try:
-        with open(os.path.join(workdir, "bench", "bench.json")) as fh:
-            bench = json.load(fh)
-        return {n: float(r["median_seconds"]) for n, r in bench["backends"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-
-
-def plan(names, workers, weights):
-    """[[backend names of each host of a lane]] and the number of lanes."""
-    per_lane = max(1, min(workers, len(names)))
-    lanes = max(1, workers // per_lane)
-    groups, loads = [[] for _ in range(per_lane)], [0.0] * per_lane
-    for name in sorted(names, key=lambda n: (-weights.get(n, 1.0), names.index(n))):
-        k = loads.index(min(loads))
-        groups[k].append(name)
-        loads[k] += weights.get(name, 1.0)
-    return [g for g in groups if g], lanes
+class _Chunk:
+    def __init__(self, index, members):
+        self.index, self.members, self.tries, self.attempt = index, members, 0, None
 
 
 class Engine:
     def __init__(self, specs, reference, size, num_classes, workers=1, threads=1, executor="local",
-                 address=None, keep_maps=False, weights=None):
+                 address=None, keep_maps=False, host_class=None, secret=None, trust_unsealed=False, chunk=None):
         """specs: backend_spec() of every backend to run; reference: the
-        name of one of them, or None (no comparison: ground truth only)."""
-        self.reference = reference
-        self.num_classes = num_classes
-        self.size = tuple(size)
+        name of one of them, or None (no comparison: ground truth only).
+        secret: seals the results written and checks the ones reused
+        (util.cache.machine_secret); trust_unsealed: reuse stored results
+        that this machine did not seal, after their schema check; chunk:
+        images per chunk (default: chunk_size())."""
+        self.reference, self.num_classes, self.size = reference, num_classes, tuple(size)
+        self.specs = {s["name"]: s for s in specs}
+        self.compared = [n for n in self.specs if n != reference]
         self.fingerprint = models_fingerprint(specs, size)
-        by_name = {s["name"]: s for s in specs}
-        self.groups, self.lanes = plan(list(by_name), workers, weights or {})
-        host_specs = [{"backends": [by_name[n] for n in group], "threads": threads, "size": list(size),
-                       "num_classes": num_classes, "keep_maps": keep_maps}
-                      for _ in range(self.lanes) for group in self.groups]
-        self.executor_name, self.address, self.host_specs = executor, address, host_specs
-        self.executor = None
+        self.chunk = chunk or chunk_size(num_classes, self.size)
+        self.workers, self.threads, self.keep_maps = max(1, workers), threads, keep_maps
+        self.executor_name, self.address, self.host_class = executor, address, host_class
+        self.secret, self.trust_unsealed = secret, trust_unsealed
+        self.executor, self.hosts = None, 0
 
     def __enter__(self):
         return self
-
-    def _start_workers(self):
-        """Workers start when there is something to compute: a rerun that
-        reuses every result loads no model."""
-        from converter.validate.executors import LocalExecutor, RayExecutor
-
-        if self.executor is None:
-            if self.executor_name == "ray":
-                self.executor = RayExecutor(self.host_specs, self.address)
-            else:
-                self.executor = LocalExecutor(self.host_specs)
-        return self.executor
 
     def __exit__(self, exc_type, *exc):
         if self.executor is not None:
             self.executor.close(kill=exc_type is not None)
 
+    def _start(self, hosts):
+        from converter.validate.executors import LocalExecutor, RayExecutor
+
+        spec = {"backends": self.specs, "threads": self.threads, "size": list(self.size),
+                "num_classes": self.num_classes, "keep_maps": self.keep_maps}
+        self.hosts = hosts
+        if self.executor_name == "ray":
+            self.executor = RayExecutor([spec] * hosts, self.address, self.host_class)
+        else:
+            self.executor = LocalExecutor([spec] * hosts, self.host_class)
+        return self.executor
+
     def describe(self):
         """Each host's node, pid, threads, load seconds, peak RSS so far and runner info."""
         if self.executor is None:
             return []
-        handles = {self.executor.submit(i, "describe"): i for i in range(len(self.host_specs))}
+        handles = {self.executor.submit(i, "describe"): i for i in range(self.hosts)}
         out = [None] * len(handles)
         while any(v is None for v in out):
             for handle, value in self.executor.wait():
                 out[handles[handle]] = value
         return out
 
-    def hosts_of(self, lane):
-        n = len(self.groups)
-        return [(lane * n + k, group) for k, group in enumerate(self.groups)]
+    def _expect(self, item):
+        return {"sha256": item.sha256, "label_sha256": item.label_sha256, "size": list(self.size),
+                "reference": self.reference, "backends": self.compared, "num_classes": self.num_classes}
+
+    def _stored(self, items, keys, images_dir):
+        """{index: usable stored result}, and how many stored ones were refused."""
+        found, refused = {}, 0
+        for i, (item, key) in enumerate(zip(items, keys)):
+            stored = schema.load(images_dir, key) if images_dir else None
+            if stored is None:
+                continue
+            result, _ = schema.usable(stored, key, self._expect(item), self.secret, self.trust_unsealed)
+            if result is None:
+                refused += 1
+                continue
+            found[i] = dict(result, id=item.id, path=os.path.abspath(item.path))
+        return found, refused
 
     def run(self, items, images_dir=None, progress=None):
         """Results (stored or computed) for items, in order, and counts.
         images_dir None: nothing is stored or reused (parity's own runs)."""
         keys = [result_key(item, self.fingerprint) for item in items]
-        results, todo = [None] * len(items), deque()
-        names = [n for group in self.groups for n in group if n != self.reference]
-        for i, key in enumerate(keys):
-            stored = load_result(images_dir, key) if images_dir else None
-            if stored is not None and well_formed(stored, names, self.reference, self.num_classes,
-                                                  items[i].label_sha256 is not None):
-                results[i] = stored
-            else:
-                todo.append(i)
-        reused, total = len(items) - len(todo), len(items)
-        if images_dir:
-            os.makedirs(images_dir, exist_ok=True)
-        ex, start, computed = self._start_workers() if todo else None, time.perf_counter(), 0
-        inflight, calls, lane_load = {}, {}, [0] * self.lanes
+        found, refused = self._stored(items, keys, images_dir)
+        results = [found.get(i) for i in range(len(items))]
+        todo = [i for i in range(len(items)) if results[i] is None]
+        chunks = [_Chunk(k, todo[k * self.chunk:(k + 1) * self.chunk]) for k in range(-(-len(todo) // self.chunk))]
         report = progress or (lambda **kw: None)
+        total, reused = len(items), len(items) - len(todo)
         report(done=reused, total=total, reused=reused, eta=None)
-        while todo or inflight:
-            while todo and min(lane_load) < WINDOW:
-                lane = lane_load.index(min(lane_load))
-                i = todo.popleft()
-                lane_load[lane] += 1
-                inflight[i] = self._start(i, items[i], lane, calls)
-            for handle, value in ex.wait():
-                i, kind = calls.pop(handle)
-                state = inflight[i]
-                if kind == "reference":
-                    state["reference"] = value
-                    self._compare(i, state, calls, state["big"])
-                else:
-                    state["parts"].update(value)
-                    state["waiting"] -= 1
-                if state["waiting"] == 0 and (self.reference is None or "reference" in state):
-                    results[i] = self._finish(items[i], keys[i], state, images_dir)
-                    if state["big"] is not None:
-                        ex.release(state["big"])
-                    lane_load[state["lane"]] -= 1
-                    del inflight[i]
-                    computed += 1
-                    elapsed = time.perf_counter() - start
-                    report(done=reused + computed, total=total, reused=reused,
-                           eta=elapsed / computed * (total - reused - computed))
-        return results, {"images": total, "reused": reused, "computed": computed,
-                         "seconds": round(time.perf_counter() - start, 1)}
+        start = time.perf_counter()
+        run = _Run(self, items, keys, results, images_dir, report, total, reused)
+        if chunks:
+            if images_dir:
+                os.makedirs(images_dir, exist_ok=True)
+            run.go(self._start(min(self.workers, len(chunks))), chunks)
+        return results, {"images": total, "reused": reused, "computed": len(todo), "refused_stored": refused,
+                         "chunk": self.chunk, "loads": run.loads, "seconds": round(time.perf_counter() - start, 1)}
 
-    def _start(self, i, item, lane, calls):
-        payload = self.executor.share(item.payload())
-        state = {"lane": lane, "payload": payload, "parts": {}, "waiting": 0, "big": None}
-        if self.reference is None:
-            self._compare(i, state, calls, None)
-            return state
-        host = next(h for h, group in self.hosts_of(lane) if self.reference in group)
-        small, big = self.executor.submit2(host, "reference", payload, self.reference)
-        calls[small] = (i, "reference")
-        state["big"] = big
-        return state
 
-    def _compare(self, i, state, calls, big):
-        for host, group in self.hosts_of(state["lane"]):
-            names = [n for n in group if n != self.reference]
-            if names:
-                calls[self.executor.submit(host, "compare", state["payload"], big, names)] = (i, "compare")
-                state["waiting"] += 1
+class _Run:
+    """One run's bookkeeping: which call belongs to which chunk and image."""
 
-    def _finish(self, item, key, state, images_dir):
-        result = {"schema": RESULT_SCHEMA, "key": key, "id": item.id, "path": os.path.abspath(item.path),
-                  "sha256": item.sha256, "label_sha256": item.label_sha256, "size": list(self.size),
-                  "reference": None, "backends": {}}
+    def __init__(self, engine, items, keys, results, images_dir, report, total, reused):
+        self.e, self.items, self.keys, self.results = engine, items, keys, results
+        self.images_dir, self.report, self.total, self.reused = images_dir, report, total, reused
+        self.calls, self.parts, self.loads = {}, {}, {}
+        steps_per_image = (1 if engine.reference else 0) + len(engine.compared)
+        self.units_total, self.units_done, self.finished = (total - reused) * steps_per_image, 0, 0
+        self.start = time.perf_counter()
+
+    def go(self, ex, chunks):
+        from converter.errors import WorkerLost
+        from converter.validate.executors import RETRIES
+
+        waiting, busy = list(chunks), {}
+        while waiting or busy:
+            for h in range(self.e.hosts):
+                if h not in busy and waiting:
+                    busy[h] = waiting.pop(0)
+                    self._submit(ex, h, busy[h])
+            try:
+                done = ex.wait()
+            except WorkerLost as exc:
+                chunk = busy.get(getattr(exc, "host", None))
+                if chunk is None or not exc.restarted or chunk.tries >= RETRIES:
+                    raise
+                chunk.tries += 1   # the host came back fresh: its chunk starts over there
+                ex.forget([c for c, v in self.calls.items() if v[0] is chunk.attempt])
+                self._submit(ex, exc.host, chunk)
+                continue
+            for handle, value in done:
+                if handle not in self.calls:
+                    continue
+                attempt, kind, i, name = self.calls.pop(handle)
+                current = busy.get(attempt.host)
+                if current is None or current.attempt is not attempt:
+                    continue   # a call of an attempt given up
+                if self._record(attempt, kind, i, name, value):
+                    del busy[attempt.host]
+
+    def _submit(self, ex, h, chunk):
+        attempt = _Attempt(h, chunk)
+        chunk.attempt = attempt
+        for i in chunk.members:
+            self.parts[i] = {"reference": None, "backends": {}}
+        plan = [("begin", slot, i, None) for slot, i in enumerate(chunk.members)]
+        if self.e.reference:
+            plan += [("load", None, None, self.e.reference)]
+            plan += [("reference", slot, i, self.e.reference) for slot, i in enumerate(chunk.members)]
+        for name in self.e.compared:
+            plan += [("load", None, None, name)] + [("compare", slot, i, name) for slot, i in enumerate(chunk.members)]
+        plan += [("end", slot, i, None) for slot, i in enumerate(chunk.members)]
+        attempt.left = len(plan)
+        for kind, slot, i, name in plan:
+            if kind == "begin":
+                args = (slot, self.items[i].payload())
+            elif kind == "load":
+                args = (name,)
+            else:
+                args = (slot,)
+            self.calls[ex.submit(h, kind, *args)] = (attempt, kind, i, name)
+
+    def _record(self, attempt, kind, i, name, value):
+        """Take one call's reply; True when the attempt's last call is in."""
+        attempt.left -= 1
+        if kind == "load":
+            self.loads[name] = round(self.loads.get(name, 0.0) + value["load_seconds"], 2)
+        elif kind == "reference":
+            self.parts[i]["reference"] = value
+            self._step()
+        elif kind == "compare":
+            self.parts[i]["backends"][name] = value
+            self._step()
+            if len(self.parts[i]["backends"]) == len(self.e.compared):
+                self.results[i] = self._finish(i, self.parts.pop(i))
+                self.finished += 1
+                self._step(report=True)
+        return attempt.left == 0
+
+    def _step(self, report=False):
+        if not report:
+            self.units_done += 1
+            return
+        rate = (time.perf_counter() - self.start) / max(1, self.units_done)
+        self.report(done=self.reused + self.finished, total=self.total, reused=self.reused,
+                    eta=rate * (self.units_total - self.units_done))
+
+    def _finish(self, i, parts):
+        item, key, e = self.items[i], self.keys[i], self.e
+        result = {"schema": schema.RESULT_SCHEMA, "key": key, "sha256": item.sha256,
+                  "label_sha256": item.label_sha256, "size": list(e.size), "reference": None, "backends": {}}
         maps = {}
-        if self.reference is not None:
-            ref = dict(state["reference"])
+        if e.reference is not None:
+            ref = dict(parts["reference"])
             maps.update({k: ref.pop(k) for k in ("input", "classes") if k in ref})
-            result["reference"] = {"name": self.reference, **ref}
-        for name, entry in sorted(state["parts"].items()):
+            result["reference"] = {"name": e.reference, **ref}
+        for name, entry in sorted(parts["backends"].items()):
             entry = dict(entry)
             if "classes" in entry:
                 maps[name] = entry.pop("classes")
             png = entry.pop("diff_png", None)
-            if png is not None and images_dir:
-                entry["diff_png"] = f"{key}.{name}.png"
-                write_bytes_atomic(os.path.join(images_dir, entry["diff_png"]), png)
+            if png is not None and self.images_dir:
+                import hashlib
+
+                entry["diff_png"] = schema.diff_png_name(key, name)
+                entry["diff_png_sha256"] = hashlib.sha256(png).hexdigest()
+                write_bytes_atomic(os.path.join(self.images_dir, entry["diff_png"]), png)
             result["backends"][name] = entry
-        if images_dir:
-            write_json_atomic(os.path.join(images_dir, key + ".json"), result)   # last: the image is done
-        if maps:
-            result = dict(result, maps=maps)
-        return result
+        if self.images_dir:
+            result = schema.seal(result, e.secret)
+            write_json_atomic(os.path.join(self.images_dir, key + ".json"), result)   # last: the image is done
+        result = dict(result, id=item.id, path=os.path.abspath(item.path))
+        return dict(result, maps=maps) if maps else result
+
+
+class _Attempt:
+    """One try of a chunk on a host: a Ray actor restarted mid-chunk gets a new one."""
+
+    def __init__(self, host, chunk):
+        self.host, self.chunk, self.left = host, chunk, 0

@@ -1,17 +1,24 @@
 """Where the hosts run: local worker processes, or Ray actors.
 
-Both executors offer the same four calls to the engine:
+Both executors offer the engine the same calls:
 
-    ex = Executor(specs)               # one host per spec, each loads its backends once
-    h = ex.submit(i, method, *args)    # call host i; args may hold handles of earlier calls
-    small, big = ex.submit2(i, ...)    # a call returning (small, big): only small is waited for
-    for handle, value in ex.wait(): ...  # blocks until at least one call finished
+    ex = Executor(specs)              # one host per spec (validate.host.Host)
+    h = ex.submit(i, method, *args)   # queue a call on host i; calls to one host run in order
+    for handle, value in ex.wait(): ...   # blocks until at least one call finished
     ex.close()
 
-A host call that fails raises from wait() as HostError (the host's own
-exception text); a worker that dies raises WorkerLost. The Ray executor lets
-Ray restart a dead actor and retry its call (max_restarts, max_task_retries),
-so a worker lost there costs a reload, not the run.
+A call that fails raises from wait() as HostError (the host's own message
+and exit code); a worker that dies raises WorkerLost, with `host` (its
+index) and `restarted` (whether the executor brings up a fresh one, so that
+the engine may give it the lost chunk again). Local workers are not
+restarted: a local worker dies of something that would kill it again (the
+out-of-memory killer, a crash in a runtime), so the run ends with one line
+and a rerun resumes. Ray restarts a dead actor (up to RETRIES times), as a
+lost node is what a cluster is for.
+
+host_class is the Host to build (default validate.host.Host); the engine's
+fault-injection tests pass a subclass of their own. Nothing in the
+environment changes it.
 """
 import itertools
 import multiprocessing
@@ -19,43 +26,36 @@ import os
 import queue
 import threading
 
-from converter.errors import ConverterError
+from converter.errors import ConverterError, HostError, WorkerLost
 
-
-class HostError(ConverterError):
-    """A host call failed; carries the exit code of the host's own error."""
-    exit_code = 8
-
-    def __init__(self, message, exit_code=8):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class WorkerLost(ConverterError):
-    exit_code = 8
+RETRIES = 3
 
 
 def _first_line(exc):
-    from converter.errors import ConverterError as Known
-
-    if isinstance(exc, Known):
+    if isinstance(exc, ConverterError):
         return str(exc)
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {(lines or [''])[0][:300]}"
 
 
+def _lost(message, host, restarted=False):
+    exc = WorkerLost(message)
+    exc.host, exc.restarted = host, restarted
+    return exc
+
+
 def worker_env(specs):
-    """What a worker's environment must hold: its thread count, and the
-    tests' fault injection when set (converter.validate.host.CRASH_ONCE_ENV)."""
-    from converter.validate.host import CRASH_ONCE_ENV
-
-    env = {"OMP_NUM_THREADS": str(specs[0]["threads"])} if specs else {}
-    if os.environ.get(CRASH_ONCE_ENV):
-        env[CRASH_ONCE_ENV] = os.environ[CRASH_ONCE_ENV]
-    return env
+    """What a worker's environment must hold: its thread count."""
+    return {"OMP_NUM_THREADS": str(specs[0]["threads"])} if specs else {}
 
 
-def _serve(conn, spec, env):
+def default_host_class():
+    from converter.validate.host import Host
+
+    return Host
+
+
+def _serve(conn, spec, env, host_class):
     """A local worker: build the host, then answer calls until told to stop."""
     import signal
 
@@ -63,13 +63,12 @@ def _serve(conn, spec, env):
     # stops the workers; a worker interrupted mid-call would only add noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)
-    from converter.validate.host import Host, _die_with_parent
+    from converter.validate.host import die_with_parent
 
-    _die_with_parent()   # before the models load: a driver killed meanwhile takes this worker along
-
+    die_with_parent()   # at once: a driver killed meanwhile takes this worker along
     try:
-        host = Host(spec)
-        conn.send(("ready", None, host.describe()))
+        host = host_class(spec)
+        conn.send(("ready", None, None))
     except BaseException as exc:  # the driver reports it as one line
         conn.send(("failed", None, _first_line(exc)))
         return
@@ -90,37 +89,40 @@ def _serve(conn, spec, env):
             conn.send(("error", call_id, (_first_line(exc), code)))
 
 
-class _Big:
-    """The second value of a local submit2, filled when its call returns."""
-    value = None
+def _exit_text(code):
+    import signal
+
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit {code}"
 
 
 class LocalExecutor:
     """Hosts in worker processes, each behind a pipe. Requests go out through
-    one sender thread per worker: a request (an image and the reference's
-    logits, megabytes) and a reply crossing in one pipe would otherwise
-    block both ends, each waiting for the other to read."""
+    one sender thread per worker, so that a large request and a reply
+    crossing in one pipe cannot block both ends."""
     name = "local"
 
-    def __init__(self, specs):
+    def __init__(self, specs, host_class=None):
         ctx = multiprocessing.get_context("spawn")   # no fork of a driver that may hold threads
-        self.conns, self.procs, self.pending, self.info = [], [], {}, []
+        self.conns, self.procs, self.pending = [], [], {}
         self.outboxes, self.senders = [], []
         self.ids = itertools.count()
-        env = worker_env(specs)
+        env, host_class = worker_env(specs), host_class or default_host_class()
         try:
             for spec in specs:
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_serve, args=(child, spec, env), daemon=True)
+                proc = ctx.Process(target=_serve, args=(child, spec, env, host_class), daemon=True)
                 proc.start()
                 child.close()
                 self.conns.append(parent)
                 self.procs.append(proc)
-            for i, conn in enumerate(self.conns):
+            for i in range(len(self.conns)):
                 kind, _, value = self._recv(i)
                 if kind != "ready":
                     raise HostError(f"worker {i}: {value}")
-                self.info.append(value)
                 self.outboxes.append(queue.Queue())
                 self.senders.append(threading.Thread(target=self._send_loop, args=(i,), daemon=True))
                 self.senders[-1].start()
@@ -133,10 +135,7 @@ class LocalExecutor:
             return self.conns[i].recv()
         except (EOFError, OSError):
             self.procs[i].join(timeout=5)
-            raise WorkerLost(f"local worker {i} died (exit {self.procs[i].exitcode})") from None
-
-    def _resolve(self, arg):
-        return arg.value if isinstance(arg, _Big) else arg
+            raise _lost(f"local worker {i} died ({_exit_text(self.procs[i].exitcode)})", i) from None
 
     def _send_loop(self, i):
         while True:
@@ -148,39 +147,31 @@ class LocalExecutor:
             except (BrokenPipeError, OSError):
                 return   # the worker is gone: wait() reports it when reading its pipe
 
-    def submit(self, i, method, *args, split=False):
-        call_id = next(self.ids)
+    def submit(self, i, method, *args):
         if not self.procs[i].is_alive():
-            raise WorkerLost(f"local worker {i} died (exit {self.procs[i].exitcode})")
-        self.outboxes[i].put((call_id, method, tuple(self._resolve(a) for a in args)))
-        big = _Big() if split else None
-        self.pending[call_id] = (i, big)
-        return (call_id, big) if split else call_id
-
-    def submit2(self, i, method, *args):
-        return self.submit(i, method, *args, split=True)
+            raise _lost(f"local worker {i} died ({_exit_text(self.procs[i].exitcode)})", i)
+        call_id = next(self.ids)
+        self.outboxes[i].put((call_id, method, args))
+        self.pending[call_id] = i
+        return call_id
 
     def wait(self):
         from multiprocessing.connection import wait
 
-        busy = {self.conns[i] for i, _ in self.pending.values()}
+        busy = {self.conns[i] for i in self.pending.values()}
         done = []
         for conn in wait(list(busy)):
             i = self.conns.index(conn)
             kind, call_id, value = self._recv(i)
-            _, big = self.pending.pop(call_id)
+            self.pending.pop(call_id, None)
             if kind == "error":
                 raise HostError(value[0], value[1])
-            if big is not None:
-                value, big.value = value
             done.append((call_id, value))
         return done
 
-    def release(self, big):
-        big.value = None
-
-    def share(self, obj):
-        return obj
+    def forget(self, handles):
+        for h in handles:
+            self.pending.pop(h, None)
 
     def close(self, kill=False):
         """Stop the workers: after their queued calls, or (kill: the run was
@@ -207,47 +198,28 @@ class LocalExecutor:
         self.conns, self.procs = [], []
 
 
-def check_reachable(address, timeout=5.0):
-    """HOST:PORT must accept a TCP connection: ray.init(address=...) would
-    otherwise retry an unreachable head for minutes, logging as it goes."""
-    import socket
-
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConverterError(f"--ray-address {address!r}: expected HOST:PORT")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise ConverterError(f"cannot reach the Ray cluster at {address}: "
-                             f"{exc.strerror or type(exc).__name__}") from None
-
-
 class RayExecutor:
     """Hosts as Ray actors. Without an address, a local Ray instance is
     started for the run (num_cpus: this machine's cores) and stopped after;
     with one, the run joins that cluster and leaves it running. An actor
-    that dies is restarted by Ray (its backends reloaded) and its call
-    retried, up to RETRIES times."""
+    that dies is restarted by Ray (RETRIES times at most); its calls then
+    fail with WorkerLost(restarted=True) and the engine redoes its chunk."""
     name = "ray"
-    RETRIES = 3
 
-    def __init__(self, specs, address=None):
+    def __init__(self, specs, address=None, host_class=None):
         import logging
 
+        from converter.validate.ray_address import check_ray_address, enable_token_auth
+
         if address:
-            check_reachable(address)
-        if address and "RAY_AUTH_MODE" not in os.environ and (
-                os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(os.path.expanduser("~/.ray/auth_token"))):
-            # `ray start` turns token auth on when it finds a token; a driver
-            # joining by address does not, and is then refused: do as ray
-            # start does (before ray is imported: it reads this at import)
-            os.environ["RAY_AUTH_MODE"] = "token"
+            check_ray_address(address)
+            enable_token_auth()   # before ray is imported: it reads this at import
         try:
             import ray
         except ImportError:
             raise ConverterError("the ray executor needs ray (pip install ray==2.60.0)") from None
-        self.ray, self.owned, self.actors, self.pending, self.info = ray, False, [], {}, []
+        self.ray, self.actors, self.pending = ray, [], {}
+        self.restarts = [0] * len(specs)
         try:
             if address:
                 ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
@@ -255,55 +227,53 @@ class RayExecutor:
             else:
                 ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level=logging.ERROR,
                          log_to_driver=False, configure_logging=True)
-                self.owned = True
         except ConverterError:
             raise
         except Exception as exc:
             raise ConverterError(f"cannot {'join the Ray cluster at ' + address if address else 'start Ray'}: "
                                  f"{_first_line(exc)}") from None
+        need = sum(spec["threads"] for spec in specs)
+        have = ray.cluster_resources().get("CPU", 0)
+        if need > have:
+            self.close()
+            raise ConverterError(f"{len(specs)} worker(s) x {specs[0]['threads']} thread(s) need {need} CPUs; "
+                                 f"the Ray cluster has {have:g}")
         try:
             cls = ray.remote(_RayHost)
-            env = worker_env(specs)
-            self.actors = [cls.options(num_cpus=spec["threads"], max_restarts=self.RETRIES,
-                                       max_task_retries=self.RETRIES).remote(spec, env) for spec in specs]
-            self.info = self._get([a.describe.remote() for a in self.actors])
-        except BaseException:
+            env, host_class = worker_env(specs), host_class or default_host_class()
+            self.actors = [cls.options(num_cpus=spec["threads"], max_restarts=RETRIES, max_task_retries=0)
+                           .remote(spec, env, host_class) for spec in specs]
+            ray.get([a.ready.remote() for a in self.actors])
+        except BaseException as exc:
             self.close()
-            raise
-
-    def _get(self, refs):
-        try:
-            return self.ray.get(refs)
-        except self.ray.exceptions.RayActorError as exc:
-            raise WorkerLost(f"a Ray worker was lost for good: {_first_line(exc)}") from None
-        except self.ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            raise HostError(_first_line(cause), getattr(cause, "exit_code", 8)) from None
+            if isinstance(exc, (KeyboardInterrupt, ConverterError)):
+                raise
+            raise ConverterError(f"cannot start the Ray workers: {_first_line(exc)}") from None
 
     def submit(self, i, method, *args):
         ref = getattr(self.actors[i], method).remote(*args)
         self.pending[ref] = i
         return ref
 
-    def submit2(self, i, method, *args):
-        small, big = getattr(self.actors[i], method).options(num_returns=2).remote(*args)
-        self.pending[small] = i
-        return small, big
-
     def wait(self):
         ready, _ = self.ray.wait(list(self.pending), num_returns=1)
         done = []
         for ref in ready:
-            self.pending.pop(ref)
-            done.append((ref, self._get(ref)))
+            i = self.pending.pop(ref)
+            try:
+                done.append((ref, self.ray.get(ref)))
+            except self.ray.exceptions.RayActorError as exc:
+                self.restarts[i] += 1
+                raise _lost(f"Ray worker {i} was lost: {_first_line(exc)}", i,
+                            restarted=self.restarts[i] <= RETRIES) from None
+            except self.ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                raise HostError(_first_line(cause), getattr(cause, "exit_code", 8)) from None
         return done
 
-    def release(self, big):
-        pass  # dropping the last reference frees it in the object store
-
-    def share(self, obj):
-        """One copy in the object store for every actor the image goes to."""
-        return self.ray.put(obj)
+    def forget(self, handles):
+        for h in handles:
+            self.pending.pop(h, None)
 
     def close(self, kill=False):
         for actor in self.actors:
@@ -317,19 +287,29 @@ class RayExecutor:
 
 
 class _RayHost:
-    """converter.validate.host.Host as a Ray actor (wrapped by ray.remote)."""
+    """A Host as a Ray actor (wrapped by ray.remote): the same calls."""
 
-    def __init__(self, spec, env):
+    def __init__(self, spec, env, host_class):
         os.environ.update(env)
-        from converter.validate.host import Host
+        self.host = host_class(spec)
 
-        self.host = Host(spec)
+    def ready(self):
+        return True
 
     def describe(self):
         return self.host.describe()
 
-    def reference(self, item, name):
-        return self.host.reference(item, name)
+    def load(self, name):
+        return self.host.load(name)
 
-    def compare(self, item, ref, names):
-        return self.host.compare(item, ref, names)
+    def begin(self, slot, item):
+        return self.host.begin(slot, item)
+
+    def reference(self, slot):
+        return self.host.reference(slot)
+
+    def compare(self, slot):
+        return self.host.compare(slot)
+
+    def end(self, slot):
+        return self.host.end(slot)

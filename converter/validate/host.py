@@ -1,37 +1,41 @@
-"""A worker's side of the engine: some backends, loaded once, fed images.
+"""A worker's side of the engine: one backend loaded at a time, a chunk of images held.
 
-A Host runs in its own process (a local worker or a Ray actor) and holds the
-runners of the backends it was given. For each image the engine asks
+A Host runs in its own process (a local worker or a Ray actor). The engine
+drives it through a chunk of images at a time, with these calls, in order:
 
-- the host of the reference: reference(item) -> (small, big), where big holds
-  the reference's class map and logits at the model's size (the only large
-  object, dropped as soon as every backend has compared against it);
-- every host: compare(item, big, names) -> small results per backend.
+    begin(slot, item)   decode the image (and its labels) and keep them
+    load(name)          load that backend, after unloading the one before
+    reference(slot)     run the loaded reference; keep its class map and logits
+    compare(slot)       run the loaded backend; compare with the kept reference
+    end(slot)           forget the slot
 
-Small results are what an image leaves behind: agreement, flip margins,
-logit-error statistics, the confusion matrices against the reference's map
-and against ground truth, a 1-bit PNG of where the maps differ, and seconds.
-Nothing of full resolution survives the call, except the class maps when
-the caller asks for them (parity's report draws them for its few images).
+So the reference's full-resolution outputs never leave the process that
+computed them, and only small results travel: agreement, flip margins,
+logit-error statistics, confusion matrices, a 1-bit PNG of where the maps
+differ, and seconds. Parity asks for the class maps too (keep_maps) to draw
+its report.
+
+Why one backend at a time: every runtime keeps its activation memory after a
+run, so a process holding the six backends at full size peaked at 11.8 GB
+(13.2 GB with four images), while each alone peaks at 2-3.6 GB (bench). A
+runtime is unloaded (its objects dropped, then malloc_trim) before the next
+one loads; measured at 1024x2048 this keeps the worker's peak RSS at its
+largest backend's plus the chunk's reference outputs (README, "Memory").
 
 An item is {"id", "image": bytes, "label": bytes or None}: the driver reads
 the files and ships their bytes, so workers on other machines need the
 models (at the same workdir path, checked against their sha256 here) but not
 the images.
 """
+import gc
 import io
 import os
 import time
 
 import numpy as np
 
-# Set by the engine's tests only: the first compare() of a fresh host in a
-# run kills its own process once (a marker file records that it happened),
-# so that a worker's death and Ray's retry can be tested for real.
-CRASH_ONCE_ENV = "OCRNET_VALIDATE_CRASH_ONCE"
 
-
-def _die_with_parent():
+def die_with_parent():
     """Linux: SIGKILL this worker when the driver dies, even by SIGKILL."""
     try:
         import ctypes
@@ -41,14 +45,36 @@ def _die_with_parent():
         pass
 
 
-def verify_files(files):
+def release_memory():
+    """Return freed heap to the system: glibc keeps freed arenas otherwise,
+    and the next runtime's allocations would land beside them."""
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def verify_files(files, verified):
+    """Each model file must be the one the driver verified (sha256); a file
+    whose size, inode and mtime are unchanged since it was hashed here is
+    not hashed again."""
     from converter.errors import StageError
     from converter.util.fsutil import file_digest
 
     for path, sha in sorted(files.items()):
-        if not os.path.isfile(path) or file_digest(path) != sha:
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        stamp = st and (st.st_size, st.st_ino, st.st_mtime_ns)
+        if stamp and verified.get(path) == (stamp, sha):
+            continue
+        if st is None or not os.path.isfile(path) or file_digest(path) != sha:
             raise StageError(f"{path}: missing or not the file the driver verified (sha256 differs) on "
                              f"{os.uname().nodename}")
+        verified[path] = (stamp, sha)
 
 
 def _mask_png(mask):
@@ -70,96 +96,109 @@ def _at(classes, shape):
 
 class Host:
     def __init__(self, spec):
-        """spec: {"backends": [{name, runtime, model, files {path: sha256},
-        precision, contract, output}], "threads", "size": [W, H],
-        "num_classes", "keep_maps"}."""
-        from converter.runners import make_runner
-
-        _die_with_parent()
+        """spec: {"backends": {name: {name, runtime, model, files {path: sha256},
+        precision, contract, output}}, "threads", "size": [W, H],
+        "num_classes", "keep_maps"}. Nothing is loaded yet."""
+        die_with_parent()
         self.spec = spec
         self.size = tuple(spec["size"])
         self.num = spec["num_classes"]
-        self.backends, self.runners, self.load_seconds = {}, {}, {}
-        for b in spec["backends"]:
-            verify_files(b["files"])
-            start = time.perf_counter()
-            self.runners[b["name"]] = make_runner(b["runtime"], b["model"], threads=spec["threads"], logits=True,
-                                                  precision=b["precision"])
-            self.load_seconds[b["name"]] = round(time.perf_counter() - start, 2)
-            self.backends[b["name"]] = b
-        self.calls = 0
+        self.name, self.runner = None, None
+        self.slots, self.verified = {}, {}
+        self.load_seconds, self.info = {}, {}
 
     def describe(self):
         from converter.runners.worker import peak_rss_mb
 
         return {"node": os.uname().nodename, "pid": os.getpid(), "threads": self.spec["threads"],
-                "load_seconds": self.load_seconds, "peak_rss_mb": peak_rss_mb(),
-                "info": {n: r.info for n, r in self.runners.items()}}
+                "load_seconds": self.load_seconds, "peak_rss_mb": peak_rss_mb(), "info": self.info}
 
-    def _decode(self, item):
-        from converter.commands.evaluate import load_gt
+    def load(self, name):
+        """Load backend `name` (a no-op when it is the one loaded)."""
+        from converter.runners import make_runner
+
+        if name == self.name:
+            return {"load_seconds": 0.0}
+        self.unload()
+        b = self.spec["backends"][name]
+        verify_files(b["files"], self.verified)
+        start = time.perf_counter()
+        self.runner = make_runner(b["runtime"], b["model"], threads=self.spec["threads"], logits=True,
+                                  precision=b["precision"])
+        self.name = name
+        seconds = round(time.perf_counter() - start, 2)
+        self.load_seconds[name] = round(self.load_seconds.get(name, 0.0) + seconds, 2)
+        self.info[name] = self.runner.info
+        return {"load_seconds": seconds}
+
+    def unload(self):
+        if self.runner is not None:
+            self.runner, self.name = None, None
+            release_memory()
+
+    def begin(self, slot, item):
         from converter.data.images import load_rgb, resize_rgb
 
-        rgb = load_rgb(item["id"], data=item["image"])
+        start = time.perf_counter()
+        # the driver decoded both once already (items.check_decodes)
+        rgb = load_rgb(item["name"], data=item["image"])
         gt = None
         if item.get("label") is not None:
-            gt = load_gt(item["id"] + " (labels)", data=item["label"])
-            if gt.shape != rgb.shape[:2]:
-                from converter.errors import ConverterError
-                raise ConverterError(f"{item['id']}: its labels are {gt.shape[1]}x{gt.shape[0]}, "
-                                     f"the image {rgb.shape[1]}x{rgb.shape[0]}")
-        return resize_rgb(rgb, *self.size), gt
+            from converter.data.cityscapes import load_gt
 
-    def _run(self, name, rgb):
+            gt = load_gt(item["label_name"], data=item["label"])
+        self.slots[slot] = {"rgb": resize_rgb(rgb, *self.size), "gt": gt, "ref": None}
+        return {"decode_seconds": round(time.perf_counter() - start, 3)}
+
+    def end(self, slot):
+        self.slots.pop(slot, None)
+        return None
+
+    def _run(self, slot):
         from converter.data.images import prepare
 
-        b = self.backends[name]
+        b = self.spec["backends"][self.name]
         start = time.perf_counter()
-        out = self.runners[name].infer(prepare(rgb, b["contract"]))
+        out = self.runner.infer(prepare(self.slots[slot]["rgb"], b["contract"]))
         seconds = time.perf_counter() - start
-        return np.asarray(out[b["output"]])[0].astype(np.uint8), np.asarray(out["logits"], np.float32)[0], seconds
+        classes = np.asarray(out[b["output"]])[0].astype(np.uint8)
+        logits = np.asarray(out["logits"], np.float32)[0]
+        del out
+        return classes, logits, seconds
 
-    def reference(self, item, name):
-        """(small, big) for the reference backend `name` on item."""
+    def _conf_gt(self, slot, classes):
         from converter.data.cityscapes import confusion_matrix
 
-        rgb, gt = self._decode(item)
-        classes, logits, seconds = self._run(name, rgb)
-        small = {"seconds": round(seconds, 3),
-                 "conf_gt": None if gt is None else confusion_matrix(gt, _at(classes, gt.shape), self.num).tolist()}
+        gt = self.slots[slot]["gt"]
+        return None if gt is None else confusion_matrix(gt, _at(classes, gt.shape), self.num).tolist()
+
+    def reference(self, slot):
+        """Small results of the loaded reference on the slot; its class map
+        and logits stay here for the backends that follow."""
+        classes, logits, seconds = self._run(slot)
+        self.slots[slot]["ref"] = {"classes": classes, "logits": logits}
+        small = {"seconds": round(seconds, 3), "conf_gt": self._conf_gt(slot, classes)}
         if self.spec.get("keep_maps"):
-            small["classes"] = classes
-            small["input"] = rgb
-        return small, {"classes": classes, "logits": logits}
+            small.update(classes=classes, input=self.slots[slot]["rgb"])
+        return small
 
-    def compare(self, item, ref, names):
-        """{backend: small results} for the named backends of this host;
-        ref: the reference's big output (None when there is no reference)."""
+    def compare(self, slot):
+        """Small results of the loaded backend on the slot, against the
+        reference kept for it (if any)."""
         from converter.data.cityscapes import confusion_matrix
-        from converter.stages.parity_gates import compare
+        from converter.validate.gates import compare
 
-        self._maybe_crash()
-        rgb, gt = self._decode(item)
-        out = {}
-        for name in names:
-            classes, logits, seconds = self._run(name, rgb)
-            entry = {"seconds": round(seconds, 3), "precision": self.runners[name].info.get("effective_precision"),
-                     "conf_gt": None if gt is None else confusion_matrix(gt, _at(classes, gt.shape),
-                                                                         self.num).tolist()}
-            if ref is not None:
-                entry["compare"] = compare(ref["classes"], classes, ref["logits"], logits, self.num)
-                entry["conf_ref"] = confusion_matrix(ref["classes"], classes, self.num).tolist()
-                entry["diff_png"] = _mask_png(ref["classes"] != classes)
-            if self.spec.get("keep_maps"):
-                entry["classes"] = classes
-            out[name] = entry
-            del logits
-        return out
-
-    def _maybe_crash(self):
-        marker = os.environ.get(CRASH_ONCE_ENV)
-        self.calls += 1
-        if marker and self.calls == 1 and not os.path.exists(marker):
-            with open(marker, "w") as fh:
-                fh.write(str(os.getpid()))
-            os._exit(17)
+        classes, logits, seconds = self._run(slot)
+        start = time.perf_counter()
+        entry = {"seconds": round(seconds, 3), "precision": self.runner.info.get("effective_precision"),
+                 "conf_gt": self._conf_gt(slot, classes)}
+        ref = self.slots[slot]["ref"]
+        if ref is not None:
+            entry["compare"] = compare(ref["classes"], classes, ref["logits"], logits, self.num)
+            entry["conf_ref"] = confusion_matrix(ref["classes"], classes, self.num).tolist()
+            entry["diff_png"] = _mask_png(ref["classes"] != classes)
+        del logits
+        entry["compare_seconds"] = round(time.perf_counter() - start, 3)
+        if self.spec.get("keep_maps"):
+            entry["classes"] = classes
+        return entry

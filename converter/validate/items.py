@@ -8,54 +8,68 @@ reuses it; any change gives a new key. Gate thresholds are not in the key:
 the gates are applied when the results are aggregated.
 """
 import hashlib
-import io
 import json
 import os
 
 from converter.errors import ConverterError
 
+from converter.validate.results import RESULT_SCHEMA
+
 MAX_IMAGE_BYTES = 64 << 20   # a 2048x1024 PNG is ~2-4 MB; a file beyond this is refused, not read
-RESULT_SCHEMA = "ocrnet-convert/validate-image/1"
 
 
 def read_bounded(path, what="image"):
+    """The bytes of a regular file of at most MAX_IMAGE_BYTES (a FIFO or a
+    device is refused without blocking on it)."""
+    import stat
+
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_IMAGE_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConverterError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise ConverterError(f"{path}: not a file") from None
     except OSError as exc:
         raise ConverterError(f"cannot read {what} {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ConverterError(f"{path}: not a regular file")
+        try:
+            data = fh.read(MAX_IMAGE_BYTES + 1)
+        except OSError as exc:
+            raise ConverterError(f"cannot read {what} {path}: {exc.strerror}") from None
     if len(data) > MAX_IMAGE_BYTES:
         raise ConverterError(f"{path}: larger than {MAX_IMAGE_BYTES >> 20} MB, refused")
     return data
 
 
-def _check_header(path, data):
-    """A file that is not an image fails when the run is planned, not in a
-    worker an hour later (a truncated body still fails there, in one line)."""
-    from PIL import Image, UnidentifiedImageError
+def check_decodes(path, data, label=None, label_data=None):
+    """Decode the image (and its labels) here, on the driver, before any
+    worker loads a model: a truncated file, a decompression bomb, a label
+    map of another size or with ids outside 0..255 is an error naming the
+    file at once, not in a worker hours into a run."""
+    from converter.data.images import load_rgb
 
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ConverterError(f"{path}: not a readable image ({type(exc).__name__})") from None
+    rgb = load_rgb(path, data=data)
+    if label is not None:
+        from converter.data.cityscapes import load_gt
+
+        gt = load_gt(label, data=label_data)
+        if gt.shape != rgb.shape[:2]:
+            raise ConverterError(f"{label}: {gt.shape[1]}x{gt.shape[0]}, but its image {path} is "
+                                 f"{rgb.shape[1]}x{rgb.shape[0]}")
 
 
 class Item:
     """One image to compare: its path, its labels' path (or None), the
-    sha256 of both (read once when the run is planned), and its id in
-    reports."""
+    sha256 of both (read and decoded once when the run is planned), and its
+    id in reports."""
 
     def __init__(self, ident, path, label=None):
         self.id, self.path, self.label = ident, path, label
         data = read_bounded(path)
-        _check_header(path, data)
+        label_data = read_bounded(label, "labels") if label else None
+        check_decodes(path, data, label, label_data)
         self.sha256 = hashlib.sha256(data).hexdigest()
-        self.label_sha256 = hashlib.sha256(read_bounded(label, "labels")).hexdigest() if label else None
+        self.label_sha256 = hashlib.sha256(label_data).hexdigest() if label else None
 
     def payload(self):
         """What a worker gets: the bytes, read again and checked against the
@@ -65,7 +79,22 @@ class Item:
         if hashlib.sha256(image).hexdigest() != self.sha256 or (
                 label is not None and hashlib.sha256(label).hexdigest() != self.label_sha256):
             raise ConverterError(f"{self.path}: changed during the run")
-        return {"id": self.id, "image": image, "label": label}
+        return {"id": self.id, "name": self.path, "image": image, "label": label, "label_name": self.label}
+
+
+def collect_items(images=None, cityscapes=None, split="val", limit=None):
+    """Items of image files and folders (default: the bundled samples), or of
+    a Cityscapes-layout folder with its labels; the first `limit`."""
+    from converter.data.cityscapes import find_pairs
+    from converter.data.images import expand_image_args, sample_images
+
+    if cityscapes:
+        if not os.path.isdir(cityscapes):
+            raise ConverterError(f"--cityscapes {cityscapes}: not a folder")
+        pairs = find_pairs(cityscapes, split)[:limit]
+        return make_items([p[0] for p in pairs], [p[1] for p in pairs])
+    paths = expand_image_args(images) if images else sample_images()
+    return make_items(paths[:limit])
 
 
 def make_items(paths, labels=None):
@@ -86,49 +115,3 @@ def models_fingerprint(backend_specs, size):
 
 def result_key(item, fingerprint):
     return hashlib.sha256(f"{fingerprint}:{item.sha256}:{item.label_sha256}".encode()).hexdigest()[:40]
-
-
-def _matrix(m, num):
-    return isinstance(m, list) and len(m) == num and all(
-        isinstance(row, list) and len(row) == num and all(type(v) is int and v >= 0 for v in row) for row in m)
-
-
-def well_formed(result, names, reference, num, labelled):
-    """Whether a stored result has every field aggregation reads, of the
-    right type: a damaged or forged file is recomputed, never a traceback."""
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-
-    try:
-        if reference and not number(result["reference"]["seconds"]):
-            return False
-        for name in names:
-            e = result["backends"][name]
-            if not number(e["seconds"]) or (labelled and not _matrix(e["conf_gt"], num)):
-                return False
-            if reference:
-                c = e["compare"]
-                if not (all(number(c[k]) for k in ("pixels", "disagree", "agreement", "max_flip_margin"))
-                        and _matrix(e["conf_ref"], num) and isinstance(c.get("logit_error", {}), dict)
-                        and all(number(v) for v in c.get("logit_error", {}).values())):
-                    return False
-        if reference and labelled and not _matrix(result["reference"]["conf_gt"], num):
-            return False
-        return isinstance(result["id"], str)
-    except (KeyError, TypeError):
-        return False
-
-
-def load_result(folder, key):
-    """The stored result of key, or None when absent, partial or of another form."""
-    path = os.path.join(folder, key + ".json")
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(16 << 20)
-        result = json.loads(data)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA or result.get("key") != key \
-            or not isinstance(result.get("backends"), dict):
-        return None
-    return result

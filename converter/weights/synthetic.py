@@ -125,3 +125,108 @@ def _round_mantissa(arr, keep_bits=16):
     half = np.uint32(1 << (drop - 1))
     rounded = (bits + half) & np.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)
     return rounded.view(np.float32)
+
+
+# -- the cache -------------------------------------------------------------
+# Calibration is the slow part of an export with synthetic weights (a
+# training-mode forward pass of six crops in dygraph). Its result depends only
+# on the seed, the input contract, our model and calibration code, the sample
+# images and the library versions, so it is cached under a key of all of
+# them: <cache>/synthetic/<key>.json names the sha384 of a state-dict file
+# stored content-addressed beside the checkpoints. The file is read with the
+# same safe loader as a checkpoint and verified by its sha384 on every use;
+# a bad entry is deleted and the weights are computed again.
+
+def synthetic_key(seed, contract, shapes):
+    """What the calibrated weights are a function of."""
+    import glob
+    import hashlib
+    import json
+
+    from converter.config import package_path
+    from converter.util.incremental import source_digest, tool_versions
+
+    sources = (glob.glob(package_path("model", "*.py")) + glob.glob(package_path("samples", "*.jpg"))
+               + [package_path("weights", "synthetic.py"), package_path("data", "images.py")])
+    body = {"seed": seed, "contract": contract, "shapes": sorted((k, list(v)) for k, v in shapes.items()),
+            "sources": source_digest(sources), "tools": tool_versions("paddlepaddle", "numpy", "pillow"),
+            "crops": [list(FULL_SIZE), list(CROP_SIZE), CROPS_PER_IMAGE]}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _index_path(cache_dir, key):
+    import os
+
+    return os.path.join(cache_dir, "synthetic", key + ".json")
+
+
+def _read_index(path):
+    import json
+
+    from converter.util.fsutil import read_limited
+
+    sha384 = json.loads(read_limited(path, 4096, "cache index"))["sha384"]
+    if not (isinstance(sha384, str) and len(sha384) == 96 and set(sha384) <= set("0123456789abcdef")):
+        raise ValueError("the index names no sha384")
+    return sha384
+
+
+def load_cached(cache_dir, key, shapes, log=print):
+    """The cached state dict for key, verified; None when absent or bad (a bad
+    entry is deleted)."""
+    import os
+
+    from converter.errors import ConverterError
+    from converter.util.cache import cache_path
+    from converter.util.fsutil import InputRefused
+    from converter.weights.checkpoint import match_state_dict, read_checkpoint
+
+    index, blob = _index_path(cache_dir, key), None
+    if not os.path.lexists(index):
+        return None
+    try:
+        sha384 = _read_index(index)
+        blob = cache_path(cache_dir, sha384)
+        arrays, _ = match_state_dict(shapes, read_checkpoint(blob, sha384))
+        return arrays
+    except (OSError, ValueError, KeyError, TypeError, InputRefused, ConverterError) as exc:
+        log(f"warning: cached synthetic weights {index} are unusable ({str(exc)[:120]}); deleted, recomputing")
+        for path in (index, blob):
+            if path and os.path.lexists(path):
+                os.unlink(path)
+        return None
+
+
+def store(cache_dir, key, state):
+    """Write the state dict content-addressed, then its index (atomically)."""
+    import hashlib
+    import json
+    import os
+    import pickle
+
+    from converter.util.cache import cache_path
+    from converter.util.fsutil import write_bytes_atomic
+
+    data = pickle.dumps({k: np.ascontiguousarray(v) for k, v in state.items()}, protocol=4)
+    sha384 = hashlib.sha384(data).hexdigest()
+    blob = cache_path(cache_dir, sha384)
+    if not os.path.isfile(blob):
+        write_bytes_atomic(blob, data)
+    write_bytes_atomic(_index_path(cache_dir, key), json.dumps({"sha384": sha384, "size": len(data)}).encode())
+
+
+def cached_synthetic_state_dict(model, seed, contract, cache_dir, log=print):
+    """synthetic_state_dict through the cache: (state, whether it came from the cache)."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    key = synthetic_key(seed, contract, shapes)
+    state = load_cached(cache_dir, key, shapes, log) if cache_dir else None
+    if state is not None:
+        model.set_state_dict(state)
+        return state, True
+    state = synthetic_state_dict(model, seed, contract)
+    if cache_dir:
+        try:
+            store(cache_dir, key, state)
+        except OSError as exc:   # a cache that cannot be written costs time, not the export
+            log(f"warning: cannot cache the synthetic weights in {cache_dir}: {exc.strerror}")
+    return state, False
