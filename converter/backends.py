@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from converter.errors import ConverterError
-from converter.records import ONNX_PATH, StaleBuild, check_built_from, ir_path, record_path, verified_record, verify_build
+from converter.records import StaleBuild, check_built_from, check_classes, ir_path, onnx_path, record_path, verified_record, verify_build
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Backend:
     name: str
     runtime: str           # converter.runners: paddle | onnxruntime | openvino
     stage: str             # the stage whose output it loads (records.STAGES)
-    model: str             # that output, relative to the workdir
+    artifact: str          # that output: "paddle" (the export's folder), "onnx", or an IR's "FP32", "FP16", "INT8"
     side: str              # "original" or "converted": what it is fed
     precision: str = None  # OpenVINO's INFERENCE_PRECISION_HINT; None: the CPU's default
     role: str = "reported"  # "reference", "gated" or "reported"
@@ -33,8 +33,14 @@ class Backend:
     def gated(self):
         return self.role == "gated"
 
-    def model_path(self, workdir):
-        return os.path.join(workdir, self.model)
+    def model(self, config):
+        """Its model, relative to the workdir (named after the config's model)."""
+        if self.artifact == "paddle":
+            return "paddle"
+        return onnx_path(config.name) if self.artifact == "onnx" else ir_path(self.artifact, config.name)
+
+    def model_path(self, workdir, config):
+        return os.path.join(workdir, self.model(config))
 
     def output_name(self, config):
         """The name of the class-map output of the model this backend loads."""
@@ -46,15 +52,15 @@ class Backend:
 BACKENDS = (
     Backend("paddle", "paddle", "export", "paddle", "original", None, "reference",
             "Paddle Inference on the exported original"),
-    Backend("onnxruntime", "onnxruntime", "onnx", ONNX_PATH, "converted", None, "gated",
+    Backend("onnxruntime", "onnxruntime", "onnx", "onnx", "converted", None, "gated",
             "ONNX Runtime, CPU", budget="f32"),
-    Backend("openvino-fp32-f32", "openvino", "openvino", ir_path("FP32"), "converted", "f32", "gated",
+    Backend("openvino-fp32-f32", "openvino", "openvino", "FP32", "converted", "f32", "gated",
             "FP32 IR at INFERENCE_PRECISION_HINT f32", budget="f32"),
-    Backend("openvino-fp32-default", "openvino", "openvino", ir_path("FP32"), "converted", None, "gated",
+    Backend("openvino-fp32-default", "openvino", "openvino", "FP32", "converted", None, "gated",
             "FP32 IR at the CPU's default precision (bf16 on AVX512-BF16/AMX)", budget="bf16"),
-    Backend("openvino-fp16-default", "openvino", "openvino", ir_path("FP16"), "converted", None, "gated",
+    Backend("openvino-fp16-default", "openvino", "openvino", "FP16", "converted", None, "gated",
             "FP16 IR at the CPU's default precision", budget="fp16"),
-    Backend("openvino-int8-default", "openvino", "quantize", ir_path("INT8"), "converted", None, "gated",
+    Backend("openvino-int8-default", "openvino", "quantize", "INT8", "converted", None, "gated",
             "INT8 IR (NNCF post-training quantization) at the CPU's default precision", budget="int8",
             optional=True),
 )
@@ -79,10 +85,11 @@ def select(names=None, with_reference=False):
     return [b for b in BACKENDS if b.name in chosen]
 
 
-def check_artifacts(workdir, selected, named=True):
+def check_artifacts(workdir, config, selected, named=True):
     """Every model the selected backends load, verified against its stage's
-    record; returns (the backends to run, {left-out backend: why},
-    {stage: its verified record} for the backends run).
+    record, and the build's class count against the config's; returns (the
+    backends to run, {left-out backend: why}, {stage: its verified record}
+    for the backends run).
 
     When the backends were not named (named=False), an optional one whose
     build is missing or stale (an INT8 IR quantized from an FP32 IR rebuilt
@@ -105,12 +112,13 @@ def check_artifacts(workdir, selected, named=True):
             records[b.stage] = record
     kept = [b for b in selected if b.name not in left_out]
     records.update(verify_build(workdir, sorted({b.stage for b in kept} - set(records))))
+    check_classes(workdir, config)
     return kept, left_out, records
 
 
-def open_backend(backend, workdir, threads=2, logits=False, **options):
+def open_backend(backend, workdir, config, threads=2, logits=False, **options):
     """The backend's runner on the workdir's artifact."""
     from converter.runners import make_runner
 
-    return make_runner(backend.runtime, backend.model_path(workdir), threads=threads, logits=logits,
+    return make_runner(backend.runtime, backend.model_path(workdir, config), threads=threads, logits=logits,
                        precision=backend.precision, **options)

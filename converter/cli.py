@@ -12,6 +12,7 @@ import sys
 
 from converter.cli_parser import _output_folder, build_parser
 from converter.errors import ConverterError, DiskFullError, GuardMissed, ParityFailure
+from converter.util.text import shown
 
 
 MAX_RAY_THREADS = 1024
@@ -45,11 +46,11 @@ def _cmd_bench(args, config):
     paths, record = run_bench(config, args.workdir, args.input_shape, args.runs, args.threads, args.backends,
                               args.engine, args.engine_images)
     print(markdown(record))
-    print(f"bench: {paths[0]}")
+    print(f"bench: {shown(paths[0])}")
     guards = (record.get("engine") or {}).get("guards", {})
     missed = [name for name, g in guards.items() if not g["met"]]
     if missed:
-        print(f"FAILED: the engine missed its guard(s): {', '.join(missed)} (see {paths[1]})")
+        print(f"FAILED: the engine missed its guard(s): {', '.join(missed)} (see {shown(paths[1])})")
         return GuardMissed.exit_code
     return 0
 
@@ -57,7 +58,7 @@ def _cmd_bench(args, config):
 def _print_result(result, detail=""):
     """A stage's paths on stdout; its outcome on stderr."""
     for path in result.paths:
-        print(path)
+        print(shown(path))
     outcome = "skipped, up to date" if result.skipped else f"done in {result.seconds} s"
     print(f"{result.stage}: {outcome}{detail}", file=sys.stderr)
 
@@ -73,8 +74,8 @@ def _print_parity_verdict(record):
 
 def _print_manifest(result):
     files = result.record["files"]
-    print(f"manifest: {len(files)} files ({sum(f['model_file'] for f in files)} model files) -> "
-          f"{result.paths[0]}; card -> {result.paths[1]}")
+    print(shown(f"manifest: {len(files)} files ({sum(f['model_file'] for f in files)} model files) -> "
+                f"{result.paths[0]}; card -> {result.paths[1]}"))
 
 
 def _cmd_manifest(args, config):
@@ -94,7 +95,7 @@ def _cmd_predict(args, config):
     from converter.commands.predict import run_predict
 
     paths, _ = run_predict(config, args.workdir, args.images, args.backend, args.output, args.threads)
-    print(f"predict: wrote {len(paths)} files to {args.output}", file=sys.stderr)
+    print(f"predict: wrote {len(paths)} files to {shown(args.output)}", file=sys.stderr)
     return 0
 
 
@@ -103,8 +104,11 @@ def _cmd_evaluate(args, config):
 
     paths, result = run_evaluate(config, args.workdir, args.cityscapes, args.split, args.backend,
                                  args.output, args.limit, args.workers, args.threads)
-    print(f"mIoU {result['miou']:.4f} (reference {config.reference['miou']:.4f}), pixel accuracy "
-          f"{result['pixel_accuracy']:.4f} over {result['images']} images; {paths[0]}")
+    from converter.commands.evaluate import number_text
+
+    ref = f" (reference {config.reference['miou']:.4f})" if config.reference else ""
+    print(shown(f"mIoU {number_text(result['miou'])}{ref}, pixel accuracy {number_text(result['pixel_accuracy'])} over "
+                f"{result['images']} images; {paths[0]}"))
     return 0
 
 
@@ -123,13 +127,14 @@ def _cmd_quantize(args, config):
 
 
 def _cmd_package(args, config):
-    from converter.commands.package import run_package, verify
+    from converter.commands.package import run_package
+    from converter.commands.verify import verify
 
     if args.verify:
-        print(verify(args.verify))
+        print(shown(verify(args.verify)))
         return 0
     result = run_package(config, args.workdir, args.output, args.allow_unverified)
-    print(result["archive"])
+    print(shown(result["archive"]))
     print(f"package: {', '.join(result['precisions'])} in {args.output}/ovms and {args.output}/omz; "
           f"archive sha256 {result['sha256']}" + (" (UNVERIFIED)" if result["unverified"] else ""), file=sys.stderr)
     return 0
@@ -146,9 +151,9 @@ def _cmd_parity(args, config):
         result = parity.run(config, args.workdir, args.images, args.threads, args.backends,
                             cityscapes=args.cityscapes, split=args.split, limit=args.limit, workers=args.workers)
     except ParityFailure as exc:
-        print(f"FAILED: {exc}")
+        print(f"FAILED: {shown(exc)}")
         return exc.exit_code
-    print(f"report: {result.paths[1]}")
+    print(f"report: {shown(result.paths[1])}")
     _print_parity_verdict(result.record)
     return 0
 
@@ -173,7 +178,7 @@ def _cmd_model_api(args, config):
     try:
         result = model_api.run(config, args.workdir, args.threads, args.force)
     except ParityFailure as exc:
-        print(f"FAILED: {exc}")
+        print(f"FAILED: {shown(exc)}")
         return exc.exit_code
     checks = result.record.params["check"]["results"]
     _print_result(result, ", argmax vs parent: " + ", ".join(f"{p} {c['agreement_min']:.4%}"
@@ -189,13 +194,24 @@ def _cmd_validate(args, config):
                                   args.backends, args.limit, args.executor, args.ray_address, args.workers,
                                   args.threads, args.trust_unsealed, chunk=args.chunk)
     except ParityFailure as exc:
-        print(f"FAILED: {exc}")
+        print(f"FAILED: {shown(exc)}")
         return exc.exit_code
     for path in paths:
-        print(path)
+        print(shown(path))
     run = doc["run"]
     print(f"validate: PASSED on {run['images']} image(s) ({run['computed']} computed, {run['reused']} reused) "
           f"in {run['seconds']} s", file=sys.stderr)
+    return 0
+
+
+def _cmd_init(args, config):
+    from converter.commands.init import run_init
+
+    raw = run_init(args)
+    m = raw["model"]
+    what = f"OCRNet-{m['backbone']}" if m["arch"] == "ocrnet" else f"a Paddle inference model (output {m['output_op']})"
+    h, w = raw["converted"]["input"]["shape"][2:]
+    print(shown(f"init: {args.output}: {what}, {m['num_classes']} classes, converted at {h}x{w}"))
     return 0
 
 
@@ -211,13 +227,23 @@ def _cmd_fetch(args, config):
         print(json.dumps({"event": "summary", **result.record}, sort_keys=True))
     elif not args.quiet:
         for rec, path in zip(result.record["files"], result.paths):
-            print(f"{path}  ({rec['source']}, verified sha384)")
+            print(shown(f"{path}  ({rec['source']}, verified sha384)"))
     return 0
 
 
 def _weights(args, config):
+    """The weights for our model; None for a paddle-inference config (its
+    model is the user's own)."""
     from converter.stages.weights import resolve_weights
 
+    if config.arch == "paddle-inference":
+        if args.weights != "auto":
+            raise ConverterError(f"--weights: {config.path} is for a Paddle inference model, which has its weights; "
+                                 "use --inference-model DIR")
+        return None
+    if args.inference_model:
+        raise ConverterError(f"--inference-model: {config.path} is for an OCRNet checkpoint; make a config for the "
+                             "inference model with `ocrnet-convert init --inference-model DIR --output CONFIG.yaml`")
     return resolve_weights(config, args.weights, args.seed, args.cache_dir, args.mirror, args.allow_unverified)
 
 
@@ -227,10 +253,17 @@ def _weights_detail(record):
 
 
 def _cmd_export(args, config):
+    from converter.pipeline import first_stage
     from converter.stages import export
 
-    result = export.run(config, args.workdir, _weights(args, config), args.without_argmax, args.logits_output,
-                        args.force, output=args.output)
+    choice = _weights(args, config)
+    if choice is None:
+        if args.without_argmax or args.logits_output or args.output:
+            raise ConverterError("--without-argmax, --logits-output and --output are for our own model's export")
+        result = first_stage(config, args.workdir, None, args.inference_model, args.allow_unverified, args.force)
+    else:
+        result = export.run(config, args.workdir, choice, args.without_argmax, args.logits_output,
+                            args.force, output=args.output)
     _print_result(result, _weights_detail(result.record))
     return 0
 
@@ -245,9 +278,9 @@ def _cmd_convert(args, config):
             _print_result(result, _weights_detail(result.record) if result.stage == "export" else "")
     try:
         results = convert(config, args.workdir, _weights(args, config), args.input_shape, args.images,
-                          args.threads, args.force, report)
+                          args.threads, args.force, report, args.inference_model, args.allow_unverified)
     except ParityFailure as exc:
-        print(f"FAILED: {exc}")
+        print(f"FAILED: {shown(exc)}")
         return exc.exit_code
     _print_parity_verdict(next(r for r in results if r.stage == "parity").record)
     return 0
@@ -255,7 +288,7 @@ def _cmd_convert(args, config):
 
 COMMANDS = {"convert": _cmd_convert, "fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx,
             "openvino": _cmd_openvino, "model-api": _cmd_model_api, "quantize": _cmd_quantize, "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
-            "validate": _cmd_validate,
+            "validate": _cmd_validate, "init": _cmd_init,
             "manifest": _cmd_manifest, "package": _cmd_package, "bench": _cmd_bench}
 # The folder each command locks, and how: writers exclusively, readers shared.
 READERS = ("predict", "evaluate", "package", "validate")
@@ -264,6 +297,8 @@ READERS = ("predict", "evaluate", "package", "validate")
 def _lock_folder(args):
     if args.command == "package" and args.verify:
         return None  # reads only the archive
+    if args.command == "init":
+        return None   # writes one file, atomically
     if args.command == "fetch":
         return args.output
     if args.command == "export" and args.output:
@@ -290,16 +325,16 @@ def main(argv=None):
         from converter.util.fsutil import workdir_lock
         from converter.util.log import info
 
-        config = load_config(args.config)
+        config = None if args.command == "init" else load_config(args.config)
         _check_counts(args)
-        if getattr(args, "output", None):
+        if getattr(args, "output", None) and args.command != "init":   # init's --output is a file
             _output_folder(args.output)  # before the lock, which creates its folder
         folder = _lock_folder(args)
         lock = workdir_lock(folder, shared=args.command in READERS, log=info) if folder else contextlib.nullcontext()
         with lock:
             return COMMANDS[args.command](args, config)
     except ConverterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shown(exc)}", file=sys.stderr)
         return exc.exit_code
     except Terminated:
         print("error: terminated", file=sys.stderr)
@@ -311,7 +346,7 @@ def main(argv=None):
         # A user-caused I/O failure outside the stages' own checks: a full
         # disk, a read-only or unwritable folder, a path that is a file.
         what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        print(f"error: {what}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        print(f"error: {what}" + (f": {shown(exc.filename)}" if exc.filename else ""), file=sys.stderr)
         return DiskFullError.exit_code
     finally:
         signal.signal(signal.SIGTERM, previous)

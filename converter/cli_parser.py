@@ -93,6 +93,9 @@ def _add_weights(p):
                    help="load a --weights PATH whose sha384 differs from the config's")
     p.add_argument("--cache-dir", help="download cache (default: see README)")
     p.add_argument("--mirror", help="base URL to fetch the checkpoint from")
+    p.add_argument("--inference-model", metavar="DIR",
+                   help="a paddle-inference config's model: the folder of model.pdmodel, model.pdiparams and "
+                        "deploy.yaml (default: where the config's files say)")
 
 
 def build_parser():
@@ -238,6 +241,21 @@ def build_parser():
                    help="package a build whose parity failed or whose files differ from MANIFEST.json "
                         "(the archive says so)")
     p.add_argument("--verify", metavar="ARCHIVE", help="check an archive against its SHA256SUMS and MANIFEST.json")
+
+    p = sub.add_parser("init", help="write a config for your own model: a checkpoint of the OCRNet-HRNet family, "
+                                    "or any PaddleSeg-exported inference model")
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", metavar="CKPT", help="a .pdparams checkpoint of OCRNet on a release-2.3 HRNet")
+    src.add_argument("--inference-model", metavar="DIR", help="a PaddleSeg export: model.pdmodel, model.pdiparams, "
+                     "deploy.yaml")
+    p.add_argument("--output", required=True, metavar="CONFIG.yaml", help="the config to write")
+    p.add_argument("--paddleseg-config", metavar="TRAIN.yml", help="the PaddleSeg training config (its _base_ "
+                   "files are read from beside it, never fetched)")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: class_0, class_1, ...)")
+    p.add_argument("--input-shape", type=_shape, help="the converted models' static shape (default: the training "
+                   "config's or deploy.yaml's size, else 1,3,512,1024)")
+    p.add_argument("--name", help="the model's name, the stem of every artifact (default: the config's file name)")
 
     p = sub.add_parser("manifest", help="write MANIFEST.json and the model card README.md (last step)")
     _add_common(p)

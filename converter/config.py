@@ -23,8 +23,6 @@ def package_path(*parts):
 
 DEFAULT_CONFIG = package_path("configs", "ocrnet-hrnet-w48-paddle.yaml")
 MAX_CONFIG_BYTES = 1 << 20  # ours is 4 KB; /dev/zero or a huge file is not a config
-_SHA384 = re.compile(r"^[0-9a-f]{96}$")
-_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 @dataclass(frozen=True)
@@ -53,8 +51,8 @@ class ModelConfig:
     license: str
     files: list
     num_classes: int
-    params: int
-    flops_512x1024: int
+    params: int                  # None when unknown (a user's inference model of any architecture)
+    flops_512x1024: int          # likewise
     original_input: TensorSpec
     original_output: TensorSpec
     mean: tuple
@@ -62,7 +60,7 @@ class ModelConfig:
     converted_input: TensorSpec
     converted_output: TensorSpec
     onnx_opset: int
-    reference: dict
+    reference: dict              # the published accuracy, or None
     min_agreement: float
     tie_margin: float
     class_names: tuple = ()
@@ -71,6 +69,9 @@ class ModelConfig:
     max_miou_drop: float = 0.01                   # task budget, absolute mIoU, with labels
     quantize: dict = field(default_factory=dict)  # the quantize stage's defaults
     model_api: dict = field(default_factory=dict)  # the model_api stage's output name and check tile
+    arch: str = "ocrnet"          # config_model.ARCHS
+    backbone: str = None          # converter.family.BACKBONES, for arch ocrnet
+    output_op: str = "argmax"     # what a paddle-inference model outputs: argmax, softmax or none
     raw: dict = field(repr=False, default_factory=dict)
 
     # -- what the preprocessing facts imply ------------------------------
@@ -106,6 +107,13 @@ class ModelConfig:
     @property
     def checkpoint(self):
         return self.file("checkpoint")
+
+    @property
+    def architecture(self):
+        """In words, for messages and the model card."""
+        if self.arch == "ocrnet":
+            return f"OCRNet-{self.backbone} with {self.num_classes} classes"
+        return f"a Paddle inference model with {self.num_classes} classes (output {self.output_op})"
 
 
 _REPR = reprlib.Repr()
@@ -167,19 +175,9 @@ def _classes(raw, num_classes):
 
 
 def _file(entry, where):
-    name = _get(entry, "name", where, str)
-    if not _NAME.match(name) or name in (".", ".."):
-        raise ConfigError(f"{where}.name: not a plain file name: {_shown(name)}")
-    size = _get(entry, "size", where, int)
-    if size <= 0:
-        raise ConfigError(f"{where}.size: must be positive")
-    sha = _get(entry, "sha384", where, str).lower()
-    if not _SHA384.match(sha):
-        raise ConfigError(f"{where}.sha384: expected 96 hex digits")
-    source = _get(entry, "source", where, str)
-    if not source.startswith(("https://", "http://")):
-        raise ConfigError(f"{where}.source: expected an http(s) URL")
-    return FileSpec(name, size, sha, source, _get(entry, "role", where, str))
+    from converter.config_model import file_entry
+
+    return file_entry(entry, where, _get, ConfigError, FileSpec)
 
 
 def _triple(mapping, key, where):
@@ -195,24 +193,17 @@ def _triple(mapping, key, where):
 def validate(raw, path="<config>", digest=""):
     if not isinstance(raw, dict):
         raise ConfigError("<root>: expected a mapping")
+    from converter.config_model import check_roles, model_section
+
+    model = model_section(raw, _get, ConfigError)
     files = [_file(e, f"files[{i}]") for i, e in enumerate(_get(raw, "files", "", list))]
-    if sum(f.role == "checkpoint" for f in files) != 1:
-        raise ConfigError("files: exactly one entry must have role 'checkpoint'")
-    model = _get(raw, "model", "", dict)
+    check_roles(files, model["arch"], ConfigError)
     original = _get(raw, "original", "", dict)
     pre = _get(original, "preprocessing", "original", dict)
     converted = _get(raw, "converted", "", dict)
-    reference = _get(raw, "reference", "", dict)
-    miou = _get(reference, "miou", "reference", float)
-    per_class = _get(reference, "per_class_iou", "reference", dict)
-    num_classes = _get(model, "num_classes", "model", int)
+    num_classes = model["num_classes"]
     class_names, palette = _classes(raw, num_classes)
-    if set(per_class) != set(class_names):
-        raise ConfigError("reference.per_class_iou: expected one entry for each of the classes' names")
-    per_class = {name: per_class[name] for name in class_names}  # a mapping's order is not data
-    for cls, iou in per_class.items():
-        if not isinstance(iou, (int, float)) or not 0 <= iou <= 1:
-            raise ConfigError(f"reference.per_class_iou.{cls}: expected a number in [0, 1]")
+    reference = _reference(raw, class_names)
     parity = _get(raw, "parity", "", dict)
     min_agreement = _get(parity, "min_agreement", "parity", float)
     if not 0 < min_agreement <= 1:
@@ -229,10 +220,9 @@ def validate(raw, path="<config>", digest=""):
         raise ConfigError(f"converted.onnx_opset: {opset} is outside 7..21")
     return _check_interfaces(ModelConfig(
         path=path, sha256=digest,
-        name=_get(raw, "name", "", str), license=_get(raw, "license", "", str),
-        files=files, num_classes=num_classes,
-        params=_get(model, "params", "model", int),
-        flops_512x1024=_get(model, "flops_512x1024", "model", int),
+        name=_model_name(raw), license=_get(raw, "license", "", str),
+        files=files, num_classes=num_classes, params=model["params"], flops_512x1024=model["flops_512x1024"],
+        arch=model["arch"], backbone=model["backbone"], output_op=model["output_op"],
         original_input=_tensor(_get(original, "input", "original", dict), "original.input"),
         original_output=_tensor(_get(original, "output", "original", dict), "original.output"),
         mean=_triple(pre, "mean", "original.preprocessing"),
@@ -240,10 +230,9 @@ def validate(raw, path="<config>", digest=""):
         converted_input=_tensor(_get(converted, "input", "converted", dict), "converted.input"),
         converted_output=_tensor(_get(converted, "output", "converted", dict), "converted.output"),
         onnx_opset=opset,
-        reference={"miou": miou, "per_class_iou": dict(per_class),
-                   "dataset": reference.get("dataset", "")},
+        reference=reference,
         min_agreement=min_agreement, tie_margin=tie_margin, class_names=class_names, palette=palette,
-        budgets=budgets, max_miou_drop=max_drop, quantize=_quantize(_get(raw, "quantize", "", dict)),
+        budgets=budgets, max_miou_drop=max_drop, quantize=_quantize(_get(raw, "quantize", "", dict), model["arch"]),
         model_api=_model_api(_get(raw, "model_api", "", dict)), raw=raw))
 
 
@@ -267,13 +256,43 @@ def _budgets(raw):
     return out
 
 
-def _quantize(raw):
+def _model_name(raw):
+    """The stem of every artifact's file name: a plain name."""
+    name = _get(raw, "name", "", str)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        raise ConfigError(f"name: {_shown(name)} is not a plain file-name stem (letters, digits, '.', '_', '-')")
+    return name
+
+
+def _reference(raw, class_names):
+    """The published accuracy (optional: a user's own model has none)."""
+    if "reference" not in raw:
+        return None
+    reference = _get(raw, "reference", "", dict)
+    miou = _get(reference, "miou", "reference", float)
+    if not 0 <= miou <= 1:
+        raise ConfigError("reference.miou: expected a number in [0, 1]")
+    per_class = _get(reference, "per_class_iou", "reference", dict)
+    if set(per_class) != set(class_names):
+        raise ConfigError("reference.per_class_iou: expected one entry for each of the classes' names")
+    per_class = {name: per_class[name] for name in class_names}  # a mapping's order is not data
+    for cls, iou in per_class.items():
+        if not isinstance(iou, (int, float)) or isinstance(iou, bool) or not 0 <= iou <= 1:
+            raise ConfigError(f"reference.per_class_iou.{cls}: expected a number in [0, 1]")
+    dataset = reference.get("dataset", "")
+    return {"miou": miou, "per_class_iou": per_class, "dataset": dataset if isinstance(dataset, str) else ""}
+
+
+def _quantize(raw, arch):
     out = {}
     for key, choices in QUANTIZE_CHOICES.items():
         value = _get(raw, key, "quantize", str)
         if value not in choices:
             raise ConfigError(f"quantize.{key}: expected one of {', '.join(choices)}, got {_shown(value)}")
         out[key] = value
+    if out["ignored_scope"] == "hrnet-fusion" and arch != "ocrnet":
+        raise ConfigError("quantize.ignored_scope: hrnet-fusion finds HRNet's fusion Adds; this model is not an "
+                          "HRNet (use none)")
     out["calibration_tile"] = _tile(raw, "quantize", "calibration_tile")
     subset = _get(raw, "subset_size", "quantize", int)
     if subset <= 0:

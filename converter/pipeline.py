@@ -1,20 +1,31 @@
 """`convert`: the stages in pipeline order, each skipped when up to date.
 
-export (which fetches the checkpoint when the weights are auto or
-pretrained) -> onnx -> openvino -> model_api -> parity -> manifest. A failed parity gate
+export (our model with the chosen weights, fetching the checkpoint when
+they are auto or pretrained; or, for a paddle-inference config, the user's
+inference model taken in by stages.inference_model) -> onnx -> openvino ->
+model_api -> parity -> manifest. A failed parity gate
 still gets its manifest and model card written (they say FAILED), then
 fails the run with the gate's ParityFailure.
 """
 from converter.errors import ParityFailure
-from converter.stages import export, manifest, model_api, onnx, openvino, parity
+from converter.stages import export, inference_model, manifest, model_api, onnx, openvino, parity
 
 
-def convert(config, workdir, choice, shape=None, images=None, threads=2, force=False, report=None):
+def first_stage(config, workdir, choice=None, inference_dir=None, allow_unverified=False, force=False):
+    """The export stage's result: our model's export, or the user's inference model taken in."""
+    if config.arch == "paddle-inference":
+        return inference_model.run(config, workdir, inference_dir, allow_unverified, force)
+    return export.run(config, workdir, choice, force=force)
+
+
+def convert(config, workdir, choice, shape=None, images=None, threads=2, force=False, report=None,
+            inference_dir=None, allow_unverified=False):
     """Run every stage; report(result) is called after each. Returns the
     StageResults; raises the first error (a ParityFailure only after the
-    manifest is written)."""
+    manifest is written). choice: the weights (None for a paddle-inference
+    config, whose model comes from inference_dir or the config's sources)."""
     report = report or (lambda result: None)
-    results = [export.run(config, workdir, choice, force=force)]
+    results = [first_stage(config, workdir, choice, inference_dir, allow_unverified, force)]
     report(results[-1])
     results.append(onnx.run(config, workdir, shape, force=force))
     report(results[-1])

@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 from converter.errors import StageError
 from converter.util.fsutil import InputRefused, file_digest, read_limited
 
-# Converted model files, relative to the workdir.
-MODEL_STEM = "ocrnet-hrnet-w48-paddle"
-ONNX_NAME = MODEL_STEM + ".onnx"
-ONNX_PATH = os.path.join("onnx", ONNX_NAME)
+# Converted model files are named after the config's `name` (their stem),
+# relative to the workdir.
 
 # stage -> (folder in the workdir, record file name, whether `files` is
 # grouped by subfolder, as openvino's {FP32: {...}, FP16: {...}})
@@ -37,9 +35,18 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_RECORD_BYTES = 16 << 20
 
 
-def ir_path(precision):
+def onnx_path(stem):
+    return os.path.join("onnx", stem + ".onnx")
+
+
+def ir_path(precision, stem):
     """The IR's .xml for "FP32", "FP16" or "INT8"."""
-    return os.path.join("openvino", precision, MODEL_STEM + ".xml")
+    return os.path.join("openvino", precision, stem + ".xml")
+
+
+def flavour_path(precision, stem):
+    """The Model API flavour's .xml of the IR of that precision."""
+    return os.path.join(STAGES["model_api"][0], precision, stem + ".xml")
 
 
 def record_path(workdir, stage):
@@ -237,6 +244,34 @@ def converted_input_shape(workdir, config=None, required=False):
     if required or config is None:
         raise StageError(f"missing {record_path(workdir, 'openvino')}: run make convert first")
     return config.converted_shape
+
+
+def check_classes(workdir, config):
+    """The build's class count (its export record's) must be the config's: a
+    19-class build read with a 20-class config would be reported with the
+    wrong names, an 18-class one fail deep in a worker."""
+    record = read_record(workdir, "export")
+    built = record.params.get("num_classes")
+    if type(built) is not int:
+        raise StageError(f"{record_path(workdir, 'export')} does not say how many classes the build has "
+                         "(a build of an older version): rerun the export stage with --force")
+    if built != config.num_classes:
+        raise StageError(f"the build in {workdir} has {built} classes, the config {config.path} "
+                         f"{config.num_classes} (model.num_classes): use the config it was built with")
+
+
+def weights_summary(weights):
+    """Which weights a build carries, in a few words (a model card's first line)."""
+    weights = weights or {}
+    kind = weights.get("kind")
+    if kind == "synthetic":
+        return f"SYNTHETIC weights (seed {weights.get('seed')}), not the published model"
+    if kind == "inference-model":
+        model = (weights.get("files") or {}).get("inference-model") or {}
+        return f"the user's inference model {os.path.dirname(str(model.get('path', '')))}"
+    if str(weights.get("source", "")).startswith("http"):
+        return "the published PaddleSeg weights"
+    return f"the user's checkpoint {os.path.basename(str(weights.get('file', '')))}"
 
 
 def export_weights(workdir):

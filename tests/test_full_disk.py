@@ -60,6 +60,7 @@ def fitting_checkpoint(tmp_path_factory, fixture_state):
     import pickle
     rng = np.random.default_rng(3)
     state = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in fixture_state["entries"]}
+    state = {k: np.abs(v) if k.endswith("._variance") else v for k, v in state.items()}   # variances are >= 0
     path = tmp_path_factory.mktemp("ckpt") / "model.pdparams"
     with open(path, "wb") as fh:
         pickle.dump(state, fh, protocol=4)

@@ -9,7 +9,7 @@ ast, never by importing. Layers, top down (README, Source layout):
     validate/                        the engine: a library that knows no command
     backends                         the registry
     runners/, model/, weights/, data/
-    config, records, util/, errors   the ground floor
+    config, config_model, family, records, util/, errors   the ground floor
 """
 import ast
 import os
@@ -19,7 +19,8 @@ import pytest
 from tests.conftest import ROOT
 
 LAYERS = [("cli", "cli_parser", "__main__"), ("commands",), ("pipeline", "stages"), ("validate",), ("backends",),
-          ("runners", "model", "weights", "data"), ("config", "records", "util", "errors", "__init__")]
+          ("runners", "model", "weights", "data"), ("config", "config_model", "family", "records", "util", "errors",
+                                                    "__init__")]
 
 
 def module_imports(package_dir):

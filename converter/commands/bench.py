@@ -54,14 +54,22 @@ def sgemm_gflops(threads):
 
 
 def model_flops(config, shape):
+    """None for a model whose FLOPs the config does not know (a user's inference model)."""
+    if config.flops_512x1024 is None:
+        return None
     macs = config.flops_512x1024 * (shape[2] * shape[3]) / (512 * 1024)
     return 2 * macs
+
+
+def _num(value, fmt):
+    return "-" if value is None else format(value, fmt)
 
 
 def markdown(record):
     lines = ["# Benchmark", "",
              f"Input {'x'.join(map(str, record['input_shape']))}, {record['threads']} threads, "
-             f"{record['runs']} steady runs. Model: {record['model_gflop']:.0f} GFLOP per run. "
+             f"{record['runs']} steady runs. Model: "
+             + (f"{record['model_gflop']:.0f} GFLOP" if record["model_gflop"] else "unknown FLOPs") + " per run. "
              f"Roofline: numpy f32 sgemm {record['sgemm']['gflops']:.0f} GFLOP/s (an f32 roofline, "
              "which bf16 and INT8 may exceed).", "",
              f"| backend | load s | first run s | median s | speed-up over {F32_IR} | GFLOP/s | "
@@ -70,7 +78,7 @@ def markdown(record):
     for name, r in record["backends"].items():
         speedup = f"{r['speedup_over_f32_ir']:.2f}x" if r.get("speedup_over_f32_ir") else "-"
         lines.append(f"| {name} | {r['load_seconds']} | {r['first_seconds']} | {r['median_seconds']} | {speedup} | "
-                     f"{r['gflops']:.0f} | {r['roofline_fraction']:.2f} | {r['peak_rss_mb']} | "
+                     f"{_num(r['gflops'], '.0f')} | {_num(r['roofline_fraction'], '.2f')} | {r['peak_rss_mb']} | "
                      f"{r['info'].get('effective_precision', 'f32')} |")
     for name, t in record.get("targets", {}).items():
         lines += ["", f"Target: {name} latency <= {t['max_fraction']:.3f} of {F32_IR}'s: "
@@ -90,7 +98,7 @@ def markdown(record):
 def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None, engine=False, engine_images=2):
     """engine: also run the validate engine on the same backends (the
     reference among them) and hold it to these figures (bench_engine)."""
-    chosen, left_out, _ = check_artifacts(workdir, select(backends, with_reference=engine), named=bool(backends))
+    chosen, left_out, _ = check_artifacts(workdir, config, select(backends, with_reference=engine), named=bool(backends))
     for name, why in left_out.items():
         info(f"bench: {name} left out: {why}")
     static = converted_input_shape(workdir, required=True)
@@ -114,11 +122,11 @@ def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None, eng
             times = r.pop("seconds")[0]
             r.update(first_seconds=times[0], steady_seconds=times[1:],
                      median_seconds=round(float(np.median(times[1:])), 3))
-            r["gflops"] = flops / r["median_seconds"] / 1e9
-            r["roofline_fraction"] = r["gflops"] / sgemm["gflops"]
+            r["gflops"] = flops / r["median_seconds"] / 1e9 if flops else None
+            r["roofline_fraction"] = r["gflops"] / sgemm["gflops"] if flops else None
             results[name] = r
             info(f"bench: {name}: first {r['first_seconds']} s, median {r['median_seconds']} s, "
-                 f"{r['roofline_fraction']:.2f} of roofline, peak RSS {r['peak_rss_mb']} MB")
+                 f"{_num(r['roofline_fraction'], '.2f')} of roofline, peak RSS {r['peak_rss_mb']} MB")
     base = results.get(F32_IR)
     targets = {}
     for name, r in results.items():
@@ -128,7 +136,7 @@ def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None, eng
             fraction = r["median_seconds"] / base["median_seconds"]
             targets[name] = {"fraction": fraction, "max_fraction": TARGETS[name], "met": fraction <= TARGETS[name]}
     record = {"stage": "bench", "input_shape": list(shape), "runs": runs, "threads": threads,
-              "model_gflop": flops / 1e9, "sgemm": sgemm, "backends": results, "targets": targets,
+              "model_gflop": flops / 1e9 if flops else None, "sgemm": sgemm, "backends": results, "targets": targets,
               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     from converter.stages.parity_report import system_info
 

@@ -37,7 +37,7 @@ def engine_figures(config, workdir, bench, chosen, images=2, threads=2):
     from converter.validate.items import make_items
     from converter.validate.run import run_engine
 
-    selected, _, records = check_artifacts(workdir, chosen, named=True)
+    selected, _, records = check_artifacts(workdir, config, chosen, named=True)
     items = make_items(sample_images()[:images])
     info(f"bench: the engine on {len(items)} image(s) with {', '.join(b.name for b in selected)}...")
     results, run, _ = run_engine(config, workdir, records, items, selected, REFERENCE.name, None, threads=threads)

@@ -19,19 +19,29 @@ from converter.records import export_weights
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
 
 
-def markdown(result, reference):
-    ref = reference["per_class_iou"]
+def number_text(value, fmt=".4f"):
+    return "n/a" if value is None else format(value, fmt)
+
+
+def markdown(result, reference, class_names):
+    """reference: the published {miou, per_class_iou}, or None (a model
+    without one: the table has no comparison). mIoU is None when no pixel
+    was labelled with a class the model knows."""
+    ref = (reference or {}).get("per_class_iou") or {}
     lines = [f"# Cityscapes evaluation ({result['backend']}, {result['split']}, {result['images']} images)", "",
-             f"mIoU **{result['miou']:.4f}** (reference {reference['miou']:.4f}); "
-             f"pixel accuracy {result['pixel_accuracy']:.4f}.", "",
-             "| class | IoU | reference | difference |", "|---|---|---|---|"]
+             f"mIoU **{number_text(result['miou'])}**"
+             + (f" (reference {reference['miou']:.4f})" if reference else " (no published reference)")
+             + f"; pixel accuracy {number_text(result['pixel_accuracy'])}.", ""]
+    if result["miou"] is None:
+        lines += ["No labelled pixel of a class the model knows: every label was ignored.", ""]
+    lines += ["| class | IoU | reference | difference |", "|---|---|---|---|"]
     suspicious = {c for c in ref if c != "traffic sign" and ref[c] == ref.get("traffic sign")}
-    for name in ref:
-        got = result["per_class_iou"][name]
+    for name in class_names:
+        got, published = result["per_class_iou"][name], ref.get(name)
         mark = " (suspect: equals traffic sign's to the digit, probably a copy error at the source)" \
             if name in suspicious else ""
-        lines.append(f"| {name} | {'n/a' if got is None else f'{got:.4f}'} | {ref[name]:.4f}{mark} | "
-                     f"{'' if got is None else f'{got - ref[name]:+.4f}'} |")
+        diff = "" if got is None or published is None else f"{got - published:+.4f}"
+        lines.append(f"| {name} | {number_text(got)} | {number_text(published)}{mark} | {diff} |")
     if result["weights"] and result["weights"].get("kind") == "synthetic":
         lines += ["", "Weights are **synthetic**: these numbers say nothing about the published model."]
     return "\n".join(lines) + "\n"
@@ -45,7 +55,7 @@ def run_evaluate(config, workdir, root, split, backend, output, limit=None, work
     from converter.validate.items import collect_items
     from converter.validate.run import run_engine
 
-    selected, _, records = check_artifacts(workdir, [get(backend)], named=True)
+    selected, _, records = check_artifacts(workdir, config, [get(backend)], named=True)
     items = collect_items(cityscapes=root, split=split, limit=limit)
     start = time.perf_counter()
     results, _, _ = run_engine(config, workdir, records, items, selected, None, None, workers=workers,
@@ -59,8 +69,10 @@ def run_evaluate(config, workdir, root, split, backend, output, limit=None, work
                   weights=export_weights(workdir),
                   seconds=round(seconds, 1), seconds_per_image=round(seconds / len(items), 2),
                   confusion=conf.tolist(),
-                  reference={"miou": config.reference["miou"], "per_class_iou": config.reference["per_class_iou"]})
+                  reference=({"miou": config.reference["miou"], "per_class_iou": config.reference["per_class_iou"]}
+                             if config.reference else None))
     os.makedirs(output, exist_ok=True)
+    text = markdown(result, config.reference, config.class_names)
     write_json_atomic(os.path.join(output, "metrics.json"), result)
-    write_bytes_atomic(os.path.join(output, "metrics.md"), markdown(result, config.reference).encode())
+    write_bytes_atomic(os.path.join(output, "metrics.md"), text.encode())
     return [os.path.join(output, "metrics.json"), os.path.join(output, "metrics.md")], result

@@ -13,7 +13,7 @@ no names, modes 0644/0755, and gzip without a timestamp or file name, so two
 packages of one build are byte-identical. A build is packaged only when its
 files match MANIFEST.json (else exit 8) and its parity gate passed (else
 exit 10), unless --allow-unverified, which the archive then says in
-UNVERIFIED.txt. `package --verify ARCHIVE` checks an archive (see verify).
+UNVERIFIED.txt. `package --verify ARCHIVE` checks an archive (commands/verify.py).
 """
 import gzip
 import hashlib
@@ -22,21 +22,17 @@ import json
 import os
 import shutil
 import tarfile
-import zlib
 
 from converter import __version__
-from converter.errors import ChecksumError, ConverterError, ParityFailure, StageError
-from converter.records import (MODEL_STEM, ONNX_PATH, STAGES, ir_path, read_json, record_files, record_path,
+from converter.errors import ParityFailure, StageError
+from converter.records import (STAGES, flavour_path, ir_path, onnx_path, read_json, record_files, record_path,
                                verify_build)
-from converter.stages.model_api import flavour_path
-from converter.util.fsutil import file_digest, staging_dir, write_bytes_atomic
+from converter.util.fsutil import file_digest, scratch_dir
 
 # precision -> (its OMZ folder name, the record stage that built it)
 PRECISIONS = {"FP32": ("FP32", "openvino"), "FP16": ("FP16", "openvino"),
               # quantized from the FP32 IR: OMZ called that FP32-INT8 (FP16-INT8 when from FP16)
               "INT8": ("FP32-INT8", "quantize")}
-CHUNK = 1 << 20
-MAX_MEMBERS = 1000
 
 
 def _license_text():
@@ -47,8 +43,10 @@ def _license_text():
 
 
 def notice(config, weights, unverified):
+    published = config.reference is not None
     lines = [f"{config.name} {__version__}", "",
-             "The model architecture and the published weights come from PaddleSeg",
+             ("The model architecture and the published weights come from PaddleSeg" if published else
+              f"The model ({config.architecture}) and its weights are its owner's; PaddleSeg"),
              "(https://github.com/PaddlePaddle/PaddleSeg, release-2.3), Copyright PaddlePaddle Authors,",
              "licensed under the Apache License, Version 2.0 (LICENSE).",
              "Converted and packaged by ocrnet-convert (Apache-2.0).", ""]
@@ -135,22 +133,20 @@ def _parents(folder):
     return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def run_package(config, workdir, dist, allow_unverified=False):
-    records, manifest, parity, problems = _check_build(workdir, allow_unverified)
-    precisions = [p for p, (_, stage) in PRECISIONS.items() if stage in records]
-    model, version = MODEL_STEM, __version__
-    top = f"{model}-{version}"
+def _members(config, workdir, records, precisions, problems):
+    """{archive path: bytes or the file to take them from}."""
+    model = config.name
     members = {}
     for p in precisions:
-        xml = os.path.join(workdir, ir_path(p))
+        xml = os.path.join(workdir, ir_path(p, model))
         members[f"openvino/{p}/{model}.xml"] = xml
         members[f"openvino/{p}/{model}.bin"] = xml[:-4] + ".bin"
         # at its workdir path, so that --verify checks it against the MANIFEST too
-        xml = os.path.join(workdir, flavour_path(p))
-        members[flavour_path(p)] = xml
-        members[flavour_path(p)[:-4] + ".bin"] = xml[:-4] + ".bin"
+        xml = os.path.join(workdir, flavour_path(p, model))
+        members[flavour_path(p, model)] = xml
+        members[flavour_path(p, model)[:-4] + ".bin"] = xml[:-4] + ".bin"
     if "onnx" in records:
-        members[f"onnx/{os.path.basename(ONNX_PATH)}"] = os.path.join(workdir, ONNX_PATH)
+        members[onnx_path(model)] = os.path.join(workdir, onnx_path(model))
     for rel in ("MANIFEST.json", "README.md", "parity/report.json", "parity/report.md"):
         if os.path.isfile(os.path.join(workdir, rel)):
             members[rel] = os.path.join(workdir, rel)
@@ -159,112 +155,76 @@ def run_package(config, workdir, dist, allow_unverified=False):
     if problems:
         members["UNVERIFIED.txt"] = ("Packaged with --allow-unverified despite:\n"
                                      + "".join(f"- {p}\n" for p in problems)).encode()
-    os.makedirs(dist, exist_ok=True)
+    return members
+
+
+def _layouts(root, members, precisions, model):
+    """root/ovms, root/omz and root/model_api, complete, for these precisions only."""
     ovms_models = []
-    with staging_dir(os.path.join(dist, "ovms")) as tmp:
-        for p in precisions:
-            name = f"{model}-{p.lower()}"
-            folder = os.path.join(tmp, "models", name, "1")
-            os.makedirs(folder)
-            for ext in ("xml", "bin"):
-                shutil.copyfile(members[f"openvino/{p}/{model}.{ext}"], os.path.join(folder, f"model.{ext}"))
-            ovms_models.append({"config": {"name": name, "base_path": f"models/{name}"}})
-        with open(os.path.join(tmp, "config.json"), "w") as fh:
-            json.dump({"model_config_list": ovms_models}, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-    with staging_dir(os.path.join(dist, "omz")) as tmp:
-        for p in precisions:
-            folder = os.path.join(tmp, "public", model, PRECISIONS[p][0])
-            os.makedirs(folder)
-            for ext in ("xml", "bin"):
-                shutil.copyfile(members[f"openvino/{p}/{model}.{ext}"], os.path.join(folder, f"{model}.{ext}"))
-    with staging_dir(os.path.join(dist, "model_api")) as tmp:
-        for p in precisions:
-            os.makedirs(os.path.join(tmp, p))
-            for ext in ("xml", "bin"):
-                shutil.copyfile(members[flavour_path(p)[:-3] + ext], os.path.join(tmp, p, f"{model}.{ext}"))
-    archive = os.path.join(dist, f"{top}.tar.gz")
-    part = archive + f".{os.getpid()}.part"
-    try:
-        write_archive(part, top, members)
-        os.replace(part, archive)
-    finally:
-        if os.path.exists(part):
-            os.unlink(part)
-    digest = file_digest(archive)
-    write_bytes_atomic(os.path.join(dist, f"{top}.tar.gz.sha256"), f"{digest}  {os.path.basename(archive)}\n".encode())
-    return {"archive": archive, "sha256": digest, "precisions": precisions,
+    for p in precisions:
+        name = f"{model}-{p.lower()}"
+        folder = os.path.join(root, "ovms", "models", name, "1")
+        os.makedirs(folder)
+        for ext in ("xml", "bin"):
+            shutil.copyfile(members[f"openvino/{p}/{model}.{ext}"], os.path.join(folder, f"model.{ext}"))
+        ovms_models.append({"config": {"name": name, "base_path": f"models/{name}"}})
+        folder = os.path.join(root, "omz", "public", model, PRECISIONS[p][0])
+        os.makedirs(folder)
+        for ext in ("xml", "bin"):
+            shutil.copyfile(members[f"openvino/{p}/{model}.{ext}"], os.path.join(folder, f"{model}.{ext}"))
+        os.makedirs(os.path.join(root, "model_api", p))
+        for ext in ("xml", "bin"):
+            shutil.copyfile(members[flavour_path(p, model)[:-3] + ext],
+                            os.path.join(root, "model_api", p, f"{model}.{ext}"))
+    with open(os.path.join(root, "ovms", "config.json"), "w") as fh:
+        json.dump({"model_config_list": ovms_models}, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+
+LAYOUTS = ("ovms", "omz", "model_api")
+
+
+def _refuse_links(dist, names):
+    for name in names:
+        target = os.path.join(dist, name)
+        if os.path.islink(target) or (os.path.lexists(target) and (name in LAYOUTS) != os.path.isdir(target)):
+            raise StageError(f"refusing to replace {target}: it is a symbolic link, or a file where a folder "
+                             "goes (or the reverse)")
+
+
+def _publish(staged, dist, names):
+    """Move the staged layouts and files into dist: each layout folder
+    replaces the old one whole (a stale INT8 from an earlier package goes
+    with it); a symlink at a layout's place is refused, never written
+    through."""
+    _refuse_links(dist, names)
+    for name in names:
+        target, old = os.path.join(dist, name), os.path.join(dist, f".{name}.{os.getpid()}.old")
+        if name in LAYOUTS and os.path.isdir(target):
+            os.replace(target, old)
+            os.replace(os.path.join(staged, name), target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(os.path.join(staged, name), target)
+
+
+def run_package(config, workdir, dist, allow_unverified=False):
+    """The layouts and the archive are built in a staging folder inside
+    dist and published together at the end: an interrupted run leaves dist
+    as it was."""
+    records, manifest, parity, problems = _check_build(workdir, allow_unverified)
+    precisions = [p for p, (_, stage) in PRECISIONS.items() if stage in records]
+    top = f"{config.name}-{__version__}"
+    members = _members(config, workdir, records, precisions, problems)
+    os.makedirs(dist, exist_ok=True)
+    archive_name = f"{top}.tar.gz"
+    _refuse_links(dist, LAYOUTS + (archive_name, archive_name + ".sha256"))   # before minutes of work
+    with scratch_dir(os.path.join(dist, "package")) as staged:
+        _layouts(staged, members, precisions, config.name)
+        write_archive(os.path.join(staged, archive_name), top, members)
+        digest = file_digest(os.path.join(staged, archive_name))
+        with open(os.path.join(staged, archive_name + ".sha256"), "w") as fh:
+            fh.write(f"{digest}  {archive_name}\n")
+        _publish(staged, dist, LAYOUTS + (archive_name, archive_name + ".sha256"))
+    return {"archive": os.path.join(dist, archive_name), "sha256": digest, "precisions": precisions,
             "members": sorted(members) + ["SHA256SUMS"], "unverified": problems}
-
-
-def verify(archive):
-    """Check every member against SHA256SUMS and the MANIFEST it carries;
-    returns a one-line verdict or raises ChecksumError (exit 5)."""
-    def fail(why):
-        raise ChecksumError(f"{archive}: {why}")
-
-    if not os.path.isfile(archive):
-        raise ConverterError(f"{archive}: not a file")
-    digests, sums_text, manifest_bytes = {}, None, None
-    try:
-        with tarfile.open(archive, mode="r:gz") as tar:
-            top = None
-            for n, member in enumerate(tar):
-                if n >= MAX_MEMBERS:
-                    fail(f"more than {MAX_MEMBERS} members")
-                name = member.name
-                parts = name.split("/")
-                if name.startswith("/") or ".." in parts or "" in parts[1:] or "\\" in name:
-                    fail(f"member {name[:80]!r} has an absolute or escaping path")
-                if not (member.isfile() or member.isdir()):
-                    fail(f"member {name[:80]!r} is a link or special file")
-                top = top or parts[0]
-                if parts[0] != top:
-                    fail(f"member {name[:80]!r} is outside the archive's folder {top}")
-                if member.isdir():
-                    continue
-                rel = "/".join(parts[1:])
-                if rel in digests:
-                    fail(f"member {rel} appears twice")
-                h, fh = hashlib.sha256(), tar.extractfile(member)
-                keep = rel in ("SHA256SUMS", "MANIFEST.json")
-                data = []
-                for chunk in iter(lambda: fh.read(CHUNK), b""):
-                    h.update(chunk)
-                    if keep:
-                        data.append(chunk)
-                digests[rel] = h.hexdigest()
-                if rel == "SHA256SUMS":
-                    sums_text = b"".join(data)
-                elif rel == "MANIFEST.json":
-                    manifest_bytes = b"".join(data)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        fail(f"not a readable .tar.gz ({type(exc).__name__})")
-    if sums_text is None:
-        fail("no SHA256SUMS member")
-    listed = {}
-    for line in sums_text.decode("utf-8", "replace").splitlines():
-        digest, _, rel = line.partition("  ")
-        listed[rel] = digest
-    for rel, digest in sorted(listed.items()):
-        if rel not in digests:
-            fail(f"member {rel} is listed in SHA256SUMS but missing")
-        if digests[rel] != digest:
-            fail(f"member {rel} does not match its SHA256SUMS entry")
-    extra = sorted(set(digests) - set(listed) - {"SHA256SUMS"})
-    if extra:
-        fail(f"member {extra[0]} is not listed in SHA256SUMS")
-    checked = 0
-    if manifest_bytes is not None:
-        try:
-            manifest = json.loads(manifest_bytes)
-            files = {f["path"]: f["sha256"] for f in manifest["files"]}
-        except (ValueError, KeyError, TypeError):
-            fail("MANIFEST.json is not a manifest")
-        for rel, digest in digests.items():
-            if rel in files:
-                checked += 1
-                if files[rel] != digest:
-                    fail(f"member {rel} does not match MANIFEST.json")
-    return (f"OK: {os.path.basename(archive)}: {len(listed)} members match SHA256SUMS, "
-            f"{checked} of them MANIFEST.json")

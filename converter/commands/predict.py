@@ -5,6 +5,7 @@ composited on black, 16-bit refused: see images.load_rgb), resized with
 bilinear interpolation to the model's input size, segmented, and the class map
 is brought back to the image's own size with nearest-neighbour.
 """
+import contextlib
 import os
 
 import numpy as np
@@ -13,8 +14,7 @@ from converter.backends import get, open_backend
 from converter.data.cityscapes import colorize
 from converter.data.images import input_contract, prepare, resize_rgb
 from converter.errors import ConverterError
-from converter.records import converted_input_shape, verified_record
-from converter.util.fsutil import write_png_atomic
+from converter.records import check_classes, converted_input_shape, verified_record
 
 
 class Segmenter:
@@ -24,9 +24,10 @@ class Segmenter:
     def __init__(self, config, workdir, name, threads=2):
         backend = get(name)
         verified_record(workdir, backend.stage)
+        check_classes(workdir, config)
         shape = converted_input_shape(workdir, config)
         self.size = (shape[3], shape[2])
-        self.runner = open_backend(backend, workdir, threads)
+        self.runner = open_backend(backend, workdir, config, threads)
         self.contract = input_contract(config, backend.side)
         self.output = backend.output_name(config)
 
@@ -41,15 +42,34 @@ class Segmenter:
 
 
 def write_outputs(rgb, classes, output_dir, stem, palette):
+    """<stem>_classes.png, _color.png and _overlay.png, all three or none:
+    each is encoded in memory first, and a failed write (a full disk)
+    removes the ones already written for this image."""
+    import io
+
+    from PIL import Image
+
+    from converter.util.fsutil import write_bytes_atomic
+
     colour = colorize(classes, palette)
     # 50/50 blend of image and colour mask, as the Open Model Zoo demo shows it.
     overlay = ((rgb.astype(np.uint16) + colour) // 2).astype(np.uint8)
-    paths = []
+    encoded = []
     for suffix, array in (("classes", classes), ("color", colour), ("overlay", overlay)):
-        path = os.path.join(output_dir, f"{stem}_{suffix}.png")
-        write_png_atomic(path, array)
-        paths.append(path)
-    return paths
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        encoded.append((os.path.join(output_dir, f"{stem}_{suffix}.png"), buf.getvalue()))
+    written = []
+    try:
+        for path, data in encoded:
+            write_bytes_atomic(path, data)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+    return written
 
 
 def class_shares(classes, class_names):
@@ -61,14 +81,16 @@ def run_predict(config, workdir, images, backend, output_dir, threads=2, log=pri
     from converter.data.images import expand_image_args, load_rgb
 
     paths = expand_image_args(images)
-    decoded = [(p, load_rgb(p)) for p in paths]  # fail on a bad file before any work
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     if len(set(stems)) != len(stems):
         raise ConverterError("two input images share a file name stem; their outputs would collide")
+    for path in paths:   # a bad file fails before any work; one decoded image in memory at a time
+        load_rgb(path)
     segmenter = Segmenter(config, workdir, backend, threads)
     os.makedirs(output_dir, exist_ok=True)
     written, shares = [], {}
-    for (path, rgb), stem in zip(decoded, stems):
+    for path, stem in zip(paths, stems):
+        rgb = load_rgb(path)
         classes = segmenter.segment(rgb)
         written += write_outputs(rgb, classes, output_dir, stem, config.palette)
         shares[os.path.basename(path)] = class_shares(classes, config.class_names)

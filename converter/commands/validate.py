@@ -35,7 +35,7 @@ def run_validate(config, workdir, output, images=None, cityscapes=None, split="v
         from converter.validate.ray_address import parse
 
         parse(address)   # a malformed address is refused even when every result is reused
-    selected, left_out, records = check_artifacts(workdir, select(backends, with_reference=True),
+    selected, left_out, records = check_artifacts(workdir, config, select(backends, with_reference=True),
                                                   named=bool(backends))
     items = collect_items(images, cityscapes, split, limit)
     results, run, size = run_engine(config, workdir, records, items, selected, REFERENCE.name,

@@ -46,9 +46,13 @@ def expand_image_args(items):
 
 
 def image_ids(paths):
-    """A unique key per image for reports and file names: the file name, or,
-    when two inputs share one, the file name plus a hash of the full path."""
-    names = [os.path.basename(p) for p in paths]
+    """A unique key per image for reports and file names: the file name
+    (non-printable characters escaped: a name may not start a report line of
+    its own), or, when two inputs share one, the file name plus a hash of the
+    full path."""
+    from converter.util.text import shown
+
+    names = [shown(os.path.basename(p)) for p in paths]
     out = []
     for path, name in zip(paths, names):
         if names.count(name) > 1:

@@ -1,4 +1,5 @@
-"""HRNet_W48 backbone, structured as PaddleSeg release-2.3 builds it.
+"""The HRNet backbones of PaddleSeg release-2.3 (widths in converter/family.py),
+structured as the release builds them.
 
 Every conv uses padding='same' (for stride 2 on even sizes that pads only the
 bottom/right edge, unlike padding=1) and has no bias; sub-layer names follow the
@@ -15,12 +16,6 @@ from converter.model.layers import ConvBN, ConvBNReLU
 # warning, once per add (~170 here), which made tracing seconds slower.
 # Both give the same elementwise_add op.
 
-# (modules, blocks per branch, channels per branch) of stages 2..4 for W48.
-W48_STAGES = {
-    "st2": (1, (4, 4), (48, 96)),
-    "st3": (4, (4, 4, 4), (48, 96, 192)),
-    "st4": (3, (4, 4, 4, 4), (48, 96, 192, 384)),
-}
 
 
 def _conv_bn(in_ch, out_ch, k, stride=1, relu=True):
@@ -54,7 +49,7 @@ class BasicBlock(nn.Layer):
 
 
 class Layer1(nn.Layer):
-    """Stage 1: four bottlenecks, 64 -> 256 channels."""
+    """Stage 1: bottlenecks (for W48 four, 64 -> 256 channels)."""
 
     def __init__(self, in_ch=64, filters=64, blocks=4):
         super().__init__()
@@ -184,22 +179,24 @@ class Stage(nn.Layer):
         return xs
 
 
-class HRNetW48(nn.Layer):
+class HRNet(nn.Layer):
     """Returns one feature map: the four branches upsampled to 1/4 of the input
-    and concatenated (48+96+192+384 = 720 channels)."""
+    and concatenated (for W48, 48+96+192+384 = 720 channels)."""
 
-    feat_channels = [720]
-
-    def __init__(self):
+    def __init__(self, backbone="hrnet_w48"):
         super().__init__()
-        self.conv_layer1_1 = _conv_bn(3, 64, 3, stride=2)
-        self.conv_layer1_2 = _conv_bn(64, 64, 3, stride=2)
-        self.la1 = Layer1()
-        prev = [256]
-        for idx, name in enumerate(("st2", "st3", "st4")):
-            modules, blocks, channels = W48_STAGES[name]
+        from converter.family import STEM_CHANNELS, feat_channels, stage1, stages
+
+        self.feat_channels = [feat_channels(backbone)]
+        self.conv_layer1_1 = _conv_bn(3, STEM_CHANNELS, 3, stride=2)
+        self.conv_layer1_2 = _conv_bn(STEM_CHANNELS, STEM_CHANNELS, 3, stride=2)
+        blocks, filters = stage1(backbone)
+        self.la1 = Layer1(STEM_CHANNELS, filters, blocks)
+        prev = [filters * 4]
+        for idx, (modules, blocks, channels) in enumerate(stages(backbone)):
+            name = f"st{idx + 2}"
             setattr(self, f"tr{idx + 1}", TransitionLayer(prev, channels, f"tr{idx + 1}"))
-            setattr(self, name, Stage(modules, blocks, channels, name))
+            setattr(self, name, Stage(modules, (blocks,) * len(channels), channels, name))
             prev = channels
 
     def forward(self, x):

@@ -1,18 +1,18 @@
-"""OCRNet head (object-contextual representations) on HRNet_W48.
+"""OCRNet head (object-contextual representations) on an HRNet.
 
-Mirrors PaddleSeg release-2.3 with backbone_indices [0], so the same 720-channel
-feature feeds both the auxiliary soft-region head and the pixel representation.
+Mirrors PaddleSeg release-2.3 with backbone_indices [0], so the same feature
+(720 channels for W48) feeds both the auxiliary soft-region head and the
+pixel representation.
 """
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from converter.model.hrnet import HRNetW48
+from converter.family import KEY_CHANNELS, MID_CHANNELS
+from converter.model.hrnet import HRNet
 from converter.model.layers import ConvBNReLU
 
 NUM_CLASSES = 19
-MID_CHANNELS = 512
-KEY_CHANNELS = 256
 
 
 def _cbr(in_ch, out_ch, k=1, padding="same"):
@@ -86,9 +86,9 @@ class OCRNet(nn.Layer):
     """In eval mode returns [main logits] resized to the input; in train mode
     also the auxiliary logits, as release-2.3 does."""
 
-    def __init__(self, num_classes=NUM_CLASSES):
+    def __init__(self, num_classes=NUM_CLASSES, backbone="hrnet_w48"):
         super().__init__()
-        self.backbone = HRNetW48()
+        self.backbone = HRNet(backbone)
         self.head = OCRHead(self.backbone.feat_channels[0], num_classes)
 
     def forward(self, x):

@@ -14,25 +14,11 @@ RESIDUAL_FUSE_PASS = "conv_elementwise_add_mkldnn_fuse_pass"
 
 
 def check_program(model_path):
-    """Parse model.pdmodel in Python before Paddle's C++ sees it: a garbage or
-    truncated file makes Paddle Inference segfault, and paddle2onnx return
-    an empty graph. Returns the parsed ProgramDesc."""
-    from google.protobuf.message import DecodeError
+    """The parsed ProgramDesc (paddle_program.read_program): Paddle's C++
+    never sees a file that Python cannot parse."""
+    from converter.runners.paddle_program import read_program
 
-    from converter.util.paddle_env import import_paddle
-
-    import_paddle()
-    from paddle.base.proto import framework_pb2
-
-    try:
-        with open(model_path, "rb") as fh:
-            desc = framework_pb2.ProgramDesc.FromString(fh.read())
-    except (DecodeError, ValueError, RuntimeError):
-        raise StageError(f"{model_path}: not a Paddle program (cannot be parsed)") from None
-    types = {op.type for block in desc.blocks for op in block.ops}
-    if not desc.blocks or not {"feed", "fetch"} <= types:
-        raise StageError(f"{model_path}: not a Paddle inference program (no feed/fetch ops)")
-    return desc
+    return read_program(model_path)
 
 
 def program_with_logits(model_path, out_path):
@@ -44,13 +30,19 @@ def program_with_logits(model_path, out_path):
     the name of the logits variable."""
     from paddle.base.proto import framework_pb2
 
+    from converter.errors import ConverterError
+    from converter.runners.paddle_program import describe
+
     desc = check_program(model_path)
     block = desc.blocks[0]
-    argmax = [op for op in block.ops if op.type == "arg_max"]
     fetches = [op for op in block.ops if op.type == "fetch"]
-    if len(argmax) != 1 or not fetches:
-        raise StageError(f"{model_path}: expected one arg_max op and a fetch op; is this an argmax export?")
-    source = next(a for i in argmax[0].inputs if i.parameter == "X" for a in i.arguments)
+    try:
+        program = describe(desc, model_path)
+    except ConverterError as exc:
+        raise StageError(str(exc)) from None
+    if program["output_op"] != "argmax":
+        raise StageError(f"{model_path}: its output is not an arg_max over the classes; is this an argmax export?")
+    source = program["logits"]
     extra = framework_pb2.OpDesc()
     extra.CopyFrom(fetches[-1])
     for slot in extra.inputs:

@@ -69,7 +69,7 @@ def run_worker(backend, workdir, config, inputs, out, threads, logits=False, sav
     """backend (a backends.Backend) on the inputs (npy of uint8 RGB) in its own process."""
     from converter.data.images import input_contract
 
-    spec = {"runtime": backend.runtime, "model": backend.model_path(workdir), "precision": backend.precision,
+    spec = {"runtime": backend.runtime, "model": backend.model_path(workdir, config), "precision": backend.precision,
             "threads": threads, "logits": logits, "options": options or {},
             "contract": input_contract(config, backend.side), "output": backend.output_name(config),
             "inputs": list(inputs), "repeat": repeat, "save": save, "out": out}

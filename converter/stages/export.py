@@ -31,19 +31,22 @@ MODEL_FILES = ("model.pdmodel", "model.pdiparams", "model.pdiparams.info", "depl
 
 def build_weighted_model(config, choice):
     """Our model with the chosen weights loaded, in eval mode."""
-    from converter.weights.checkpoint import load_state, read_checkpoint
+    from converter.family import state_shapes
+    from converter.weights.checkpoint import load_state, match_state_dict, read_checkpoint
 
     state = None
     if choice.kind == "pretrained":
         # Read and check the file before paddle is even imported: a hostile
-        # checkpoint is refused in a fraction of a second and small memory.
+        # checkpoint, or one of another architecture, is refused in a
+        # fraction of a second and small memory.
         info(f"export: reading checkpoint {choice.path}")
         state = read_checkpoint(choice.path, choice.sha384)
+        match_state_dict(state_shapes(config.backbone, config.num_classes), state, config.architecture)
     from converter.data.images import input_contract
     from converter.model import build_model
     from converter.weights.synthetic import cached_synthetic_state_dict
 
-    model = build_model(config.num_classes)
+    model = build_model(config.num_classes, backbone=config.backbone)
     if state is None:
         seed = choice.provenance["seed"]
         info(f"export: synthetic weights (seed {seed}; BatchNorm recalibration on the sample images, "
@@ -52,7 +55,7 @@ def build_weighted_model(config, choice):
                                              log=info)
         info("export: synthetic weights " + ("taken from the cache (verified)" if hit else "computed"))
     else:
-        extra = load_state(model, state, log=info)
+        extra = load_state(model, state, log=info, what=config.architecture)
         choice.provenance["ignored_keys"] = len(extra)
     model.eval()
     return model
@@ -153,7 +156,8 @@ def export_key(config, choice, without_argmax):
     weights = {k: v for k, v in choice.provenance.items() if k in ("kind", "seed", "sha384")}
     inputs = [choice.path] if choice.kind == "pretrained" and not choice.provenance.get("verified") else []
     interface = {"input": config.original_input.name, "output": config.original_output.name,
-                 "mean": list(config.mean), "scale": list(config.scale), "classes": config.num_classes}
+                 "mean": list(config.mean), "scale": list(config.scale), "classes": config.num_classes,
+                 "backbone": config.backbone}
     return stage_key({"stage": "export", "weights": weights, "without_argmax": without_argmax, "interface": interface,
                       "sources": source_digest(sources), "tools": tool_versions("paddlepaddle")}, inputs)
 
@@ -199,7 +203,9 @@ def run_export_model(config, model, output_dir, choice, without_argmax, start, k
         output=({"name": "logits", "shape": [-1, config.num_classes, -1, -1], "dtype": "float32"}
                 if without_argmax else {"name": config.original_output.name, "shape": [-1, -1, -1],
                                         "dtype": "int32"}),
-        seconds=round(time.perf_counter() - start, 1), params={"without_argmax": without_argmax})
+        seconds=round(time.perf_counter() - start, 1),
+        params={"without_argmax": without_argmax, "num_classes": config.num_classes,
+                "architecture": {"arch": config.arch, "backbone": config.backbone}})
     write_record(output_dir, record)
     return StageResult("export", [os.path.join(output_dir, f) for f in files], record, seconds=record.seconds)
 

@@ -294,10 +294,13 @@ def fetch_file(spec, output_dir, cache_dir=None, mirror=None, from_dir=None, pro
         except ChecksumError:
             pass  # verify() deleted the damaged cache entry
     part = final + ".part"
-    if from_dir:
-        local = os.path.join(from_dir, spec.name)
+    local = local_source(spec)
+    if from_dir or (local and not mirror):
+        if from_dir:
+            local = os.path.join(from_dir, spec.name)
         if not os.path.isfile(local):
-            raise FetchError(f"{spec.name} not found in --from folder {from_dir}")
+            raise FetchError(f"{spec.name} not found " + (f"in --from folder {from_dir}" if from_dir else
+                                                          f"at its source {spec.source}"))
         _check_space(output_dir, spec.size)
         try:
             _copy_to(local, part)
@@ -321,6 +324,13 @@ def fetch_file(spec, output_dir, cache_dir=None, mirror=None, from_dir=None, pro
     _place(part, final, move=True)
     progress.emit(event="done", file=spec.name, path=final, bytes_transferred=received)
     return final, dict(record, source="download", url=url, bytes_transferred=received)
+
+
+def local_source(spec):
+    """The path of a file:// source (a user's own copy, as `init` records it), else None."""
+    if not spec.source.startswith("file://"):
+        return None
+    return urllib.parse.unquote(urllib.parse.urlparse(spec.source).path)
 
 
 def run_fetch(config, output_dir, cache_dir=None, mirror=None, from_dir=None, progress_mode="quiet",

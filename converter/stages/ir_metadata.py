@@ -27,7 +27,8 @@ def model_info(config, output_description):
         "input_description": f"{inp.name}: float32 [{', '.join(map(str, inp.shape))}], {inp.color}, pixel values "
                              f"0..255; channel order and {config.normalisation_text()} are inside the model",
         "output_description": output_description,
-        "source": f"{config.name} (PaddleSeg release-2.3), converted by ocrnet-convert",
+        "source": f"{config.name} (" + ("PaddleSeg release-2.3" if config.arch == "ocrnet" else
+                                        "a PaddleSeg inference model") + "), converted by ocrnet-convert",
     }
 
 

@@ -10,7 +10,8 @@ import stat
 
 from converter.errors import StageError
 from converter.util.fsutil import file_digest, write_bytes_atomic, write_json_atomic
-from converter.records import STAGES, read_json, record_files, record_path, verify_build
+from converter.util.text import md_cell
+from converter.records import STAGES, read_json, record_files, record_path, verify_build, weights_summary
 from converter.validate.gates import backend_failed
 from converter.stages.parity_report import system_info
 
@@ -98,7 +99,7 @@ def _parity_lines(parity):
         lines.append(f"| {name} | {entry.get('precision', '')} | {gate} | {100 * worst:.4f} % | {margin:.3g} | {err} | "
                      f"{('FAILED' if failed else 'passed') if entry['gated'] else '-'} |")
     for name, why in (parity.get("not_built") or {}).items():
-        lines.append(f"| {name} | - | not run: {why} | | | | |")
+        lines.append(f"| {name} | - | not run: {md_cell(why)} | | | | |")
     return lines
 
 
@@ -135,21 +136,27 @@ def model_card(config, manifest, parity, bench=None):
     src_in, src_out = config.original_input, config.original_output
     dst_in, dst_out = config.converted_input, config.converted_output
     # the first line says which weights these are
-    lines = [f"# {config.name}: " + (f"SYNTHETIC weights (seed {weights.get('seed')}), not the published model"
-                                    if synthetic else "the published PaddleSeg weights"), ""]
+    lines = [f"# {config.name}: {md_cell(weights_summary(weights))}", ""]
     if synthetic:
         lines += [f"> **These artifacts carry synthetic weights (seed {weights.get('seed')}), not the published "
                   "checkpoint.** The structure, interfaces and conversion are real; the outputs are not "
                   "meaningful segmentations.", ""]
+    description = (config.raw.get("description") or "").strip()
+    gflops = (f"{config.flops_512x1024 / 1e9:.2f} (paddle.flops at 1x3x512x1024: multiply-accumulates of conv and BN)"
+              if config.flops_512x1024 else "unknown")
+    reference = config.reference
     lines += [
-        "OCRNet with an HRNet_W48 backbone (PaddleSeg release-2.3), semantic segmentation of urban street "
-        f"scenes into the {config.num_classes} Cityscapes classes.", "",
+        (md_cell(description) + " " if description else "") + f"{config.architecture[0].upper()}"
+        f"{config.architecture[1:]}: semantic segmentation into {config.num_classes} classes "
+        f"({md_cell(', '.join(config.class_names[:5]))}" + (", ..." if config.num_classes > 5 else "") + ").", "",
         "| | |", "|---|---|",
         "| type | semantic segmentation |",
-        f"| GFLOPs | {config.flops_512x1024 / 1e9:.2f} (paddle.flops at 1x3x512x1024: multiply-accumulates of conv and BN) |",
-        f"| MParams | {config.params / 1e6:.2f} |",
+        f"| architecture | {config.architecture} |",
+        f"| GFLOPs | {gflops} |",
+        f"| MParams | {config.params / 1e6:.2f} |" if config.params else "| MParams | unknown |",
         "| source framework | PaddlePaddle |",
-        f"| reference accuracy | mIoU {100 * config.reference['miou']:.2f} % on {config.reference['dataset']} (published, not measured here) |",
+        (f"| reference accuracy | mIoU {100 * reference['miou']:.2f} % on {md_cell(reference['dataset'])} "
+         "(published, not measured here) |") if reference else "| reference accuracy | none published |",
         "", "## Inputs and outputs", "",
         "Original (Paddle inference model, `paddle/`):", "",
         f"- input `{src_in.name}`, float32 [N,3,H,W], {src_in.color}, normalised as {config.normalisation_text()};",
@@ -164,12 +171,19 @@ def model_card(config, manifest, parity, bench=None):
         "## Parity", ""] + _parity_lines(parity) + ["", "## Speed", ""] + _bench_lines(bench) + [
         "", "## Provenance", "",
         (f"Weights: synthetic, seed {weights.get('seed')} ({weights.get('method')})." if synthetic else
-         f"Weights: {weights.get('source')} (sha384 {weights.get('sha384')}, verified: {weights.get('verified')})."),
+         f"Weights: {md_cell(weights_summary(weights))}" + (
+             f" ({md_cell(weights.get('source'))}, sha384 {weights.get('sha384')}" if weights.get("sha384") else " (")
+         + f", verified: {weights.get('verified')})."),
         f"Config: `{manifest['config']['path']}` (sha256 {manifest['config']['sha256']}).",
         "Tools: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items() if v) + ".",
         "Every file with its sha256 is listed in `MANIFEST.json`.", "",
-        "## Licence", "", f"{config.license}. The model and its weights come from PaddleSeg "
-        "(https://github.com/PaddlePaddle/PaddleSeg), licensed under the Apache License 2.0.", ""]
+        "## Licence", "", f"{md_cell(config.license)}. " + ("The model and its weights come from PaddleSeg "
+                                                              "(https://github.com/PaddlePaddle/PaddleSeg), "
+                                                              "licensed under the Apache License 2.0."
+                                                              if config.reference else
+                                                              "The model is its owner's; PaddleSeg "
+                                                              "(https://github.com/PaddlePaddle/PaddleSeg) is "
+                                                              "licensed under the Apache License 2.0."), ""]
     return "\n".join(lines)
 
 

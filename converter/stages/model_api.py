@@ -21,8 +21,8 @@ import time
 import numpy as np
 
 from converter.errors import ParityFailure, StageError
-from converter.records import (MODEL_STEM, STAGES, StageRecord, StaleBuild, check_built_from, ir_path, record_files,
-                               record_path, verified_record, write_record)
+from converter.records import (STAGES, StageRecord, StaleBuild, check_built_from, ir_path, record_files, record_path,
+                               verified_record, write_record)
 from converter.stages import StageResult, up_to_date
 from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
@@ -31,10 +31,6 @@ FOLDER = STAGES["model_api"][0]
 # ops a class-map output may pass through after the ArgMax (TopK in OpenVINO)
 _TAIL_OPS = ("Convert", "Squeeze", "Reshape", "Unsqueeze")
 SUM_TOLERANCE = 1e-3  # |sum of probabilities - 1|, far above f32 rounding over 19 terms
-
-
-def flavour_path(precision):
-    return os.path.join(FOLDER, precision, MODEL_STEM + ".xml")
 
 
 def logits_of(model):
@@ -52,13 +48,18 @@ def logits_of(model):
     raise StageError(f"the IR's output does not end in an ArgMax over class scores (found {node.get_type_name()})")
 
 
-def make_flavour(model, output_name, metadata):
-    """The same graph ending in Softmax over axis 1 instead of the ArgMax."""
+def make_flavour(model, output_name, metadata, probabilities=False):
+    """The same graph ending in Softmax over axis 1 instead of the ArgMax;
+    probabilities: the ArgMax's input already is (a softmax export), so the
+    graph ends there."""
     import openvino as ov
     from openvino import opset13 as ops
 
     logits = logits_of(model)
-    softmax = ops.softmax(logits, 1)
+    if probabilities:
+        softmax = ops.convert(logits, ov.Type.f32)   # an identity on f32 scores, a name of its own
+    else:
+        softmax = ops.softmax(logits, 1)
     softmax.set_friendly_name(output_name)
     result = ops.result(softmax)
     result.set_friendly_name(output_name + "/result")
@@ -74,19 +75,19 @@ def probabilities_description(config, output_name):
             f"(Softmax over axis 1); its argmax is the class map")
 
 
-def parents(workdir):
+def parents(workdir, stem):
     """({precision: parent IR .xml (relative)} for every IR built and current,
     {precision: why it is left out}, {parent file (relative): sha256} as the
     records just verified say, the openvino record)."""
     records = {"openvino": verified_record(workdir, "openvino")}
-    found, left_out = {"FP32": ir_path("FP32"), "FP16": ir_path("FP16")}, {}
+    found, left_out = {"FP32": ir_path("FP32", stem), "FP16": ir_path("FP16", stem)}, {}
     if os.path.lexists(record_path(workdir, "quantize")):
         # a tampered INT8 build is an error (verified_record); a stale one is left out
         quantized = verified_record(workdir, "quantize")
         try:
             check_built_from(workdir, "quantize", quantized)
             records["quantize"] = quantized
-            found["INT8"] = ir_path("INT8")
+            found["INT8"] = ir_path("INT8", stem)
         except StaleBuild as exc:
             left_out["INT8"] = str(exc)
     parent_files = {rel[:-4] + ext for rel in found.values() for ext in (".xml", ".bin")}
@@ -159,7 +160,7 @@ def run(config, workdir, threads=None, force=False):
     from converter.util.incremental import stage_key, tool_versions
 
     start = time.perf_counter()
-    found, left_out, built_from, ov_record = parents(workdir)
+    found, left_out, built_from, ov_record = parents(workdir, config.name)
     for precision, why in left_out.items():
         info(f"model_api: {precision} left out: {why}")
     output = config.model_api["output"]
@@ -183,18 +184,19 @@ def run(config, workdir, threads=None, force=False):
             info(f"model_api: {precision}: Softmax flavour of {rel}, checked on {len(images)} samples at "
                  f"{config.model_api['check_tile']}...")
             try:
-                flavour = make_flavour(core.read_model(parent_xml), output, metadata)
+                flavour = make_flavour(core.read_model(parent_xml), output, metadata,
+                                       probabilities=config.output_op == "softmax")
             except StageError:
                 raise
             except Exception as exc:
                 raise StageError(f"cannot derive the Model API flavour of {rel}: {str(exc).splitlines()[0]}") from None
             os.makedirs(os.path.join(tmp, precision))
-            xml = os.path.join(tmp, precision, MODEL_STEM + ".xml")
+            xml = os.path.join(tmp, precision, config.name + ".xml")
             # the parents' weights are stored as they are (FP16 ones stay f16)
             ov.save_model(flavour, xml, compress_to_fp16=False)
             # gate the files as written, not the in-memory graph
             checks[precision] = check(config, parent_xml, xml, [x for _, x in images], threads)
-            names = [MODEL_STEM + ".xml", MODEL_STEM + ".bin"]
+            names = [config.name + ".xml", config.name + ".bin"]
             files[precision] = describe_files(os.path.join(tmp, precision), names)
             paths += [os.path.join(out_root, precision, n) for n in names]
     shape = ov_record.params.get("input_shape")

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from converter.errors import StageError
-from converter.records import ONNX_NAME, StageRecord, write_record
+from converter.records import StageRecord, onnx_path, write_record
 from converter.stages import StageResult, up_to_date
 from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
@@ -140,7 +140,8 @@ def run(config, workdir, shape=None, force=False):
     pre = dict(config.baked(), color=config.converted_input.color, normalisation=config.normalisation_text())
     model = convert_to_onnx(paddle_dir, shape, config.onnx_opset, pre)
     with staging_dir(out_dir, record="onnx.json") as tmp:
-        path = os.path.join(tmp, ONNX_NAME)
+        onnx_name = os.path.basename(onnx_path(config.name))
+        path = os.path.join(tmp, onnx_name)
         onnx.save_model(model, path)
         try:
             onnx.checker.check_model(path, full_check=True)
@@ -149,7 +150,7 @@ def run(config, workdir, shape=None, force=False):
         import onnxruntime as ort
 
         ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # loads, or raises
-        files = describe_files(tmp, [ONNX_NAME])
+        files = describe_files(tmp, [onnx_name])
     record = StageRecord(
         "onnx", files, key, export_record.weights,
         input={"name": pre["input"], "dtype": "float32", "layout": "NCHW",
@@ -159,4 +160,4 @@ def run(config, workdir, shape=None, force=False):
         params={"opset": config.onnx_opset, "input_shape": list(shape),
                 "preprocessing": f"Gather{pre['order']} axis 1, Sub {_text(pre['mean'])}, Div {_text(pre['scale'])}"})
     write_record(out_dir, record)
-    return StageResult("onnx", [os.path.join(out_dir, ONNX_NAME)], record, seconds=record.seconds)
+    return StageResult("onnx", [os.path.join(out_dir, onnx_name)], record, seconds=record.seconds)

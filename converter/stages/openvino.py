@@ -17,7 +17,7 @@ from converter.stages import StageResult, up_to_date
 from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
 from converter.stages.onnx import check_paddle_export
-from converter.records import MODEL_STEM as IR_NAME, ONNX_PATH, StageRecord, verified_record, write_record
+from converter.records import StageRecord, onnx_path, verified_record, write_record
 
 
 def _per_channel(values):
@@ -63,7 +63,7 @@ def run(config, workdir, shape=None, source="paddle", force=False):
     shape = tuple(shape or config.converted_shape)
     pre = config.baked()
     if source == "onnx":
-        src = os.path.join(workdir, ONNX_PATH)
+        src = os.path.join(workdir, onnx_path(config.name))
         verified_record(workdir, "onnx")  # its export is checked below, for the weights' provenance
         export_record, inputs = verified_record(workdir, "export"), [src]
     else:
@@ -96,10 +96,10 @@ def run(config, workdir, shape=None, source="paddle", force=False):
     # record last: a run killed half-way leaves no record beside a mix of
     # old and new IRs, and every reader refuses files without their record.
     with staging_dir(out_root, record="openvino.json") as tmp:
-        names = [IR_NAME + ".xml", IR_NAME + ".bin"]
+        names = [config.name + ".xml", config.name + ".bin"]
         for precision in ("FP32", "FP16"):
             os.makedirs(os.path.join(tmp, precision))
-            ov.save_model(model, os.path.join(tmp, precision, IR_NAME + ".xml"),
+            ov.save_model(model, os.path.join(tmp, precision, names[0]),
                           compress_to_fp16=(precision == "FP16"))
             files[precision] = describe_files(os.path.join(tmp, precision), names)
             paths += [os.path.join(out_root, precision, n) for n in names]

@@ -40,7 +40,7 @@ def run_parity(config, workdir, images=None, threads=None, backends=None, citysc
     from converter.validate.items import collect_items
     from converter.validate.run import run_engine
 
-    selected, not_built, records = check_artifacts(workdir, select(backends, with_reference=True),
+    selected, not_built, records = check_artifacts(workdir, config, select(backends, with_reference=True),
                                                    named=bool(backends))
     items = collect_items(images, cityscapes, split, limit)
     start = time.perf_counter()
@@ -71,7 +71,7 @@ def run_parity(config, workdir, images=None, threads=None, backends=None, citysc
                         "compare_seconds": [e.get("compare_seconds", 0.0) for e in entries_b],
                         "wall_seconds": round(sum(seconds), 1), "peak_rss_mb": peak,
                         "workers": [h["pid"] for h in run["hosts"]], "info": info_b,
-                        "gated": b.gated, "role": b.role, "input": b.side, "model": b.model}
+                        "gated": b.gated, "role": b.role, "input": b.side, "model": b.model(config)}
     maps = [(r["id"], dict(r["maps"], reference=r["maps"]["classes"])) for r in results]
     for _, m in maps:
         del m["classes"]

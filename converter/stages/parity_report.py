@@ -8,6 +8,7 @@ from converter.backends import REFERENCE
 from converter.data.cityscapes import colorize
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic, write_png_atomic
 from converter.util.incremental import tool_versions
+from converter.util.text import md_cell
 from converter.records import export_weights
 
 PANEL = (512, 256)
@@ -109,13 +110,13 @@ def markdown(record, class_names):
         lines.append(f"| {backend} | {entry.get('precision', '')} | {gate} | "
                      f"{_verdict(backend, record['failures']) if entry['gated'] else '-'} |")
     for name, why in (record.get("not_built") or {}).items():
-        lines.append(f"| {name} | - | not run: {why} | - |")
+        lines.append(f"| {name} | - | not run: {md_cell(why)} | - |")
     lines += ["", "| backend | image | agreement | disagreeing px | max flip margin | mean IoU vs original | "
               "logit abs max | logit rel p99 | logit rel max |", "|---|---|---|---|---|---|---|---|---|"]
     for backend, entry in record["results"].items():
         for image, m in entry["images"].items():
             err = m.get("logit_error", {})
-            lines.append(f"| {backend} | {image} | {_pct(m['agreement'])} | "
+            lines.append(f"| {backend} | {md_cell(image)} | {_pct(m['agreement'])} | "
                          f"{m['disagree']} | {m.get('max_flip_margin', 0):.4g} | {m['mean_iou']:.6f} | "
                          f"{err.get('abs_max', float('nan')):.3g} | {err.get('rel_p99', float('nan')):.3g} | "
                          f"{err.get('rel_max', float('nan')):.3g} |")
@@ -150,7 +151,7 @@ def markdown(record, class_names):
               + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in sysinfo["cpu_flags"].items()),
               "", "Versions: " + ", ".join(f"{k} {v}" for k, v in sysinfo["versions"].items()), ""]
     if record["failures"]:
-        lines += ["## Failures", ""] + [f"- {f}" for f in record["failures"]] + [""]
+        lines += ["## Failures", ""] + [f"- {md_cell(f)}" for f in record["failures"]] + [""]
     return "\n".join(lines)
 
 

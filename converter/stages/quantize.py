@@ -35,7 +35,7 @@ from converter.errors import ConverterError, StageError
 from converter.stages import StageResult, up_to_date
 from converter.util.fsutil import describe_files, staging_dir
 from converter.util.log import info
-from converter.records import MODEL_STEM, STAGES, StageRecord, ir_path, verified_record, write_record
+from converter.records import STAGES, StageRecord, ir_path, verified_record, write_record
 
 from converter.config import QUANTIZE_CHOICES as CHOICES
 
@@ -165,7 +165,7 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
     opts = options or options_from(config)
     ov_record = verified_record(workdir, "openvino")
     shape = list(ov_record.input_shape)
-    fp32_xml = os.path.join(workdir, ir_path("FP32"))
+    fp32_xml = os.path.join(workdir, ir_path("FP32", config.name))
     if "FP32" not in ov_record.files:
         raise StageError(f"{os.path.join(workdir, 'openvino', 'openvino.json')} lists no FP32 IR; "
                          "rerun the openvino stage")
@@ -247,7 +247,7 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
 
     set_model_info(quantized, model_info(config, class_map_description(config)))
     fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
-    names = [MODEL_STEM + ".xml", MODEL_STEM + ".bin"]
+    names = [config.name + ".xml", config.name + ".bin"]
     with staging_dir(out_root, record=STAGES["quantize"][1]) as tmp:
         ov.save_model(quantized, os.path.join(tmp, names[0]), compress_to_fp16=False)
         files = describe_files(tmp, names)

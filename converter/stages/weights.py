@@ -65,6 +65,9 @@ def _resolve(config, choice, seed, cache_dir, mirror, allow_unverified):
     offline = os.environ.get("OCRNET_CONVERT_OFFLINE") == "1"
     if choice == "synthetic":
         return _synthetic(seed)
+    local = fetch.local_source(config.checkpoint)
+    if choice in ("auto", "pretrained") and local:
+        choice = local   # the user's own checkpoint, where `init` found it (verified below)
     if choice in ("auto", "pretrained"):
         try:
             path = _get_checkpoint(config, cache_dir, mirror, offline)

@@ -45,8 +45,13 @@ def read_limited(path, limit, what):
 
 
 def write_bytes_atomic(path, data):
+    """data at path, or nothing there: a temporary file beside it, renamed.
+    An I/O error (a full disk, a folder at path) names path, not the
+    temporary file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise IsADirectoryError(errno.EISDIR, "a folder is where a file goes", path)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are for sharing
@@ -55,6 +60,10 @@ def write_bytes_atomic(path, data):
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OSError(exc.errno, exc.strerror or str(exc), path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -117,14 +126,11 @@ def disk_nearly_full(folder, margin=64 << 20):
 
 
 @contextlib.contextmanager
-def staging_dir(final_dir, record=None):
-    """Yield a temporary folder beside final_dir, to be filled with the
-    stage's files (subfolders allowed). On success, the old record (if named)
-    is removed first, then each file is moved into final_dir with os.replace.
-    A run killed half-way through leaves files without their record, which
-    every reader refuses (records.verified_record); the stage then writes its
-    new record last. On failure nothing at final_dir changes, and a failure
-    caused by a full disk (also inside C++ writers) becomes DiskFullError."""
+def scratch_dir(final_dir):
+    """Yield a temporary folder beside final_dir (named with this run's pid,
+    so that a later run removes it if this one is killed); it is removed
+    when the block ends. A failure caused by a full disk (also inside C++
+    writers) becomes DiskFullError naming final_dir."""
     from converter.errors import ConverterError, DiskFullError
 
     parent = os.path.dirname(os.path.abspath(final_dir))
@@ -133,15 +139,28 @@ def staging_dir(final_dir, record=None):
     remove_stale_staging(parent, name)
     tmp = tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".staging", dir=parent)
     try:
-        try:
-            yield tmp
-        except (ConverterError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or disk_nearly_full(parent):
-                raise DiskFullError(f"disk full while writing {final_dir} "
-                                    f"({shutil.disk_usage(parent).free} bytes free)") from None
-            raise
+        yield tmp
+    except (ConverterError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or disk_nearly_full(parent):
+            raise DiskFullError(f"disk full while writing {final_dir} "
+                                f"({shutil.disk_usage(parent).free} bytes free)") from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_dir(final_dir, record=None):
+    """Yield a temporary folder beside final_dir, to be filled with the
+    stage's files (subfolders allowed). On success, the old record (if named)
+    is removed first, then each file is moved into final_dir with os.replace.
+    A run killed half-way through leaves files without their record, which
+    every reader refuses (records.verified_record); the stage then writes its
+    new record last. On failure nothing at final_dir changes (see scratch_dir)."""
+    with scratch_dir(final_dir) as tmp:
+        yield tmp
         if record:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(final_dir, record))
@@ -150,8 +169,6 @@ def staging_dir(final_dir, record=None):
             os.makedirs(target, exist_ok=True)
             for file_name in sorted(names):
                 os.replace(os.path.join(folder, file_name), os.path.join(target, file_name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def describe_files(folder, names):

@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from converter.data.cityscapes import metrics as gt_metrics
+from converter.util.text import md_cell
 from converter.validate.gates import backend_failed, gate, miou, task_result
 
 WORST = 5
@@ -168,10 +169,11 @@ def markdown(doc):
     for name, e in s["backends"].items():
         if e.get("worst"):
             lines += ["", f"## {name}: lowest agreement", ""]
-            lines += [f"- {w['id']}: {100 * w['agreement']:.4f} % ({w['disagree']} pixels)"
-                      + (f" ![{w['id']}]({w['png']})" if w.get("png") else "") for w in e["worst"]]
+            lines += [f"- {md_cell(w['id'])}: {100 * w['agreement']:.4f} % ({w['disagree']} pixels)"
+                      + (f" ![worst {rank}]({w['png']})" if w.get("png") else "")
+                      for rank, w in enumerate(e["worst"], 1)]
     if s["failures"]:
-        lines += ["", "## Gate failures", ""] + [f"- {f}" for f in s["failures"][:50]]
+        lines += ["", "## Gate failures", ""] + [f"- {md_cell(f)}" for f in s["failures"][:50]]
     run = doc["run"]
     lines += ["", f"Run: executor {run['executor']}, {run['workers']} worker(s) (each running the backends in turn "
               f"on chunks of {run['chunk']} image(s)), {run['computed']} image(s) computed, {run['reused']} reused "

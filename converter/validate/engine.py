@@ -48,7 +48,7 @@ def backend_spec(backend, workdir, config, records):
     from converter.data.images import input_contract
     from converter.records import STAGES, record_files
 
-    model = backend.model_path(workdir)
+    model = backend.model_path(workdir, config)
     folder = model if os.path.isdir(model) else os.path.dirname(model)
     stage_folder = os.path.join(workdir, STAGES[backend.stage][0])
     files = {os.path.abspath(p): m["sha256"] for p, m in record_files(stage_folder, backend.stage,

@@ -63,7 +63,7 @@ def _listing(items, sep=", "):
     return sep.join(items[:3]) + (sep.rstrip() + " ..." if len(items) > 3 else "")
 
 
-def match_state_dict(expected_shapes, state):
+def match_state_dict(expected_shapes, state, what="the model"):
     """Check a loaded state dict against the model's {name: shape}.
 
     Returns (ordered float32 arrays, extra keys). Missing keys, shape
@@ -81,7 +81,7 @@ def match_state_dict(expected_shapes, state):
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_listing(mismatched, '; ')}")
     if problems:
-        raise CheckpointError("checkpoint does not fit OCRNet-HRNet_W48: " + "; ".join(problems))
+        raise CheckpointError(f"checkpoint does not fit {what}: " + "; ".join(problems) + _what_it_is(state))
     wrong = [f"{k} is {state[k].dtype.name}" for k in expected_shapes if state[k].dtype.newbyteorder("=") != np.float32]
     if wrong:
         raise CheckpointError(f"{len(wrong)} parameter(s) not float32 (refusing a silent cast): {_listing(wrong)}")
@@ -89,8 +89,22 @@ def match_state_dict(expected_shapes, state):
     bad = [k for k, v in arrays.items() if not np.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{len(bad)} parameter(s) hold NaN or Inf: {_listing(bad)}")
+    # a variance below zero has no square root: Paddle's conv+BN fusion stops in C++
+    negative = [k for k, v in arrays.items() if k.endswith("._variance") and (v < 0).any()]
+    if negative:
+        raise CheckpointError(f"{len(negative)} BatchNorm variance(s) below zero: {_listing(negative)}")
     extra = sorted(k for k in state if k not in expected_shapes)
     return arrays, extra
+
+
+def _what_it_is(state):
+    from converter.family import identify
+
+    found = identify({k: tuple(v.shape) for k, v in state.items()})
+    if found is None:
+        return ""
+    return (f" (it is OCRNet-{found[0]} with {found[1]} classes: make a config for it with "
+            "`ocrnet-convert init --weights CHECKPOINT`)")
 
 
 def read_checkpoint(path, expected_sha384=None):
@@ -104,10 +118,10 @@ def read_checkpoint(path, expected_sha384=None):
     return state
 
 
-def load_state(model, state, log=print):
+def load_state(model, state, log=print, what="the model"):
     """Load a state dict into the model strictly; report and return extra keys."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    arrays, extra = match_state_dict(expected, state)
+    arrays, extra = match_state_dict(expected, state, what)
     if extra:
         log(f"checkpoint: ignoring {len(extra)} extra key(s): {', '.join(extra[:5])}"
             + (", ..." if len(extra) > 5 else ""))

@@ -1,0 +1,157 @@
+"""Paddle inference programs (model.pdmodel) read, checked and described in Python.
+
+Paddle Inference segfaults on a garbage program and paddle2onnx returns an
+empty graph, so every program is parsed here first. describe() tells what a
+PaddleSeg export computes: its input, its one output, and whether that
+output is the class map (argmax), class probabilities (softmax) or raw
+logits (none), looking through the identity `scale` ops that paddle.jit.save
+appends to outputs. with_argmax() gives a program whose output is the class
+map whatever it was, so that every later stage sees one interface.
+"""
+import os
+
+from converter.errors import ConverterError, StageError
+
+MAX_PROGRAM_BYTES = 256 << 20   # a PaddleSeg program is a few MB; its weights are in .pdiparams
+INT32 = 2                        # paddle's VarType for int32, as arg_max's dtype attribute takes it
+PIR_HINT = ("this is a paddle 3.x PIR program (.json), which no OpenVINO release (2026.4.1 included) and not "
+            "paddle2onnx 1.3.1 can read: export the legacy format instead, with paddle 3.x "
+            "FLAGS_enable_pir_api=0 (e.g. `FLAGS_enable_pir_api=0 python tools/export.py ...`), which writes "
+            "model.pdmodel and model.pdiparams")
+
+
+def pir_program(folder):
+    """The PIR .json program in folder, if that is what it holds (and no .pdmodel)."""
+    if os.path.isfile(os.path.join(folder, "model.pdmodel")):
+        return None
+    for name in ("model.json", "inference.json"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
+
+
+def read_program(model_path):
+    """The parsed ProgramDesc of model.pdmodel; a StageError for anything else."""
+    from google.protobuf.message import DecodeError
+
+    from converter.util.fsutil import InputRefused, read_limited
+    from converter.util.paddle_env import import_paddle
+
+    if model_path.endswith(".json"):
+        raise StageError(f"{model_path}: {PIR_HINT}")
+    import_paddle()
+    from paddle.base.proto import framework_pb2
+
+    try:
+        data = read_limited(model_path, MAX_PROGRAM_BYTES, "Paddle program")
+        desc = framework_pb2.ProgramDesc.FromString(data)
+    except InputRefused as exc:
+        raise StageError(f"{model_path}: {exc}") from None
+    except OSError as exc:
+        raise StageError(f"cannot read {model_path}: {exc.strerror}") from None
+    except (DecodeError, ValueError, RuntimeError):
+        if data.lstrip()[:1] in (b"{", b"["):
+            raise StageError(f"{model_path}: {PIR_HINT}") from None
+        raise StageError(f"{model_path}: not a Paddle program (cannot be parsed)") from None
+    types = {op.type for block in desc.blocks for op in block.ops}
+    if not desc.blocks or not {"feed", "fetch"} <= types:
+        raise StageError(f"{model_path}: not a Paddle inference program (no feed/fetch ops)")
+    return desc
+
+
+def _io(op, slot, side="inputs"):
+    return [a for v in getattr(op, side) if v.parameter == slot for a in v.arguments]
+
+
+def _attr(op, name):
+    for a in op.attrs:
+        if a.name == name:
+            return a
+    return None
+
+
+def _producers(block):
+    return {out: op for op in block.ops for v in op.outputs for out in v.arguments}
+
+
+def _dims(block, name):
+    for v in block.vars:
+        if v.name == name and v.type.HasField("lod_tensor"):
+            return list(v.type.lod_tensor.tensor.dims), v.type.lod_tensor.tensor.data_type
+    return None, None
+
+
+def _through_identity(producers, name):
+    """The variable an output really is: jit.save's identity scale ops skipped."""
+    for _ in range(8):
+        op = producers.get(name)
+        if op is None or op.type != "scale":
+            return name
+        scale, bias = _attr(op, "scale"), _attr(op, "bias")
+        if not (scale and scale.f == 1.0 and bias and bias.f == 0.0):
+            return name
+        name = _io(op, "X")[0]
+    return name
+
+
+def describe(desc, where):
+    """{input, input_dims, output, output_op, logits, classes, dtype, free_name} of a
+    one-input, one-output segmentation program; ConverterError naming what
+    is not so. `logits` is the class-score variable (for argmax: its input),
+    `classes` its channel count (None when the program leaves it dynamic);
+    `free_name` a variable name the program does not use, for an argmax added."""
+    block = desc.blocks[0]
+    feeds = [_io(op, "Out", "outputs")[0] for op in block.ops if op.type == "feed"]
+    fetches = [_io(op, "X")[0] for op in block.ops if op.type == "fetch"]
+    if len(feeds) != 1 or len(fetches) != 1:
+        raise ConverterError(f"{where}: expected one input and one output, found {len(feeds)} and {len(fetches)}")
+    producers = _producers(block)
+    output = fetches[0]
+    real = _through_identity(producers, output)
+    op = producers.get(real)
+    kind = {"arg_max": "argmax", "softmax": "softmax"}.get(op.type if op else "", "none")
+    logits = _io(op, "X")[0] if kind == "argmax" else real
+    if kind == "softmax" and (_attr(op, "axis") is None or _attr(op, "axis").i not in (1, -3)):
+        kind, logits = "none", real   # a softmax over another axis is not class probabilities
+    if kind == "argmax" and (_attr(op, "axis") is None or _attr(op, "axis").l != 1):
+        raise ConverterError(f"{where}: its output is an argmax over axis {_attr(op, 'axis').l}, not the classes")
+    in_dims, _ = _dims(block, feeds[0])
+    dims, dtype = _dims(block, logits)
+    if not in_dims or len(in_dims) != 4 or in_dims[1] not in (3, -1):
+        raise ConverterError(f"{where}: its input {feeds[0]!r} is {in_dims}, not an image batch [N, 3, H, W]")
+    if not dims or len(dims) != 4:
+        raise ConverterError(f"{where}: its class scores {logits!r} are {dims}, not [N, classes, H, W]")
+    _, out_type = _dims(block, output)
+    taken = {v.name for v in block.vars}
+    free = next(n for n in ("argmax_0.tmp_0", "class_map", "class_map_0", "class_map_1") if n not in taken)
+    return {"input": feeds[0], "free_name": free, "input_dims": in_dims, "output": output, "output_op": kind, "logits": logits,
+            "classes": dims[1] if dims[1] > 0 else None,
+            "dtype": {2: "int32", 3: "int64"}.get(out_type, "int32") if kind == "argmax" else "int32"}
+
+
+def with_argmax(desc, logits, name):
+    """desc with an arg_max over axis 1 of `logits` (int32, named `name`) as
+    its one output, in place of the output it had."""
+    from paddle.base.proto import framework_pb2
+
+    block = desc.blocks[0]
+    op = framework_pb2.OpDesc()
+    op.type = "arg_max"
+    op.inputs.add(parameter="X", arguments=[logits])
+    op.outputs.add(parameter="Out", arguments=[name])
+    for attr, kind, field, value in (("axis", framework_pb2.LONG, "l", 1), ("dtype", framework_pb2.INT, "i", INT32),
+                                     ("flatten", framework_pb2.BOOLEAN, "b", False),
+                                     ("keepdims", framework_pb2.BOOLEAN, "b", False)):
+        a = op.attrs.add(name=attr, type=kind)
+        setattr(a, field, value)
+    var = block.vars.add(name=name)
+    var.type.type = framework_pb2.VarType.LOD_TENSOR
+    var.type.lod_tensor.tensor.data_type = framework_pb2.VarType.INT32
+    var.type.lod_tensor.tensor.dims.extend([-1, -1, -1])
+    ops = list(block.ops)
+    fetch_at = next(i for i, o in enumerate(ops) if o.type == "fetch")
+    for slot in ops[fetch_at].inputs:
+        slot.arguments[:] = [name]
+    del block.ops[:]
+    block.ops.extend(ops[:fetch_at] + [op] + ops[fetch_at:])
+    return desc

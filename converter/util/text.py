@@ -1,0 +1,17 @@
+"""Text from outside (file names, paths, messages that quote them) made safe
+for one line of a terminal, a log or a Markdown table."""
+
+
+def shown(text):
+    """Every character that is not printable (a newline, a carriage return,
+    an escape sequence) as a Python escape, so that a file named
+    'x\\nPASSED.jpg' cannot start a line of its own."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def md_cell(text):
+    """shown(), with '|' escaped so that a name cannot open a table column."""
+    return shown(text).replace("|", "\\|")
