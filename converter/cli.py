@@ -204,6 +204,20 @@ def _cmd_validate(args, config):
     return 0
 
 
+def _cmd_diagnose(args, config):
+    from converter.commands.diagnose import run
+
+    for paths, doc in run(config, args.workdir, args.backend, args.images, args.output, args.input_shape,
+                          args.threads, args.first_only):
+        first = doc["first_divergence"]
+        print(shown(paths[1]))
+        print(shown(f"diagnose: {doc['backend']} on {os.path.basename(doc['image'])}: "
+                    + ("no tensor over the budget" if first is None else
+                       f"first divergence at {first['tensor']} ({first['op']}), rel. p99 {first['rel_p99']:.3g}")
+                    + f"; {len(doc['layers'])} tensors compared, {len(doc['unmatched'])} unmatched"))
+    return 0
+
+
 def _cmd_init(args, config):
     from converter.commands.init import run_init
 
@@ -288,10 +302,10 @@ def _cmd_convert(args, config):
 
 COMMANDS = {"convert": _cmd_convert, "fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx,
             "openvino": _cmd_openvino, "model-api": _cmd_model_api, "quantize": _cmd_quantize, "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
-            "validate": _cmd_validate, "init": _cmd_init,
+            "validate": _cmd_validate, "init": _cmd_init, "diagnose": _cmd_diagnose,
             "manifest": _cmd_manifest, "package": _cmd_package, "bench": _cmd_bench}
 # The folder each command locks, and how: writers exclusively, readers shared.
-READERS = ("predict", "evaluate", "package", "validate")
+READERS = ("predict", "evaluate", "package", "validate", "diagnose")
 
 
 def _lock_folder(args):

@@ -163,7 +163,12 @@ def build_parser():
     p.add_argument("--subset-size", type=_positive(int), help="calibration tiles to use (default: the config's)")
     p.add_argument("--calibration-tile", type=_tile, metavar="HxW", help="tile size (default: the config's)")
     for key, choices in QUANTIZE_CHOICES.items():
-        p.add_argument("--" + key.replace("_", "-"), choices=choices, help="default: the config's")
+        if key == "ignored_scope":
+            p.add_argument("--ignored-scope", metavar="SCOPE[,TENSOR...]",
+                           help=f"{' or '.join(choices)}, then optionally tensor names whose readers stay in float "
+                                "(as diagnose suggests them; default: the config's)")
+        else:
+            p.add_argument("--" + key.replace("_", "-"), choices=choices, help="default: the config's")
     p.add_argument("--cityscapes", metavar="ROOT",
                    help="labelled data: quantize with accuracy control (mIoU) instead")
     p.add_argument("--split", default="val", help="with --cityscapes (default: %(default)s)")
@@ -202,6 +207,18 @@ def build_parser():
     p.add_argument("--trust-unsealed", action="store_true",
                    help="reuse stored results this machine did not seal (e.g. a shared folder written by "
                         "another user), after their schema check; validate.json records it")
+
+    p = sub.add_parser("diagnose", help="name the layer where a converted backend starts to disagree with the "
+                                        "original")
+    _add_common(p)
+    p.add_argument("--backend", required=True, choices=backends.NAMES, help="a converted backend of the registry")
+    p.add_argument("--images", nargs="+", metavar="FILE", help="images (default: the first bundled sample)")
+    p.add_argument("--output", default="diagnose", metavar="OUT", help="where the report goes (default: %(default)s)")
+    p.add_argument("--input-shape", type=_shape, help="compare at this size (default: the build's; the IRs reshape, "
+                   "ONNX does not)")
+    p.add_argument("--threads", type=_positive(int), default=2, help="inference threads (default: %(default)s)")
+    p.add_argument("--first-only", action="store_true", help="stop after the window of tensors that holds the "
+                   "first divergence")
 
     p = sub.add_parser("predict", help="segment images; write class, colour and overlay PNGs")
     _add_common(p)

@@ -34,3 +34,14 @@ def make_runner(runtime, model_path, threads=2, **options):
         # locations; the last line says what is wrong with the file.
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         raise StageError(f"{runtime} cannot load {model_path}: {(lines or [type(exc).__name__])[-1][:200]}") from None
+
+
+def tap_names(runtime, model_path):
+    """The intermediate tensors a runtime's model can return by name (taps)."""
+    if runtime == "paddle":
+        from converter.runners.paddle import tap_names as names
+    elif runtime == "onnxruntime":
+        from converter.runners.onnxruntime import tap_names as names
+    else:
+        from converter.runners.openvino import tap_names as names
+    return names(model_path)

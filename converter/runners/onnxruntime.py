@@ -5,11 +5,19 @@ from converter.errors import StageError
 from converter.runners.base import Runner
 
 
+def tap_names(model_path):
+    import onnx
+
+    proto = onnx.load(model_path, load_external_data=False)
+    return {o for n in proto.graph.node for o in n.output if o}
+
+
 class OrtRunner(Runner):
     runtime = "onnxruntime"
 
-    def __init__(self, model_path, threads=2, logits=False, precision=None):
-        """precision: ONNX Runtime's CPU provider always computes in f32."""
+    def __init__(self, model_path, threads=2, logits=False, precision=None, taps=()):
+        """precision: ONNX Runtime's CPU provider always computes in f32.
+        taps: node outputs to return too, by name."""
         import onnxruntime as ort
 
         super().__init__(model_path, threads, logits)
@@ -18,13 +26,18 @@ class OrtRunner(Runner):
             raise StageError(f"missing ONNX model: {model_path} (run the onnx stage)")
         self.logits_name = None
         model = model_path
-        if logits:
+        if logits or taps:
             import onnx
 
             proto = onnx.load(model_path)
-            self.logits_name = next(n for n in proto.graph.node if n.op_type == "ArgMax").input[0]
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(self.logits_name, onnx.TensorProto.FLOAT, None))
+            extra = list(taps)
+            if logits:
+                self.logits_name = next(n for n in proto.graph.node if n.op_type == "ArgMax").input[0]
+                extra.append(self.logits_name)
+            for name in extra:
+                proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             model = proto.SerializeToString()
+            del proto
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

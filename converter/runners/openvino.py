@@ -17,12 +17,37 @@ def precision_name(compiled):
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
+def tap_ports(model):
+    """{tensor name: output port} of every named tensor of the model. Where
+    NNCF put a FakeQuantize on a tensor (friendly name `<tensor>/fq_output_0`),
+    the name means the FakeQuantize's output: the value the rest of the
+    network computes with."""
+    ports = {}
+    for op in model.get_ordered_ops():
+        for port in op.outputs():
+            for name in port.get_names():
+                ports.setdefault(name, port)
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() == "FakeQuantize" and name.endswith("/fq_output_0"):
+            ports[name[: -len("/fq_output_0")]] = op.output(0)
+    return ports
+
+
+def tap_names(model_path):
+    import openvino as ov
+
+    return set(tap_ports(ov.Core().read_model(model_path)))
+
+
 class OpenVinoRunner(Runner):
     runtime = "openvino"
 
-    def __init__(self, model_path, threads=2, logits=False, precision="f32"):
+    def __init__(self, model_path, threads=2, logits=False, precision="f32", taps=(), shape=None):
         """precision: the INFERENCE_PRECISION_HINT ("f32"), or None for the
-        CPU's default (bf16 where the CPU has it)."""
+        CPU's default (bf16 where the CPU has it). taps: tensor names to
+        return too (tap_ports); shape: reshape the model first (the IRs are
+        shape-agnostic)."""
         import openvino as ov
 
         super().__init__(model_path, threads, logits)
@@ -31,6 +56,13 @@ class OpenVinoRunner(Runner):
             raise StageError(f"missing model: {model_path} (run the openvino stage)")
         core = ov.Core()
         model = core.read_model(model_path)
+        if shape is not None:
+            model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
+        if taps:
+            ports = tap_ports(model)
+            for name in taps:
+                extra = model.add_outputs([ports[name]])[0]
+                extra.get_tensor().set_names({"tap:" + name})
         if logits:
             argmax = next(op for op in model.get_ordered_ops() if op.get_type_name() in ("TopK", "ArgMax"))
             extra = model.add_outputs([argmax.input_value(0)])[0]
@@ -45,5 +77,11 @@ class OpenVinoRunner(Runner):
 
     def infer(self, x):
         result = self.request.infer({0: x})
-        # A tensor can carry several names; expose it under each of them.
-        return {name: result[out] for out in self.compiled.outputs for name in out.get_names()}
+        # A tensor can carry several names; expose it under each of them (a tap under its own).
+        out = {}
+        for port in self.compiled.outputs:
+            names = port.get_names()
+            taps = [n[4:] for n in names if n.startswith("tap:")]
+            for name in taps or names:
+                out[name] = result[port]
+        return out

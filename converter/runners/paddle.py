@@ -21,6 +21,26 @@ def check_program(model_path):
     return read_program(model_path)
 
 
+def program_with_fetches(desc, names):
+    """desc with one more `fetch` op per variable of names (the model file
+    itself is never changed: the caller writes a copy)."""
+    from paddle.base.proto import framework_pb2
+
+    block = desc.blocks[0]
+    fetches = [op for op in block.ops if op.type == "fetch"]
+    for name in names:
+        extra = framework_pb2.OpDesc()
+        extra.CopyFrom(fetches[-1])
+        for slot in extra.inputs:
+            slot.arguments[:] = [name]
+        for attr in extra.attrs:
+            if attr.name == "col":
+                attr.i = len(fetches)
+        block.ops.append(extra)
+        fetches.append(extra)
+    return desc
+
+
 def program_with_logits(model_path, out_path):
     """Write a copy of model.pdmodel that also fetches the ArgMax's input.
 
@@ -28,14 +48,10 @@ def program_with_logits(model_path, out_path):
     and the logits come from one run of the shipped network (the same values
     as the --without-argmax export; tests/test_export.py checks it). Returns
     the name of the logits variable."""
-    from paddle.base.proto import framework_pb2
-
     from converter.errors import ConverterError
     from converter.runners.paddle_program import describe
 
     desc = check_program(model_path)
-    block = desc.blocks[0]
-    fetches = [op for op in block.ops if op.type == "fetch"]
     try:
         program = describe(desc, model_path)
     except ConverterError as exc:
@@ -43,25 +59,27 @@ def program_with_logits(model_path, out_path):
     if program["output_op"] != "argmax":
         raise StageError(f"{model_path}: its output is not an arg_max over the classes; is this an argmax export?")
     source = program["logits"]
-    extra = framework_pb2.OpDesc()
-    extra.CopyFrom(fetches[-1])
-    for slot in extra.inputs:
-        slot.arguments[:] = [source]
-    for attr in extra.attrs:
-        if attr.name == "col":
-            attr.i = len(fetches)
-    block.ops.append(extra)
     with open(out_path, "wb") as fh:
-        fh.write(desc.SerializeToString())
+        fh.write(program_with_fetches(desc, [source]).SerializeToString())
     return source
+
+
+def tap_names(model_dir):
+    """The float activations of the program (what diagnose can compare)."""
+    from converter.runners.paddle_program import activations
+
+    return {name for name, _, _ in activations(check_program(os.path.join(model_dir, "model.pdmodel")))}
 
 
 class PaddleRunner(Runner):
     runtime = "paddle"
 
-    def __init__(self, model_dir, threads=2, logits=False, precision=None, mkldnn=True, fuse_residual_add=False):
+    def __init__(self, model_dir, threads=2, logits=False, precision=None, mkldnn=True, fuse_residual_add=False,
+                 taps=()):
         """model_dir: the export's folder. precision: Paddle Inference on CPU
-        computes in f32. fuse_residual_add: see RESIDUAL_FUSE_PASS."""
+        computes in f32. fuse_residual_add: see RESIDUAL_FUSE_PASS. taps:
+        intermediate variables to return too, under their own names
+        (diagnose's layer-by-layer view)."""
         from converter.util.paddle_env import import_paddle
 
         super().__init__(model_dir, threads, logits)
@@ -80,6 +98,11 @@ class PaddleRunner(Runner):
                 patched = os.path.join(tmp, "model.pdmodel")
                 self.logits_name = program_with_logits(model, patched)
                 model = patched
+            if taps:
+                patched = os.path.join(tmp, "taps.pdmodel")
+                with open(patched, "wb") as fh:
+                    fh.write(program_with_fetches(check_program(model), list(taps)).SerializeToString())
+                model = patched
             config = pi.Config(model, params)
             config.disable_gpu()
             config.disable_glog_info()
@@ -87,6 +110,10 @@ class PaddleRunner(Runner):
             # Memory optimisation lets intermediate tensors share buffers; without
             # it a full-size (1x3x1024x2048) run peaked at ~15 GB of RSS.
             config.enable_memory_optim()
+            if taps:
+                # the fusion passes remove the variables they fuse (a BatchNorm's
+                # output into its conv): with taps, the program runs as written
+                config.switch_ir_optim(False)
             if mkldnn:
                 config.enable_mkldnn()
                 # One cached shape is enough (we run one size); the default cache

@@ -155,3 +155,49 @@ def with_argmax(desc, logits, name):
     del block.ops[:]
     block.ops.extend(ops[:fetch_at] + [op] + ops[fetch_at:])
     return desc
+
+
+FP32 = 5   # paddle's VarType for float32
+# outputs that are statistics or shape bookkeeping, not activations
+_BOOKKEEPING = {"SavedMean", "SavedVariance", "MeanOut", "VarianceOut", "ReserveSpace", "XShape"}
+
+
+def activations(desc):
+    """[(name, op type, [its input variables])] of the float32 activations
+    the program computes, in the order its ops run (topological)."""
+    block = desc.blocks[0]
+    variables = {v.name: v for v in block.vars}
+    out, seen = [], set()
+    for op in block.ops:
+        if op.type in ("feed", "fetch"):
+            continue
+        inputs = [a for v in op.inputs for a in v.arguments]
+        for name in (a for v in op.outputs if v.parameter not in _BOOKKEEPING for a in v.arguments):
+            var = variables.get(name)
+            if (name in seen or var is None or var.persistable or not var.type.HasField("lod_tensor")
+                    or var.type.lod_tensor.tensor.data_type != FP32):
+                continue
+            seen.add(name)
+            out.append((name, op.type, inputs))
+    return out
+
+
+def bias_adds(desc):
+    """{conv output: the output of the Add of its bias}: converters fold a
+    conv's bias into the conv, whose output then carries the conv's name but
+    the Add's value."""
+    block = desc.blocks[0]
+    constant = {v.name for v in block.vars if v.persistable}
+    for op in block.ops:   # a parameter reshaped to broadcast is still a constant
+        if op.type in ("reshape2", "unsqueeze2", "squeeze2") and _io(op, "X") and _io(op, "X")[0] in constant:
+            constant.update(_io(op, "Out", "outputs"))
+    convs = {a for op in block.ops if op.type in ("conv2d", "depthwise_conv2d")
+             for v in op.outputs for a in v.arguments}
+    out = {}
+    for op in block.ops:
+        if op.type != "elementwise_add":
+            continue
+        x, y = _io(op, "X"), _io(op, "Y")
+        if x and y and x[0] in convs and y[0] in constant:
+            out[x[0]] = _io(op, "Out", "outputs")[0]
+    return out

@@ -18,6 +18,40 @@ from converter.util.log import info
 from converter.validate.gates import gate, task_result
 
 
+def diagnose_commands(config, workdir, failures, compared, items):
+    """{failing backend: the diagnose command for its first failing image}."""
+    import shlex
+
+    from converter.config import DEFAULT_CONFIG
+    from converter.validate.gates import backend_failed
+
+    out = {}
+    for b in compared:
+        if not backend_failed(b.name, failures):
+            continue
+        image = next((item for item in items for f in failures if f.startswith(f"{b.name} on {item.id}:")), items[0])
+        args = ["ocrnet-convert", "diagnose", "--workdir", workdir, "--backend", b.name, "--images", image.path,
+                "--output", os.path.join(workdir, "diagnose", b.name)]
+        if os.path.abspath(config.path) != os.path.abspath(DEFAULT_CONFIG):
+            args[2:2] = ["--config", config.path]
+        out[b.name] = {"image": image.id, "command": " ".join(shlex.quote(a) for a in args)}
+    return out
+
+
+def _int8_gate(config, workdir, compared, records, height, width, threads):
+    """The INT8 IR's quantized tensors against the error profile recorded
+    when it was built (validate.int8_profile)."""
+    from converter.validate import int8_profile
+
+    int8 = [b for b in compared if b.stage == "quantize" and b.gated]
+    if not int8:
+        return []
+    info("parity: the INT8 IR's quantized tensors against their recorded error profile...")
+    fp32_xml, int8_xml = int8_profile.int8_paths(workdir, config)
+    return int8_profile.failures(int8[0].name, records["quantize"].params.get("error_profile"), config, fp32_xml,
+                                 int8_xml, (height, width), threads)
+
+
 def run(config, workdir, images=None, threads=None, backends=None, cityscapes=None, split="val", limit=None,
         workers=1):
     """The parity stage; raises ParityFailure (exit 10) when a gate fails,
@@ -59,7 +93,8 @@ def run_parity(config, workdir, images=None, threads=None, backends=None, citysc
         for b in compared:
             entries[b.name]["task"] = task_result(
                 ref_conf, sum_matrices([r["backends"][b.name]["conf_gt"] for r in results], num), config.class_names)
-    failures = gate(entries, config)
+    failures = gate(entries, config) + _int8_gate(config, workdir, compared, records, height, width,
+                                                  run["threads"])
     runs = {}
     # every worker runs every backend in turn: the peak is the workers' largest
     peak = max((h["peak_rss_mb"] or 0 for h in run["hosts"]), default=None)
@@ -83,6 +118,7 @@ def run_parity(config, workdir, images=None, threads=None, backends=None, citysc
                              "budgets": config.budgets, "max_miou_drop": config.max_miou_drop},
               "passed": not failures, "failures": failures,
               "seconds": round(time.perf_counter() - start, 1)}
+    record["diagnose"] = diagnose_commands(config, workdir, failures, compared, items)
     out_paths = write_report(config, workdir, record, maps)
     if failures:
         raise ParityFailure(f"{len(failures)} gate failure(s); first: {failures[0]}; "

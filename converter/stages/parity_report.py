@@ -8,7 +8,7 @@ from converter.backends import REFERENCE
 from converter.data.cityscapes import colorize
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic, write_png_atomic
 from converter.util.incremental import tool_versions
-from converter.util.text import md_cell
+from converter.util.text import md_cell, shown
 from converter.records import export_weights
 
 PANEL = (512, 256)
@@ -151,7 +151,11 @@ def markdown(record, class_names):
               + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in sysinfo["cpu_flags"].items()),
               "", "Versions: " + ", ".join(f"{k} {v}" for k, v in sysinfo["versions"].items()), ""]
     if record["failures"]:
-        lines += ["## Failures", ""] + [f"- {md_cell(f)}" for f in record["failures"]] + [""]
+        lines += ["## Failures", ""]
+        for name, d in (record.get("diagnose") or {}).items():
+            lines += [f"{name} failed (first on {md_cell(d['image'])}). Where it starts to disagree, layer by "
+                      "layer:", "", "```", shown(d["command"]), "```", ""]
+        lines += [f"- {md_cell(f)}" for f in record["failures"]] + [""]
     return "\n".join(lines)
 
 

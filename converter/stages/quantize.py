@@ -64,6 +64,22 @@ def fusion_adds(model):
     return names
 
 
+def readers_of(model, tensors):
+    """Friendly names of the ops that read each named tensor (what stays in
+    float for --ignored-scope SCOPE,TENSOR...); an unknown name is an error."""
+    readers, found = [], set()
+    for op in model.get_ordered_ops():
+        for i in range(op.get_input_size()):
+            names = set(op.input_value(i).get_names()) & set(tensors)
+            if names:
+                readers.append(op.get_friendly_name())
+                found |= names
+    missing = sorted(set(tensors) - found)
+    if missing:
+        raise ConverterError(f"--ignored-scope: no tensor named {missing[0]!r} in the FP32 IR (diagnose names them)")
+    return readers
+
+
 class Tiles:
     """The calibration (or validation) tiles: each image resized to the full
     input, cut into tile-sized pieces in raster order, the first `limit`
@@ -145,10 +161,15 @@ def _miou_fn(num_classes, tiles):
 
 def options_from(config, **overrides):
     """The config's quantize defaults with the command line's choices on top."""
-    opts = dict(config.quantize)
+    opts = dict(config.quantize, ignored_tensors=[])
     for key, value in overrides.items():
         if value is None:
             continue
+        if key == "ignored_scope":
+            value, *tensors = [v.strip() for v in value.split(",")]
+            if not all(tensors):
+                raise ConverterError("--ignored-scope: an empty tensor name")
+            opts["ignored_tensors"] = sorted(set(tensors))
         if key in CHOICES and value not in CHOICES[key]:
             raise ConverterError(f"--{key.replace('_', '-')}: expected one of {', '.join(CHOICES[key])}")
         opts[key] = list(value) if key == "calibration_tile" else value
@@ -205,7 +226,9 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
          f"ignored scope {opts['ignored_scope']}, range estimator {opts['range_estimator']}")
     model = ov.Core().read_model(fp32_xml)
     model.reshape({model.inputs[0]: [1, 3, *tile_hw]})
-    ignored = fusion_adds(model) if opts["ignored_scope"] == "hrnet-fusion" else []
+    fusion = fusion_adds(model) if opts["ignored_scope"] == "hrnet-fusion" else []
+    readers = readers_of(model, opts.get("ignored_tensors") or [])
+    ignored = sorted(set(fusion) | set(readers))
     kwargs = dict(
         preset=getattr(nncf.QuantizationPreset, opts["preset"].upper()),
         subset_size=len(calib.items), fast_bias_correction=opts["bias_correction"] == "fast",
@@ -251,6 +274,11 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
     with staging_dir(out_root, record=STAGES["quantize"][1]) as tmp:
         ov.save_model(quantized, os.path.join(tmp, names[0]), compress_to_fp16=False)
         files = describe_files(tmp, names)
+        del quantized   # its weights are mapped from the file just written
+        from converter.validate.int8_profile import record as error_profile
+
+        info("quantize: recording the error profile of every quantized tensor (the INT8 gate's reference)...")
+        profile = error_profile(config, fp32_xml, os.path.join(tmp, names[0]), shape[2:])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     seconds = round(time.perf_counter() - start, 1)
     record = StageRecord(
@@ -259,10 +287,11 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
         params={"input_shape": shape, "built_from": built_from, "options": opts,
                 "calibration": {"images": [os.path.abspath(p) for p in paths[:calib.images_used]],
                                 "tiles": len(calib.items), "tile": list(tile_hw)},
-                "ignored_adds": len(ignored), "fake_quantize_nodes": fq,
+                "ignored_adds": len(fusion), "ignored_readers": readers, "fake_quantize_nodes": fq,
                 "accuracy_control": accuracy, "nncf": nncf.__version__, "openvino": ov.__version__,
+                "error_profile": profile,
                 "peak_rss_mb": peak_mb})
     write_record(out_root, record)
-    info(f"quantize: {fq} FakeQuantize node(s), {len(ignored)} fusion Add(s) kept in float; "
+    info(f"quantize: {fq} FakeQuantize node(s), {len(fusion)} fusion Add(s) and {len(readers)} named reader(s) kept in float; "
          f"{seconds} s, peak RSS {peak_mb} MB")
     return StageResult("quantize", [os.path.join(out_root, n) for n in names], record, seconds=seconds)

@@ -1,0 +1,133 @@
+"""The INT8 gate with teeth: every quantized tensor's error, recorded at build time, held at parity.
+
+The logits of an INT8 IR are a little off everywhere, so a budget on them
+cannot see one FakeQuantize whose range is four times too wide in the middle
+of the network (measured: the logits' p99 did not move). Each quantized
+tensor's own error can: the quantize stage measures, on the IR it has just
+written, the error of every tensor NNCF quantized (the FakeQuantize's
+output) against the same tensor of the FP32 IR, on fixed inputs (the central
+calibration-sized tile of each bundled sample, both IRs at
+INFERENCE_PRECISION_HINT f32, so that the figures do not depend on the CPU's
+bf16), and records that profile. Parity measures it again on the IR it is
+given and fails every tensor whose error exceeds MARGIN times its recorded
+value (plus FLOOR), in its relative error's 99th percentile or its mean: a
+mis-scaled or mis-shifted FakeQuantize anywhere, whatever the weights. (The
+mean matters: a zero point shifted by a quarter range at the last quantized
+tensor moved its p99 1.4x but its mean 11x.)
+"""
+import os
+
+# Measured at 256x512 (README, INT8 gate): a clean IR re-measured gives 1.000x on every tensor; one FakeQuantize
+# of five depths with its range x4 or its zero point shifted by a quarter range gave 4.2x-150x (mean) at the worst
+# tensor, 1.4x-61x (p99).
+MARGIN = 1.5
+FLOOR = {"p99": 1e-4, "mean": 1e-5}   # relative errors below these are not judged (f32 rounding of tiny tensors)
+STATS = {"p99": "rel_p99", "mean": "rel_mean"}
+
+
+def profile_inputs(config, full_hw):
+    """The central tile (config quantize.calibration_tile) of each bundled
+    sample at the build's full input size, as the converted models take it."""
+    from converter.data.images import input_contract, load_rgb, prepare, resize_rgb, sample_images
+
+    (H, W), (h, w) = full_hw, config.quantize["calibration_tile"]
+    contract = input_contract(config, "converted")
+    out = []
+    for path in sample_images():
+        x = prepare(resize_rgb(load_rgb(path), W, H), contract)
+        top, left = (H - h) // 2 // 32 * 32, (W - w) // 2 // 32 * 32
+        out.append(x[:, :, top:top + h, left:left + w].copy())
+    return out
+
+
+def quantized_tensors(model):
+    """Names of the tensors NNCF put a FakeQuantize on (activations only: not weights)."""
+    names = []
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() == "FakeQuantize" and name.endswith("/fq_output_0") and \
+                op.input_value(0).get_node().get_type_name() not in ("Constant", "Convert"):
+            names.append(name[: -len("/fq_output_0")])
+    return names
+
+
+def measure(fp32_xml, int8_xml, inputs, threads=2):
+    """{tensor: {p99, mean}}: the relative error's 99th percentile and mean,
+    the largest over the inputs, of each quantized tensor of the INT8 IR
+    against the FP32 IR's."""
+    import openvino as ov
+
+    from converter.runners import make_runner
+    from converter.runners.openvino import tap_ports
+    from converter.validate.layers import aligned, stats
+
+    int8 = ov.Core().read_model(int8_xml)
+    fp32_names = set(tap_ports(ov.Core().read_model(fp32_xml)))
+    names = [n for n in quantized_tensors(int8) if n in fp32_names]
+    shape = list(inputs[0].shape)
+    fp32 = make_runner("openvino", fp32_xml, threads=threads, taps=names, shape=shape)
+    quant = make_runner("openvino", int8_xml, threads=threads, taps=names, shape=shape)
+    worst = {}
+    for x in inputs:
+        ref, got = fp32.infer(x), quant.infer(x)
+        for n in names:
+            b = aligned(ref[n], got[n])
+            figures = stats(ref[n], b) if b is not None else {v: float("inf") for v in STATS.values()}
+            entry = worst.setdefault(n, {k: 0.0 for k in STATS})
+            for k, v in STATS.items():
+                entry[k] = max(entry[k], figures[v])
+        del ref, got
+    return worst
+
+
+def record(config, fp32_xml, int8_xml, full_hw, threads=2):
+    """The profile the quantize stage records beside the IR."""
+    inputs = profile_inputs(config, full_hw)
+    return {"inputs": f"the central {inputs[0].shape[2]}x{inputs[0].shape[3]} tile of each bundled sample",
+            "precision_hint": "f32", "margin": MARGIN, "floor": FLOOR,
+            "tensors": {k: {s: round(v, 9) for s, v in e.items()}
+                        for k, e in measure(fp32_xml, int8_xml, inputs, threads).items()}}
+
+
+def failures(name, profile, config, fp32_xml, int8_xml, full_hw, threads=2):
+    """The gate: one string per quantized tensor whose error grew past its
+    recorded value (each starts with the backend's name, as gate() writes)."""
+    if not isinstance(profile, dict) or not isinstance(profile.get("tensors"), dict) or not profile["tensors"]:
+        return [f"{name}: its quantize record holds no error profile (quantized by an older version): rerun "
+                "`ocrnet-convert quantize --force`"]
+    now = measure(fp32_xml, int8_xml, profile_inputs(config, full_hw), threads)
+
+    def recorded_ok(entry):
+        return isinstance(entry, dict) and all(isinstance(entry.get(k), (int, float)) and not isinstance(
+            entry.get(k), bool) for k in STATS)
+
+    def growth(item):   # the worst first: the broken tensor leads, those downstream of it follow
+        tensor, entry = item
+        if not recorded_ok(entry) or tensor not in now:
+            return 0.0
+        return -max(now[tensor][k] / max(entry[k], FLOOR[k]) for k in STATS)
+    out = []
+    for tensor, entry in sorted(profile["tensors"].items(), key=growth):
+        if not recorded_ok(entry):
+            out.append(f"{name}: the error profile's entry for {tensor} is not {{p99, mean}} numbers")
+            continue
+        got = now.get(tensor)
+        if got is None:
+            out.append(f"{name}: quantized tensor {tensor} of the recorded profile is not in the INT8 IR")
+            continue
+        for k in STATS:
+            if not got[k] <= MARGIN * entry[k] + FLOOR[k]:   # NaN fails too
+                out.append(f"{name}: quantized tensor {tensor}: relative error {k} {got[k]:.3g} is more than "
+                           f"{MARGIN}x the {entry[k]:.3g} recorded when the IR was built (a FakeQuantize's range or "
+                           f"zero point changed); see `ocrnet-convert diagnose --backend {name}`")
+                break
+    extra = sorted(set(now) - set(profile["tensors"]))
+    if extra:
+        out.append(f"{name}: {len(extra)} quantized tensor(s) not in the recorded profile, e.g. {extra[0]}")
+    return out
+
+
+def int8_paths(workdir, config):
+    from converter.records import ir_path
+
+    return os.path.join(workdir, ir_path("FP32", config.name)), os.path.join(workdir, ir_path("INT8", config.name))
