@@ -32,20 +32,6 @@ def test_every_ir_carries_model_info_for_model_api(small_workdir):
 
 
 @pytest.fixture(scope="session")
-def release_build(small_workdir, tmp_path_factory):
-    """A copy of the small build with parity run (one image) and its manifest."""
-    work = tmp_path_factory.mktemp("release") / "work"
-    work.mkdir()
-    os.symlink(small_workdir / "paddle", work / "paddle")
-    for name in ("onnx", "openvino"):   # packaged: real files, so that the manifest lists them
-        shutil.copytree(small_workdir / name, work / name)
-    for args in (("parity", "--images", SAMPLE), ("manifest",)):
-        proc = run_cli(*args, "--workdir", str(work))
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return work
-
-
-@pytest.fixture(scope="session")
 def packaged(release_build, tmp_path_factory):
     dist = tmp_path_factory.mktemp("dist")
     proc = run_cli("package", "--workdir", str(release_build), "--output", str(dist))
@@ -148,11 +134,15 @@ TAMPERING = {
 def test_verify_catches_tampering(tmp_path, how):
     import hashlib
 
-    notice = b"NOTICE text\n"
-    manifest = {"files": [{"path": "NOTICE", "sha256": hashlib.sha256(notice).hexdigest()}]}
+    notice, xml, weights = b"NOTICE text\n", b"<net/>\n", b"\0" * 64
+    def entry(path, data):
+        return {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    manifest = {"files": [entry("openvino/FP32/m.xml", xml), entry("openvino/FP32/m.bin", weights)]}
     if how == "manifest-disagrees":
         manifest["files"][0]["sha256"] = "0" * 64
-    members = {"LICENSE": b"licence\n", "NOTICE": notice, "MANIFEST.json": json.dumps(manifest).encode()}
+    members = {"LICENSE": b"licence\n", "NOTICE": notice, "README.md": b"# card\n",
+               "MANIFEST.json": json.dumps(manifest).encode(),
+               "openvino/FP32/m.xml": xml, "openvino/FP32/m.bin": weights}
     good = tmp_path / "good.tar.gz"
     _small_archive(good, members)
     if how != "manifest-disagrees":   # the control: the untampered archive verifies
