@@ -208,7 +208,7 @@ def _cmd_diagnose(args, config):
     from converter.commands.diagnose import run
 
     for paths, doc in run(config, args.workdir, args.backend, args.images, args.output, args.input_shape,
-                          args.threads, args.first_only):
+                          args.threads, args.first_only, args.window_mb):
         first = doc["first_divergence"]
         print(shown(paths[1]))
         print(shown(f"diagnose: {doc['backend']} on {os.path.basename(doc['image'])}: "

@@ -101,7 +101,8 @@ def _add_weights(p):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="ocrnet-convert",
-        description="Convert PaddleSeg release-2.3 OCRNet-HRNet_W48 to ONNX and OpenVINO IR, and prove parity.")
+        description="Convert PaddleSeg OCRNet-HRNet models, and any PaddleSeg inference model, "
+                    "to ONNX and OpenVINO IR, and prove parity.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -219,6 +220,8 @@ def build_parser():
     p.add_argument("--threads", type=_positive(int), default=2, help="inference threads (default: %(default)s)")
     p.add_argument("--first-only", action="store_true", help="stop after the window of tensors that holds the "
                    "first divergence")
+    p.add_argument("--window-mb", type=_positive(int), help="tensors each model returns at once, in MB (default: "
+                   "1024; less: less memory, more runs)")
 
     p = sub.add_parser("predict", help="segment images; write class, colour and overlay PNGs")
     _add_common(p)

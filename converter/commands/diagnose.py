@@ -99,7 +99,7 @@ def write(doc, out):
     return paths
 
 
-def run(config, workdir, backend_name, images, output, shape=None, threads=2, first_only=False):
+def run(config, workdir, backend_name, images, output, shape=None, threads=2, first_only=False, window_mb=None):
     from converter.backends import get
     from converter.data.images import expand_image_args, sample_images
     from converter.validate.diagnose import run_diagnose
@@ -109,6 +109,6 @@ def run(config, workdir, backend_name, images, output, shape=None, threads=2, fi
     out = []
     for path in paths:
         folder = output if len(paths) == 1 else os.path.join(output, os.path.splitext(os.path.basename(path))[0])
-        doc = run_diagnose(config, workdir, backend, path, shape, threads, first_only)
+        doc = run_diagnose(config, workdir, backend, path, shape, threads, first_only, window_mb)
         out.append((write(doc, folder), doc))
     return out

@@ -17,20 +17,40 @@ def precision_name(compiled):
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
+FQ_SUFFIX = "/fq_output_0"
+
+
+def activation_fake_quantizes(model):
+    """{tensor name: FakeQuantize op} of every activation NNCF quantized
+    (weights excluded: their FakeQuantize reads a Constant). The tensor is
+    named by the FakeQuantize's input, e.g. `relu_141.tmp_0`, or
+    `batch_norm_30.tmp_2` where the FakeQuantize follows a folded BatchNorm's
+    Add (its friendly name is then the Add's, a parameter's name); an input
+    without names falls back to the friendly name less `/fq_output_0`."""
+    found = {}
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() != "FakeQuantize" or not name.endswith(FQ_SUFFIX):
+            continue
+        source = op.input_value(0)
+        if source.get_node().get_type_name() in ("Constant", "Convert"):
+            continue
+        for tensor in sorted(source.get_names()) or [name[: -len(FQ_SUFFIX)]]:
+            found.setdefault(tensor, op)
+    return found
+
+
 def tap_ports(model):
     """{tensor name: output port} of every named tensor of the model. Where
-    NNCF put a FakeQuantize on a tensor (friendly name `<tensor>/fq_output_0`),
-    the name means the FakeQuantize's output: the value the rest of the
-    network computes with."""
+    NNCF put a FakeQuantize on a tensor, the name means the FakeQuantize's
+    output: the value the rest of the network computes with."""
     ports = {}
     for op in model.get_ordered_ops():
         for port in op.outputs():
             for name in port.get_names():
                 ports.setdefault(name, port)
-    for op in model.get_ordered_ops():
-        name = op.get_friendly_name()
-        if op.get_type_name() == "FakeQuantize" and name.endswith("/fq_output_0"):
-            ports[name[: -len("/fq_output_0")]] = op.output(0)
+    for tensor, fq in activation_fake_quantizes(model).items():
+        ports[tensor] = fq.output(0)
     return ports
 
 

@@ -57,7 +57,7 @@ def advice(config, backend, first, layers, fq_names):
     return lines
 
 
-def run_diagnose(config, workdir, backend, image, shape=None, threads=2, first_only=False):
+def run_diagnose(config, workdir, backend, image, shape=None, threads=2, first_only=False, window_mb=None):
     """The diagnose.json document for backend (a registry entry) on one image."""
     from converter.backends import REFERENCE, check_artifacts
     from converter.data.images import input_contract, load_rgb, prepare, resize_rgb
@@ -65,7 +65,8 @@ def run_diagnose(config, workdir, backend, image, shape=None, threads=2, first_o
     from converter.records import converted_input_shape
     from converter.runners import make_runner, tap_names
     from converter.runners.paddle_program import activations, bias_adds, read_program
-    from converter.validate.layers import Comparison, add_growth, over, ranked
+    from converter.util.log import info
+    from converter.validate.layers import WINDOW_BYTES, Comparison, add_growth, over, ranked
 
     if backend is REFERENCE:
         raise ConverterError("--backend: diagnose compares a converted backend with the original (paddle)")
@@ -89,9 +90,11 @@ def run_diagnose(config, workdir, backend, image, shape=None, threads=2, first_o
     def converted(taps):
         return make_runner(backend.runtime, model, threads=threads, taps=taps, **extra)
     budget = config.budgets[backend.budget]
-    comparison = Comparison(acts, original, converted, x_original, x_converted, available,
-                            _sizes(workdir, config, shape), bias_adds(desc))
-    layers, unmatched = comparison.run(budget, first_only)
+    sizes = _sizes(workdir, config, shape)
+    comparison = Comparison(acts, original, converted, x_original, x_converted, available, sizes, bias_adds(desc))
+    comparison.log = info   # one line per window: full size takes minutes
+    window = (window_mb << 20) if window_mb else WINDOW_BYTES
+    layers, unmatched = comparison.run(budget, first_only, window)
     add_growth(layers, acts)
     first = next((l for l in layers if over(l, budget)), None)
     fq = _fake_quantized(model) if backend.runtime == "openvino" else set()
@@ -104,11 +107,15 @@ def run_diagnose(config, workdir, backend, image, shape=None, threads=2, first_o
             "growth": [{k: l[k] for k in ("tensor", "op", "index", "growth", "rel_p99")} for l in ranked(layers)[:TOP]],
             "advice": advice(config, backend, first, layers, fq),
             "layers": layers, "unmatched": unmatched, "first_only": first_only,
+            "windows": {"count": len(comparison.windows), "budget_mb": window >> 20,
+                        "largest_mb": round(max((sum(sizes.get(comparison.source[n], 0) for n in w)
+                                                 for w in comparison.windows), default=0) / 2 ** 20, 1)},
             "seconds": comparison.seconds, "peak_rss_mb": peak_rss_mb()}
 
 
 def _fake_quantized(model_path):
     import openvino as ov
 
-    return {op.get_friendly_name()[: -len("/fq_output_0")] for op in ov.Core().read_model(model_path).get_ordered_ops()
-            if op.get_type_name() == "FakeQuantize" and op.get_friendly_name().endswith("/fq_output_0")}
+    from converter.runners.openvino import activation_fake_quantizes
+
+    return set(activation_fake_quantizes(ov.Core().read_model(model_path)))

@@ -20,19 +20,20 @@ run, so a process holding the six backends at full size peaked at 11.8 GB
 (13.2 GB with four images), while each alone peaks at 2-3.6 GB (bench). A
 runtime is unloaded (its objects dropped, then malloc_trim) before the next
 one loads; measured at 1024x2048 this keeps the worker's peak RSS at its
-largest backend's plus the chunk's reference outputs (README, "Memory").
+largest backend's plus the chunk's reference outputs (README, "Validation at scale").
 
 An item is {"id", "image": bytes, "label": bytes or None}: the driver reads
 the files and ships their bytes, so workers on other machines need the
 models (at the same workdir path, checked against their sha256 here) but not
 the images.
 """
-import gc
 import io
 import os
 import time
 
 import numpy as np
+
+from converter.util.memory import release_memory
 
 
 def die_with_parent():
@@ -41,17 +42,6 @@ def die_with_parent():
         import ctypes
         import signal
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def release_memory():
-    """Return freed heap to the system: glibc keeps freed arenas otherwise,
-    and the next runtime's allocations would land beside them."""
-    gc.collect()
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
 

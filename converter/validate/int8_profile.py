@@ -17,7 +17,7 @@ tensor moved its p99 1.4x but its mean 11x.)
 """
 import os
 
-# Measured at 256x512 (README, INT8 gate): a clean IR re-measured gives 1.000x on every tensor; one FakeQuantize
+# Measured at 256x512 (README, Quantization: the INT8 gate): a clean IR re-measured gives 1.000x on every tensor; one FakeQuantize
 # of five depths with its range x4 or its zero point shifted by a quarter range gave 4.2x-150x (mean) at the worst
 # tensor, 1.4x-61x (p99).
 MARGIN = 1.5
@@ -42,13 +42,9 @@ def profile_inputs(config, full_hw):
 
 def quantized_tensors(model):
     """Names of the tensors NNCF put a FakeQuantize on (activations only: not weights)."""
-    names = []
-    for op in model.get_ordered_ops():
-        name = op.get_friendly_name()
-        if op.get_type_name() == "FakeQuantize" and name.endswith("/fq_output_0") and \
-                op.input_value(0).get_node().get_type_name() not in ("Constant", "Convert"):
-            names.append(name[: -len("/fq_output_0")])
-    return names
+    from converter.runners.openvino import activation_fake_quantizes
+
+    return list(activation_fake_quantizes(model))
 
 
 def measure(fp32_xml, int8_xml, inputs, threads=2):

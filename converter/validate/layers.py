@@ -22,8 +22,12 @@ import time
 
 import numpy as np
 
-WINDOW_BYTES = 1536 << 20   # per model: a full-size window peaked near 7 GB with both runtimes (README)
+from converter.runners.worker import peak_rss_mb
+from converter.util.memory import release_memory
+
+WINDOW_BYTES = 1024 << 20   # per model; peak RSS is about the runtimes plus 4x this (README, diagnose)
 GROWTH_FLOOR = 1e-6         # an input error below f32 rounding counts as this, for the growth ratio
+CHUNK = 1 << 20
 
 
 def stats(ref, got):
@@ -34,9 +38,14 @@ def stats(ref, got):
     flat = err.reshape(-1)
     k = int(0.99 * (flat.size - 1))
     p99 = float(np.partition(flat, k)[k]) if flat.size else 0.0
-    a, b = ref.reshape(-1).astype(np.float64), got.reshape(-1).astype(np.float64)
-    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
-    cosine = float(a @ b / denom) if denom else (1.0 if not a.any() and not b.any() else 0.0)
+    # cosine with float64 sums of float32 chunks: no float64 copy of a tensor of hundreds of MB
+    a, b = ref.reshape(-1), got.reshape(-1)
+    ab = aa = bb = 0.0
+    for i in range(0, a.size, CHUNK):
+        x, y = a[i:i + CHUNK], b[i:i + CHUNK]
+        ab, aa, bb = ab + float(x @ y), aa + float(x @ x), bb + float(y @ y)
+    denom = (aa * bb) ** 0.5
+    cosine = ab / denom if denom else (1.0 if aa == bb == 0 else 0.0)
     abs_max = float(err.max()) if err.size else 0.0
     return {"abs_max": abs_max, "rel_max": abs_max / scale, "rel_p99": p99 / scale,
             "rel_mean": float(err.mean(dtype=np.float64)) / scale if err.size else 0.0, "cosine": cosine}
@@ -91,9 +100,9 @@ class Comparison:
                 del self.source[conv]
                 self.source[added] = conv
         self.available, self.sizes = set(self.source), sizes
-        self.seconds = 0.0
+        self.seconds, self.windows, self.log = 0.0, [], None
 
-    def run(self, budget=None, first_only=False):
+    def run(self, budget=None, first_only=False, window_bytes=WINDOW_BYTES):
         """(layers, unmatched): layers in order, each {tensor, op, index,
         shape, abs_max, rel_max, rel_p99, cosine}; unmatched: {tensor, op,
         index, why}."""
@@ -102,23 +111,42 @@ class Comparison:
         info = {name: (i, op) for i, name, op, _ in self.order}
         layers, unmatched = [], [{"tensor": n, "op": op, "index": i, "why": "not in the converted model"}
                                   for i, n, op, _ in self.order if n not in self.available]
-        for window in windows(wanted, self.sizes):
+        self.windows = windows(wanted, self.sizes, window_bytes)
+        for k, window in enumerate(self.windows, 1):
+            t0 = time.perf_counter()
             ref = self.original(window).infer(self.inputs[0])
+            release_memory()   # the predictor is gone: its arenas go back before the converted model loads
+            t1 = time.perf_counter()
             got = self.converted([self.source[n] for n in window]).infer(self.inputs[1])
+            release_memory()
+            t2 = time.perf_counter()
             for name in window:
-                i, op = info[name]
-                a, b = ref.get(name), got.get(self.source[name])
-                b = None if a is None or b is None else aligned(np.asarray(a), np.asarray(b))
-                if b is None:
-                    unmatched.append({"tensor": name, "op": op, "index": i, "why": "no obvious reshape or transpose "
-                                      f"relates {list(np.shape(got.get(self.source[name])))} to {list(np.shape(a))}"})
-                    continue
-                layers.append(dict(stats(a, b), tensor=name, op=op, index=i, shape=list(np.shape(a))))
+                layer = self._compare(name, info[name], ref.pop(name, None), got.pop(self.source[name], None))
+                (layers if "why" not in layer else unmatched).append(layer)
             del ref, got
+            release_memory()
+            if self.log:
+                self.log(f"diagnose: window {k}/{len(self.windows)}: {len(window)} tensors, original {t1 - t0:.1f} s, "
+                         f"converted {t2 - t1:.1f} s, comparison {time.perf_counter() - t2:.1f} s, "
+                         f"peak RSS so far {peak_rss_mb()} MB")
             if first_only and budget and any(over(layer, budget) for layer in layers):
                 break
         self.seconds = round(time.perf_counter() - start, 1)
         return sorted(layers, key=lambda l: l["index"]), sorted(unmatched, key=lambda u: u["index"])
+
+
+    @staticmethod
+    def _compare(name, where, a, b):
+        """One tensor's figures, or why it could not be compared."""
+        i, op = where
+        if a is None or b is None:
+            side = "the original" if a is None else "the converted model"
+            return {"tensor": name, "op": op, "index": i, "why": f"{side} returned no value for it"}
+        aligned_b = aligned(np.asarray(a), np.asarray(b))
+        if aligned_b is None:
+            return {"tensor": name, "op": op, "index": i, "why": "no obvious reshape or transpose relates "
+                    f"{list(np.shape(b))} to {list(np.shape(a))}"}
+        return dict(stats(a, aligned_b), tensor=name, op=op, index=i, shape=list(np.shape(a)))
 
 
 def over(layer, budget):
