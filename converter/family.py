@@ -121,16 +121,19 @@ def params(backbone, classes):
 
 def identify(shapes):
     """(backbone, classes) of a state dict's {key: shape}, or None: the one
-    family member whose keys and shapes it has (extra keys allowed)."""
+    family member whose keys and shapes it has."""
     cls = shapes.get("head.cls_head.weight")
     if not cls or len(cls) != 4:
         return None
     # the smaller HRNets' keys are a subset of the larger ones' (fewer blocks,
-    # same widths): the member with the most keys that all match is the one
-    fits = [(len(expected), backbone) for backbone in BACKBONES
-            for expected in [state_shapes(backbone, cls[0])]
-            if all(tuple(shapes.get(k, ())) == tuple(v) for k, v in expected.items())]
-    return (max(fits)[1], cls[0]) if fits else None
+    # same widths): a member fits when every key of it matches and the
+    # checkpoint has no model key beyond them (other entries, bookkeeping, may be there)
+    model_keys = {k for k in shapes if k.startswith(("backbone.", "head."))}
+    for backbone in BACKBONES:
+        expected = state_shapes(backbone, cls[0])
+        if model_keys == set(expected) and all(tuple(shapes[k]) == tuple(v) for k, v in expected.items()):
+            return backbone, cls[0]
+    return None
 
 
 def flops(backbone, classes, height=512, width=1024):
