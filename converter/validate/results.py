@@ -190,24 +190,27 @@ def usable(result, key, expect, secret, trust_unsealed=False):
 
 
 def load(folder, key):
-    """The stored JSON of key, or None when absent or unreadable (a FIFO or
-    a device at the path is never opened for reading: it could block)."""
+    """The stored JSON of key: None when there is none; {} when something is
+    there but is not a result (not JSON, too large, a FIFO or a device, which
+    is never opened for reading: it could block), so that the run counts it
+    refused and recomputes it."""
+    import errno
     import stat
 
     path = os.path.join(folder, key + ".json")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
+    except OSError as exc:
+        return None if exc.errno == errno.ENOENT else {}
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RESULT_BYTES:
-            return None
+            return {}
         data = fh.read(MAX_RESULT_BYTES + 1)
     try:
         return json.loads(data, parse_constant=_no_constants)
     except (ValueError, RecursionError):
-        return None
+        return {}
 
 
 def _no_constants(name):
