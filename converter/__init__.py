@@ -1,2 +1,3 @@
-"""ocrnet-convert: PaddleSeg release-2.3 OCRNet-HRNet_W48 to ONNX and OpenVINO IR, verified."""
+"""ocrnet-convert: PaddleSeg OCRNet-HRNet models, and any PaddleSeg inference model,
+to ONNX and OpenVINO IR, verified."""
 __version__ = "0.1.0"
