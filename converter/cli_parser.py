@@ -3,7 +3,7 @@ import argparse
 import os
 
 from converter import __version__, backends
-from converter.config import QUANTIZE_CHOICES
+from converter.config import MAX_CONVERTED_PIXELS, QUANTIZE_CHOICES
 from converter.errors import ConverterError
 
 DEFAULT_WORKDIR = "artifacts"
@@ -18,6 +18,8 @@ def _shape(text):
         raise argparse.ArgumentTypeError(f"expected 1,3,H,W with positive H and W, got '{text}'")
     if dims[2] % 32 or dims[3] % 32:
         raise argparse.ArgumentTypeError(f"H and W must be multiples of 32, got '{text}'")
+    if dims[2] * dims[3] > MAX_CONVERTED_PIXELS:
+        raise argparse.ArgumentTypeError(f"{dims[2]}x{dims[3]} is more than {MAX_CONVERTED_PIXELS >> 20} megapixels")
     return tuple(dims)
 
 

@@ -23,6 +23,8 @@ def package_path(*parts):
 
 DEFAULT_CONFIG = package_path("configs", "ocrnet-hrnet-w48-paddle.yaml")
 MAX_CONFIG_BYTES = 1 << 20  # ours is 4 KB; /dev/zero or a huge file is not a config
+MAX_CLASS_NAME = 100
+MAX_CONVERTED_PIXELS = 16 << 20   # 8x a Cityscapes frame; memory grows with the pixels
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,9 @@ def _classes(raw, num_classes):
     names, colours = [], []
     for i, entry in enumerate(entries):
         name = _get(entry, "name", f"classes[{i}]", str)
+        if not name.strip() or not name.isprintable() or len(name) > MAX_CLASS_NAME:
+            raise ConfigError(f"classes[{i}].name: expected a printable name of 1..{MAX_CLASS_NAME} characters, "
+                              f"got {_shown(name)}")
         colour = _get(entry, "color", f"classes[{i}]", list)
         if len(colour) != 3 or not all(type(v) is int and 0 <= v <= 255 for v in colour):
             raise ConfigError(f"classes[{i}].color: expected three integers 0..255")
@@ -325,6 +330,9 @@ def _check_interfaces(cfg):
     if n != 1 or h <= 0 or w <= 0 or h % 32 or w % 32:
         raise ConfigError(f"converted.input.shape: expected a static [1, 3, H, W] with H and W multiples of 32, "
                           f"got {list(cfg.converted_input.shape)}")
+    if h * w > MAX_CONVERTED_PIXELS:
+        raise ConfigError(f"converted.input.shape: {h}x{w} is more than {MAX_CONVERTED_PIXELS >> 20} megapixels "
+                          "(at 2048x1024, 2 megapixels, a conversion already peaks at about 3.7 GB)")
     return cfg
 
 
