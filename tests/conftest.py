@@ -69,6 +69,36 @@ def small_workdir(synthetic_export):
     return work
 
 
+INT8_TILE = "128x256"
+
+
+@pytest.fixture(scope="session")
+def int8_workdir(small_workdir, tmp_path_factory):
+    """A copy of the small build with the INT8 IR (the shared build stays without it)."""
+    work = tmp_path_factory.mktemp("int8") / "work"
+    work.mkdir()
+    for name in ("paddle", "onnx"):
+        os.symlink(small_workdir / name, work / name)
+    shutil.copytree(small_workdir / "openvino", work / "openvino")
+    proc = run_cli("quantize", "--workdir", str(work), "--calibration-tile", INT8_TILE)
+    assert proc.returncode == 0, proc.stderr
+    return work
+
+
+@pytest.fixture(scope="session")
+def release_build(small_workdir, tmp_path_factory):
+    """A copy of the small build with parity run (one image) and its manifest."""
+    work = tmp_path_factory.mktemp("release") / "work"
+    work.mkdir()
+    os.symlink(small_workdir / "paddle", work / "paddle")
+    for name in ("onnx", "openvino"):   # packaged: real files, so that the manifest lists them
+        shutil.copytree(small_workdir / name, work / name)
+    for args in (("parity", "--images", os.path.join(ROOT, "converter", "samples", "street_2.jpg")), ("manifest",)):
+        proc = run_cli(*args, "--workdir", str(work))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return work
+
+
 def original_input(rgb):
     """The original model's input for an RGB image, per the default config."""
     from converter.config import load_config

@@ -54,9 +54,14 @@ def test_f32_gate_needs_agreement_near_ties_and_f32_sized_errors():
     assert gate(_result(0.5, 9.0, gated=False), cfg) == []  # reported backends are not gated
 
 
-@pytest.fixture(scope="session")
-def parity_workdir(small_workdir):
-    return small_workdir
+@pytest.fixture(scope="module")
+def parity_workdir(small_workdir, tmp_path_factory):
+    """The small build's stages linked into a folder of its own: parity writes its report there."""
+    work = tmp_path_factory.mktemp("parity") / "w"
+    work.mkdir()
+    for name in ("paddle", "onnx", "openvino"):
+        os.symlink(small_workdir / name, work / name)
+    return work
 
 
 def test_parity_passes_on_correct_conversion(parity_workdir):
@@ -80,17 +85,18 @@ def test_parity_passes_on_correct_conversion(parity_workdir):
 @pytest.mark.parametrize("preprocess", [{"order": [0, 1, 2]}, {"mean": [0.0] * 3}], ids=["no-reverse", "mean-0"])
 def test_gate_fails_for_broken_ir_in_copied_workdir(parity_workdir, tmp_path, preprocess):
     import openvino as ov
+    from converter.records import ir_path
+    from converter.stages.openvino import build_ir
     from converter.util.fsutil import describe_files
-    from converter.stages.openvino import IR_NAME, build_ir
     work = tmp_path / "work"
     work.mkdir()
     for name in ("paddle", "onnx"):  # parity needs no paddle-logits export
         os.symlink(parity_workdir / name, work / name)
     shutil.copytree(parity_workdir / "openvino", work / "openvino")
-    from converter.config import load_config
-    pre = dict(load_config().baked(), **preprocess)  # the config's preprocessing, one part broken
+    config = load_config()
+    pre = dict(config.baked(), **preprocess)  # the config's preprocessing, one part broken
     model = build_ir(str(parity_workdir / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre)
-    ov.save_model(model, str(work / "openvino" / "FP32" / f"{IR_NAME}.xml"), compress_to_fp16=False)
+    ov.save_model(model, str(work / ir_path("FP32", config.name)), compress_to_fp16=False)
     # A converter bug, not tampering: the broken IR is what the stage recorded.
     record = json.loads((work / "openvino" / "openvino.json").read_text())
     record["files"]["FP32"] = describe_files(str(work / "openvino" / "FP32"), list(record["files"]["FP32"]))

@@ -24,16 +24,22 @@ def _digest(state):
 
 
 @pytest.fixture(scope="session")
-def synthetic_seed0():
+def synthetic_seed0(synthetic_export):
+    """Seed 0 as the session's export computed it (2 threads, another
+    process), through the cache, which verifies what it returns."""
     from converter.model import build_model
-    from converter.weights.synthetic import synthetic_state_dict
+    from converter.util.cache import default_cache_dir
+    from converter.weights.synthetic import cached_synthetic_state_dict
     model = build_model()
-    return model, synthetic_state_dict(model, 0, default_contract())
+    state, hit = cached_synthetic_state_dict(model, 0, default_contract(), default_cache_dir())
+    assert hit
+    return model, state
 
 
 def test_same_seed_gives_byte_identical_weights_across_processes_and_threads(synthetic_seed0):
     _, state = synthetic_seed0
-    # Another process, with a different thread count, must produce the same bytes.
+    # Another process, with a different thread count, computing from scratch,
+    # must produce the same bytes as the export's.
     proc = subprocess.run([sys.executable, "-c", HASH_SNIPPET.format(seed=0)], capture_output=True,
                           text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,209 @@
+"""diagnose: the layer where a converted model starts to disagree, and the INT8 gate on every quantized tensor.
+
+The mutants are converter bugs, not tampering: each broken model is recorded
+as its stage's own output, so that every check reads it as the build."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, run_cli
+from tests.test_quantize import _rerecord, _save_over
+
+IR = "openvino/FP32/ocrnet-hrnet-w48-paddle.xml"
+INT8 = "openvino/INT8/ocrnet-hrnet-w48-paddle.xml"
+QUARTER = "1,3,128,256"   # the IRs reshape; a quarter of the work of the build's 256x512
+
+
+def _diagnose(work, backend, out, *extra):
+    proc = run_cli("diagnose", "--workdir", str(work), "--backend", backend, "--output", str(out), *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "diagnose.json").read_text())
+
+
+def _copy(small_workdir, tmp_path, openvino=True):
+    work = tmp_path / "w"
+    work.mkdir()
+    for name in ("paddle", "onnx") + (() if openvino else ("openvino",)):
+        os.symlink(small_workdir / name, work / name)
+    if openvino:
+        shutil.copytree(small_workdir / "openvino", work / "openvino", ignore=shutil.ignore_patterns("INT8"))
+    return work
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino-fp32-f32"])
+def test_a_correct_build_has_no_divergence(small_workdir, tmp_path, backend):
+    doc = _diagnose(small_workdir, backend, tmp_path / "d")
+    assert doc["first_divergence"] is None and doc["input_shape"] == [1, 3, 256, 512]
+    assert len(doc["layers"]) > 700 and all(l["rel_p99"] <= 1e-4 for l in doc["layers"])
+    assert [l["index"] for l in doc["layers"]] == sorted(l["index"] for l in doc["layers"])
+    assert {"tensor", "op", "index", "shape", "abs_max", "rel_max", "rel_p99", "cosine", "growth"} <= set(
+        doc["layers"][0])
+    assert doc["unmatched"] and all({"tensor", "op", "index", "why"} <= set(u) for u in doc["unmatched"])
+    md = (tmp_path / "d" / "diagnose.md").read_text()
+    assert md.splitlines()[2].startswith("Verdict: no tensor over the budget")
+    from PIL import Image
+    assert Image.open(tmp_path / "d" / "diagnose.png").size == (1400, 520)
+
+
+def test_an_ir_without_the_channel_reversal_diverges_at_the_first_tensor(small_workdir, tmp_path):
+    from converter.config import load_config
+    from converter.stages.openvino import build_ir
+
+    import openvino as ov
+
+    work = _copy(small_workdir, tmp_path)
+    pre = dict(load_config().baked(), order=[0, 1, 2])
+    ov.save_model(build_ir(str(work / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre), str(work / IR),
+                  compress_to_fp16=False)
+    _rerecord(work / "openvino", "openvino.json", "FP32")
+    doc = _diagnose(work, "openvino-fp32-f32", tmp_path / "d", "--first-only", "--input-shape", QUARTER)
+    assert doc["first_divergence"]["tensor"] == doc["layers"][0]["tensor"] == "batch_norm_0.tmp_2"
+    assert "preprocessing" in doc["advice"][0]
+
+
+def _scale_conv(xml, fraction):
+    """Scale one Convolution's weights by 1.25; return the first named tensor
+    it feeds (its own output's name, else its consumer's: the BatchNorm's Add)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    model = ov.Core().read_model(str(xml))
+    convs = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    conv = convs[int(fraction * (len(convs) - 1))]
+    weights = conv.input_value(1).get_node()
+    assert weights.get_type_name() == "Constant"
+    conv.input(1).replace_source_output(ops.constant(weights.get_data().astype(np.float32) * 1.25).output(0))
+    port = conv.output(0)
+    while not port.get_names():
+        port = next(iter(port.get_target_inputs())).get_node().output(0)
+    _save_over(model, xml)
+    return sorted(port.get_names())[0]
+
+
+@pytest.mark.parametrize("fraction", [0.15, 0.5, 0.85])
+def test_a_scaled_convolution_is_found_where_it_feeds(small_workdir, tmp_path, fraction):
+    work = _copy(small_workdir, tmp_path)
+    fed = _scale_conv(work / IR, fraction)
+    _rerecord(work / "openvino", "openvino.json", "FP32")
+    doc = _diagnose(work, "openvino-fp32-f32", tmp_path / "d", "--first-only", "--input-shape", QUARTER)
+    assert doc["first_divergence"] is not None and doc["first_divergence"]["tensor"] == fed, (fed, doc["advice"])
+    before = [l for l in doc["layers"] if l["index"] < doc["first_divergence"]["index"]]
+    assert before and all(l["rel_p99"] <= 1e-4 and l["rel_max"] <= 1e-3 for l in before)
+
+
+def _activation_fqs(model):
+    return [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+            and op.get_friendly_name().endswith("/fq_output_0")
+            and op.input_value(0).get_node().get_type_name() not in ("Constant", "Convert")
+            and op.input_value(0).get_names()]
+
+
+def _break_fq(xml, fraction, how):
+    """One activation FakeQuantize (of a named tensor) with its range x4, or
+    its zero point shifted by a quarter of the range; returns the tensor."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    model = ov.Core().read_model(str(xml))
+    fqs = _activation_fqs(model)
+    fq = fqs[int(fraction * (len(fqs) - 1))]
+    low, high = (fq.input_value(i).get_node().get_data().astype(np.float32) for i in (3, 4))
+    if how == "range-x4":
+        low, high = low * 4, high * 4
+    else:
+        low, high = low + (high - low) / 4, high + (high - low) / 4
+    fq.input(3).replace_source_output(ops.constant(low).output(0))
+    fq.input(4).replace_source_output(ops.constant(high).output(0))
+    _save_over(model, xml)
+    return sorted(fq.input_value(0).get_names())[0]   # the Paddle tensor it quantizes
+
+
+@pytest.fixture
+def int8_copy(int8_workdir, tmp_path):
+    work = tmp_path / "w8"
+    shutil.copytree(int8_workdir, work, symlinks=True)
+    return work
+
+
+def test_the_growth_ranking_puts_a_broken_fake_quantize_first(int8_copy, tmp_path):
+    broken = _break_fq(int8_copy / INT8, 0.5, "range-x4")
+    _rerecord(int8_copy / "openvino" / "INT8", "quantize.json")
+    doc = _diagnose(int8_copy, "openvino-int8-default", tmp_path / "d")
+    assert doc["growth"][0]["tensor"] == broken, doc["growth"][:3]
+    assert any(broken in a and "--ignored-scope" in a for a in doc["advice"])
+    # and a reduced precision's ranking on a correct build (bf16 where the CPU has it, else f32)
+    doc = _diagnose(int8_copy, "openvino-fp32-default", tmp_path / "d2", "--input-shape", QUARTER)
+    growth = [g["growth"] for g in doc["growth"]]
+    assert len(growth) == 10 and growth == sorted(growth, reverse=True) and all(g > 0 for g in growth)
+
+
+def test_the_int8_gate_fails_a_broken_fake_quantize_at_any_depth(int8_workdir, tmp_path):
+    """Each quantized tensor's error against the profile quantize recorded:
+    the clean IR passes; one FakeQuantize mis-scaled or mis-shifted, at the
+    first, middle and last third, fails, with that tensor first."""
+    from converter.config import load_config
+    from converter.records import read_record
+    from converter.validate.int8_profile import failures
+
+    config = load_config()
+    profile = read_record(str(int8_workdir), "quantize").params["error_profile"]
+    assert len(profile["tensors"]) > 200 and profile["precision_hint"] == "f32"
+    fp32 = str(int8_workdir / IR)
+    assert failures("int8", profile, config, fp32, str(int8_workdir / INT8), (256, 512)) == []
+    for fraction in (0.1, 0.5, 0.9):
+        for how in ("range-x4", "zero-point"):
+            xml = tmp_path / f"{how}-{fraction}" / "m.xml"
+            xml.parent.mkdir()
+            shutil.copy(int8_workdir / INT8, xml)
+            shutil.copy(str(int8_workdir / INT8)[:-4] + ".bin", str(xml)[:-4] + ".bin")
+            broken = _break_fq(xml, fraction, how)
+            found = failures("int8", profile, config, fp32, str(xml), (256, 512))
+            assert found and broken in " ".join(found[:3]), (how, fraction, broken, found[:3])
+
+
+def test_parity_fails_a_broken_int8_build_and_says_how_to_diagnose_it(int8_copy):
+    broken = _break_fq(int8_copy / INT8, 0.5, "zero-point")
+    _rerecord(int8_copy / "openvino" / "INT8", "quantize.json")
+    proc = run_cli("parity", "--workdir", str(int8_copy), "--backends", "openvino-int8-default", "--images",
+                   os.path.join(ROOT, "converter", "samples", "street_1.jpg"))
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    report = json.loads((int8_copy / "parity" / "report.json").read_text())
+    assert any(broken in f for f in report["failures"]), report["failures"]
+    command = report["diagnose"]["openvino-int8-default"]["command"]
+    assert command.startswith("ocrnet-convert diagnose --workdir") and "--backend openvino-int8-default" in command
+    assert command in (int8_copy / "parity" / "report.md").read_text()
+
+
+def _baseline_peak_mb(work):
+    """Peak RSS of one process running the original and the FP32 IR once, as
+    diagnose configures them (with taps: Paddle without its fusion passes),
+    returning one small tensor each."""
+    code = (f"import sys; sys.path.insert(0, {ROOT!r})\n"
+            "import numpy as np\nfrom converter.runners import make_runner\nfrom converter.runners.worker import peak_rss_mb\n"
+            f"x = np.zeros((1, 3, 128, 256), np.float32)\n"
+            f"make_runner('paddle', {str(work / 'paddle')!r}, taps=['batch_norm_0.tmp_2']).infer(x)\n"
+            f"make_runner('openvino', {str(work / IR)!r}, shape=[1, 3, 128, 256], taps=['batch_norm_0.tmp_2']).infer(x)\n"
+            "print(peak_rss_mb())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def test_memory_is_bounded_by_the_window_not_the_network(small_workdir, tmp_path):
+    """In windows of 32 MB of tensors per model, the peak RSS is the runtimes'
+    plus a few windows, and the figures are those of one window for all."""
+    whole = _diagnose(small_workdir, "openvino-fp32-f32", tmp_path / "whole", "--input-shape", QUARTER)
+    windowed = _diagnose(small_workdir, "openvino-fp32-f32", tmp_path / "win", "--input-shape", QUARTER,
+                         "--window-mb", "32")
+    assert whole["windows"]["count"] == 1 and windowed["windows"]["count"] > 3
+    assert windowed["windows"]["largest_mb"] <= 32
+    assert [(l["tensor"], l["rel_p99"]) for l in windowed["layers"]] == [(l["tensor"], l["rel_p99"])
+                                                                        for l in whole["layers"]]
+    base = _baseline_peak_mb(small_workdir)
+    assert windowed["peak_rss_mb"] <= base + 4 * 32 + 256, (windowed["peak_rss_mb"], base)
+    assert windowed["peak_rss_mb"] < whole["peak_rss_mb"]

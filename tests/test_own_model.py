@@ -1,0 +1,184 @@
+"""A user's own model: family checkpoints of other widths and class counts, and
+PaddleSeg-exported inference models, through init and the whole pipeline."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run_cli
+from tests.test_hardening import one_line_error
+
+SHAPE = "1,3,256,512"
+SAMPLE = os.path.join(ROOT, "converter", "samples", "street_2.jpg")
+
+
+@pytest.fixture(scope="module")
+def w18_checkpoint(tmp_path_factory):
+    """OCRNet-HRNet_W18 with 5 classes and seeded synthetic weights, as paddle.save writes a state dict."""
+    path = tmp_path_factory.mktemp("w18") / "model.pdparams"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_checkpoint.py"), "--backbone",
+                           "hrnet_w18", "--classes", "5", "--output", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def _init(*args):
+    return run_cli("init", *args)
+
+
+def _convert(config, work, *extra):
+    return run_cli("convert", "--config", str(config), "--workdir", str(work), "--input-shape", SHAPE,
+                   "--images", SAMPLE, *extra)
+
+
+def test_a_w18_checkpoint_goes_through_init_and_convert(w18_checkpoint, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("road\nbuilding\nsky\ncar\nperson\n")
+    config = tmp_path / "roads.yaml"
+    proc = _init("--weights", str(w18_checkpoint), "--output", str(config), "--labels", str(labels))
+    assert proc.returncode == 0, proc.stderr
+    assert "OCRNet-hrnet_w18, 5 classes" in proc.stdout
+    raw = yaml.safe_load(config.read_text())
+    assert raw["model"] == {"arch": "ocrnet", "backbone": "hrnet_w18", "num_classes": 5, "params": 12_112_254,
+                            "flops_512x1024": raw["model"]["flops_512x1024"]}
+    assert [c["name"] for c in raw["classes"]] == ["road", "building", "sky", "car", "person"]
+    assert raw["files"][0]["sha384"] == __import__("hashlib").sha384(w18_checkpoint.read_bytes()).hexdigest()
+    assert "reference" not in raw
+    work = tmp_path / "w"
+    proc = _convert(config, work)   # --weights auto: the checkpoint where init found it, verified
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("PASSED")
+    for rel in ("onnx/roads.onnx", "openvino/FP32/roads.xml", "openvino/FP16/roads.bin",
+                "openvino/model_api/FP32/roads.xml"):
+        assert (work / rel).is_file(), rel
+    export = json.loads((work / "paddle" / "export.json").read_text())
+    assert export["num_classes"] == 5 and export["weights"]["kind"] == "pretrained"
+    card = (work / "README.md").read_text()
+    assert card.startswith("# roads: the user's checkpoint model.pdparams") and "OCRNet-hrnet_w18 with 5 classes" in card
+    # the shipped config (19 classes) on this build: refused in one line, before any model loads
+    one_line_error(run_cli("predict", SAMPLE, "--workdir", str(work), "--output", str(tmp_path / "p")), 8,
+                   "has 5 classes", "19")
+
+
+def test_a_checkpoint_of_another_width_is_refused_naming_a_key(w18_checkpoint, tmp_path):
+    line = one_line_error(run_cli("export", "--weights", str(w18_checkpoint), "--allow-unverified", "--output",
+                                  str(tmp_path / "p")), 6, "does not fit OCRNet-hrnet_w48 with 19 classes",
+                          "shape mismatch(es): backbone.", "it is OCRNet-hrnet_w18 with 5 classes")
+    assert " != " in line and not (tmp_path / "p").exists()
+
+
+def test_a_w48_checkpoint_of_21_classes_goes_through_init_and_convert(tmp_path):
+    """The shipped architecture with VOC's 21 classes: the seeded synthetic
+    backbone and head, its two class layers drawn again for 21 classes."""
+    from converter.family import state_shapes
+    from converter.weights.synthetic import load_cached, synthetic_key
+    from converter.config import load_config
+    from converter.data.images import input_contract
+    from converter.util.cache import default_cache_dir
+
+    shapes19 = state_shapes("hrnet_w48", 19)
+    state = load_cached(default_cache_dir(), synthetic_key(0, input_contract(load_config(), "original"), shapes19),
+                        shapes19)
+    assert state is not None, "the session's synthetic W48 weights are not in the test cache"
+    rng = np.random.default_rng(21)
+    for key, shape in state_shapes("hrnet_w48", 21).items():
+        if tuple(state[key].shape) != shape:   # the classifiers of 21 classes
+            state[key] = (rng.standard_normal(shape) * (0.05 if len(shape) > 1 else 0)).astype(np.float32)
+    ckpt = tmp_path / "voc.pdparams"
+    ckpt.write_bytes(pickle.dumps(state, protocol=4))
+    config = tmp_path / "voc.yaml"
+    proc = _init("--weights", str(ckpt), "--output", str(config), "--name", "ocrnet-voc")
+    assert proc.returncode == 0 and "OCRNet-hrnet_w48, 21 classes" in proc.stdout, proc.stderr
+    raw = yaml.safe_load(config.read_text())
+    assert raw["model"]["params"] == 70_468_618 and len(raw["classes"]) == 21
+    assert raw["classes"][1]["color"] == [128, 0, 0]   # Pascal VOC's palette
+    proc = _convert(config, tmp_path / "w")
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1].startswith("PASSED"), proc.stderr[-3000:]
+    assert (tmp_path / "w" / "openvino" / "FP32" / "ocrnet-voc.xml").is_file()
+
+
+def test_init_refuses_what_it_cannot_vouch_for(w18_checkpoint, tmp_path):
+    labels = tmp_path / "three.txt"
+    labels.write_text("a\nb\nc\n")
+    one_line_error(_init("--weights", str(w18_checkpoint), "--output", str(tmp_path / "c.yaml"), "--labels",
+                         str(labels)), 2, "3 names for a model of 5 classes")
+    not_family = tmp_path / "other.pdparams"
+    not_family.write_bytes(pickle.dumps({"conv.weight": np.zeros((4, 3, 3, 3), np.float32)}, protocol=4))
+    one_line_error(_init("--weights", str(not_family), "--output", str(tmp_path / "c.yaml")), 6,
+                   "not an OCRNet-HRNet of PaddleSeg release-2.3's family")
+    pir = tmp_path / "pir"
+    pir.mkdir()
+    (pir / "model.json").write_text('{"program": {}}')
+    (pir / "model.pdiparams").write_bytes(b"\0" * 16)
+    for proc in (_init("--inference-model", str(pir), "--output", str(tmp_path / "c.yaml")),):
+        line = one_line_error(proc, 2, "PIR", "OpenVINO", "FLAGS_enable_pir_api=0", "model.pdmodel")
+        assert "2026.4.1" in line
+    assert not (tmp_path / "c.yaml").exists()
+
+
+def test_a_training_config_with_base_files_is_read_locally(w18_checkpoint, tmp_path):
+    (tmp_path / "_base_").mkdir()
+    (tmp_path / "_base_" / "roads.yml").write_text(
+        "train_dataset:\n  num_classes: 5\n  transforms:\n  - {type: RandomPaddingCrop, crop_size: [768, 768]}\n"
+        "val_dataset:\n  transforms:\n  - {type: Normalize, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}\n")
+    train = tmp_path / "ocrnet.yml"
+    train.write_text("_base_: _base_/roads.yml\nmodel:\n  type: OCRNet\n  backbone: {type: HRNet_W18}\n"
+                     "  num_classes: 5\n")
+    config = tmp_path / "c.yaml"
+    proc = _init("--weights", str(w18_checkpoint), "--output", str(config), "--paddleseg-config", str(train))
+    assert proc.returncode == 0, proc.stderr
+    raw = yaml.safe_load(config.read_text())
+    assert raw["converted"]["input"]["shape"] == [1, 3, 768, 768]
+    assert raw["original"]["preprocessing"]["mean"] == pytest.approx([0.485 * 255, 0.456 * 255, 0.406 * 255])
+    train.write_text("_base_: https://example.com/evil.yml\nmodel: {type: OCRNet}\n")
+    one_line_error(_init("--weights", str(w18_checkpoint), "--output", str(tmp_path / "d.yaml"),
+                         "--paddleseg-config", str(train)), 2, "never fetched")
+    train.write_text("_base_: ocrnet.yml\n")
+    one_line_error(_init("--weights", str(w18_checkpoint), "--output", str(tmp_path / "d.yaml"),
+                         "--paddleseg-config", str(train)), 2, "circle")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Inference models of HRNet_W18_Small_V1 with 7 classes, exported as
+    PaddleSeg's export.py does, with each output op."""
+    root = tmp_path_factory.mktemp("exports")
+    for op in ("argmax", "softmax", "none"):
+        proc = subprocess.run([sys.executable, "-m", "tests.paddleseg_export", str(root / op), "--backbone",
+                               "hrnet_w18_small_v1", "--classes", "7", "--output-op", op],
+                              capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return root
+
+
+@pytest.mark.parametrize("op", ["argmax", "softmax", "none"])
+def test_an_exported_inference_model_goes_through_init_and_convert(exported, tmp_path, op):
+    config = tmp_path / f"lite-{op}.yaml"
+    proc = _init("--inference-model", str(exported / op), "--output", str(config), "--input-shape", SHAPE)
+    assert proc.returncode == 0, proc.stderr
+    raw = yaml.safe_load(config.read_text())
+    assert raw["model"]["arch"] == "paddle-inference" and raw["model"]["output_op"] == op
+    assert raw["model"]["num_classes"] == 7 and raw["quantize"]["ignored_scope"] == "none"
+    work = tmp_path / "w"
+    proc = _convert(config, work)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1].startswith("PASSED"), proc.stderr[-3000:]
+    export = json.loads((work / "paddle" / "export.json").read_text())
+    assert export["weights"]["kind"] == "inference-model" and export["weights"]["verified"] is True
+    assert ("appended" in export["weights"]["changed"]) == (op != "argmax")
+    import onnx
+    out = onnx.load(str(work / "onnx" / f"lite-{op}.onnx"), load_external_data=False).graph.output[0]
+    assert [d.dim_value for d in out.type.tensor_type.shape.dim] == [1, 256, 512]   # the class map, static
+    # the user's files changed since init: refused, unless --allow-unverified
+    changed = tmp_path / "changed"
+    import shutil
+    shutil.copytree(exported / op, changed)
+    with open(changed / "model.pdiparams", "r+b") as fh:
+        fh.seek(200)
+        fh.write(b"\x01\x02")
+    one_line_error(run_cli("export", "--config", str(config), "--workdir", str(tmp_path / "w2"),
+                           "--inference-model", str(changed)), 5, "sha384 mismatch", "--allow-unverified")
