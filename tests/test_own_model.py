@@ -182,3 +182,17 @@ def test_an_exported_inference_model_goes_through_init_and_convert(exported, tmp
         fh.write(b"\x01\x02")
     one_line_error(run_cli("export", "--config", str(config), "--workdir", str(tmp_path / "w2"),
                            "--inference-model", str(changed)), 5, "sha384 mismatch", "--allow-unverified")
+
+
+def test_a_truncated_parameters_file_is_refused_by_init(exported, tmp_path):
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(exported / "argmax", cut)
+    data = (cut / "model.pdiparams").read_bytes()
+    (cut / "model.pdiparams").write_bytes(data[: len(data) // 2])
+    one_line_error(_init("--inference-model", str(cut), "--output", str(tmp_path / "c.yaml")), 8,
+                   "model.pdiparams", "truncated")
+    assert not (tmp_path / "c.yaml").exists()
+    # the control: the whole file passes init
+    assert _init("--inference-model", str(exported / "argmax"), "--output", str(tmp_path / "ok.yaml")).returncode == 0

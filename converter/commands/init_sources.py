@@ -71,6 +71,8 @@ def _read_yaml(path, what):
 def _normalize(transforms, where):
     """mean and std (on values scaled to [0, 1]) of the Normalize transform;
     PaddleSeg's defaults are 0.5 and 0.5. (None, None) when there is none."""
+    if transforms is not None and not isinstance(transforms, list):
+        raise ConverterError(f"{where}: transforms must be a list")
     for t in transforms or ():
         if isinstance(t, dict) and t.get("type") == "Normalize":
             mean, std = t.get("mean", [0.5] * 3), t.get("std", [0.5] * 3)
@@ -85,7 +87,8 @@ def _normalize(transforms, where):
 
 def from_inference_model(folder):
     """{input, output, output_op, num_classes, dtype, mean, std, input_shape, files}."""
-    from converter.runners.paddle_program import PIR_HINT, describe, pir_program, read_program
+    from converter.runners.paddle_program import (PIR_HINT, check_parameters_file, describe, pir_program,
+                                                  read_program)
 
     if not os.path.isdir(folder):
         raise ConverterError(f"--inference-model {folder}: not a folder")
@@ -97,9 +100,10 @@ def from_inference_model(folder):
         if not os.path.isfile(path):
             raise ConverterError(f"{path}: missing (a PaddleSeg export holds model.pdmodel, model.pdiparams and "
                                  "deploy.yaml)")
-    program = describe(read_program(model), model)
-    facts = dict(program, mean=None, std=None, input_shape=None,
-                 params=_param_count(read_program(model)),
+    desc = read_program(model)
+    program = describe(desc, model)
+    check_parameters_file(desc, params)
+    facts = dict(program, mean=None, std=None, input_shape=None, params=_param_count(desc),
                  files=[_file_facts(model, "inference-model"), _file_facts(params, "inference-params")])
     deploy = os.path.join(folder, "deploy.yaml")
     if os.path.isfile(deploy):
@@ -163,8 +167,11 @@ def from_training_config(path):
              "num_classes": classes if type(classes) is int else None, "mean": None, "std": None, "size": None}
     val = cfg.get("val_dataset") if isinstance(cfg.get("val_dataset"), dict) else {}
     train = cfg.get("train_dataset") if isinstance(cfg.get("train_dataset"), dict) else {}
-    facts["mean"], facts["std"] = _normalize(val.get("transforms") or train.get("transforms"), path)
-    for t in (val.get("transforms") or []) + (train.get("transforms") or []):
+    val_t, train_t = (d.get("transforms") or [] for d in (val, train))
+    if not isinstance(val_t, list) or not isinstance(train_t, list):
+        raise ConverterError(f"{path}: a dataset's transforms must be a list")
+    facts["mean"], facts["std"] = _normalize(val_t or train_t, path)
+    for t in val_t + train_t:
         size = t.get("target_size") or t.get("crop_size") if isinstance(t, dict) else None
         if isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size):
             facts["size"] = [size[1], size[0]]   # PaddleSeg sizes are [W, H]

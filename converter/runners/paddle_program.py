@@ -59,6 +59,30 @@ def read_program(model_path):
     return desc
 
 
+# bytes per value of paddle's VarType ids (bool, int16, int32, int64, fp16, fp32, fp64, uint8, int8, bf16)
+_ITEM_BYTES = {0: 1, 1: 2, 2: 4, 3: 8, 4: 2, 5: 4, 6: 8, 20: 1, 21: 1, 22: 2}
+
+
+def parameter_bytes(desc):
+    """The bytes of the program's parameters' values (persistable tensors of
+    static shape): a .pdiparams holds them, each behind a small header."""
+    import math
+
+    block = desc.blocks[0]
+    return sum(math.prod(v.type.lod_tensor.tensor.dims) * _ITEM_BYTES.get(v.type.lod_tensor.tensor.data_type, 4)
+               for v in block.vars if v.persistable and v.type.HasField("lod_tensor")
+               and v.name not in ("feed", "fetch") and all(d > 0 for d in v.type.lod_tensor.tensor.dims))
+
+
+def check_parameters_file(desc, params_path):
+    """A .pdiparams smaller than the program's parameters is cut short:
+    paddle2onnx would say only that a weight is undefined."""
+    need, have = parameter_bytes(desc), os.path.getsize(params_path)
+    if have < need:
+        raise StageError(f"{params_path}: {have} bytes, but the program's parameters need at least {need} "
+                         "(a truncated or foreign .pdiparams)")
+
+
 def _io(op, slot, side="inputs"):
     return [a for v in getattr(op, side) if v.parameter == slot for a in v.arguments]
 

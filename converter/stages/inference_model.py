@@ -72,12 +72,13 @@ def _verify(config, files, allow_unverified):
     return out
 
 
-def _program(config, path):
+def _program(config, path, params_path):
     """The program to write, and what was changed in it."""
-    from converter.runners.paddle_program import describe, read_program, with_argmax
+    from converter.runners.paddle_program import check_parameters_file, describe, read_program, with_argmax
 
     desc = read_program(path)
     program = describe(desc, path)
+    check_parameters_file(desc, params_path)
     if program["output_op"] != config.output_op:
         raise StageError(f"{path}: its output is {program['output_op']}, the config says {config.output_op} "
                          "(model.output_op): run init again")
@@ -108,7 +109,7 @@ def run(config, workdir, folder=None, allow_unverified=False, force=False):
     skipped = up_to_date("export", out_dir, key, force, "same inference model")
     if skipped:
         return skipped
-    program, change = _program(config, files["inference-model"])
+    program, change = _program(config, files["inference-model"], files["inference-params"])
     info(f"export: taking the inference model {os.path.dirname(files['inference-model'])}"
          + (f" ({change})" if program else ""))
     with staging_dir(out_dir, record="export.json") as tmp:
