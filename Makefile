@@ -8,10 +8,10 @@ WEIGHTS ?= auto
 SEED    ?= 0
 WORKDIR ?= artifacts
 SHAPE   ?= 1,3,1024,2048
-# make convert gates on one full-size sample: each f32 backend needs ~14 s per
-# 2048x1024 image on two cores, so all three samples would take make convert
-# from ~2 to ~4 minutes. PARITY_IMAGES=converter/samples checks all three
-# (as does `ocrnet-convert parity` on its own).
+# make convert gates on one full-size sample: each backend takes 10-45 s per
+# 2048x1024 image on two cores, so every added sample adds about two minutes.
+# PARITY_IMAGES=converter/samples checks all three (as does
+# `ocrnet-convert parity` on its own).
 PARITY_IMAGES ?= converter/samples/street_1.jpg
 CLI     := $(BIN)/ocrnet-convert
 
@@ -19,7 +19,7 @@ CLI     := $(BIN)/ocrnet-convert
 
 setup: $(STAMP)
 
-# requirements.lock pins every package (the stack of DEVELOPERS.md plus their
+# requirements.lock pins every package (the stack of the README plus their
 # dependencies), so that two machines build the same artifacts.
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,7 @@ quantize: $(STAMP)
 # OVMS repository, OMZ layout and the release archive, from a gated build.
 DIST ?= dist
 package: $(STAMP)
-	$(CLI) package --workdir $(WORKDIR) --output $(DIST)
-	$(CLI) package --verify $(DIST)/ocrnet-hrnet-w48-paddle-$$($(BIN)/python -c 'import converter; print(converter.__version__)').tar.gz
+	archive=$$($(CLI) package --workdir $(WORKDIR) --output $(DIST)) && $(CLI) package --verify "$$archive"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=15
