@@ -380,3 +380,39 @@ def test_quantize_with_accuracy_control_on_labelled_scenes(small_workdir, tmp_pa
     assert acc["drop"] == pytest.approx(fp32 - int8, abs=2e-3)
     proc = run_cli("quantize", "--workdir", str(work), "--cityscapes", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: no images under")
+
+
+def test_ignored_tensors_keep_the_ops_that_compute_with_them_in_float(int8_workdir, tmp_path):
+    """`--ignored-scope hrnet-fusion,TENSOR`: the convolution that reads the
+    tensor through its ReLU loses its input FakeQuantize, and nothing else
+    does; the clean build (the control) has it."""
+    import openvino as ov
+
+    def conv_after_relu(xml, relu="relu_3.tmp_0"):
+        model = ov.Core().read_model(str(xml))
+        ops = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+        for op in ops:
+            src = op.input_value(0)
+            seen = src.get_node()
+            if seen.get_type_name() == "FakeQuantize":
+                seen = seen.input_value(0).get_node()
+            if relu in seen.output(0).get_names():
+                return op.input_value(0).get_node().get_type_name(), model
+        raise AssertionError(f"no convolution reads {relu}")
+
+    clean_xml = _int8(int8_workdir) / "ocrnet-hrnet-w48-paddle.xml"
+    kind, _ = conv_after_relu(clean_xml)
+    assert kind == "FakeQuantize"
+    work = tmp_path / "w"
+    shutil.copytree(int8_workdir, work, symlinks=True)
+    proc = run_cli("quantize", "--workdir", str(work), "--calibration-tile", TILE, "--force",
+                   "--ignored-scope", "hrnet-fusion,batch_norm_4.tmp_2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kind, _ = conv_after_relu(_int8(work) / "ocrnet-hrnet-w48-paddle.xml")
+    assert kind != "FakeQuantize"
+    record = json.loads((_int8(work) / "quantize.json").read_text())
+    clean = json.loads((_int8(int8_workdir) / "quantize.json").read_text())
+    assert record["fake_quantize_nodes"] < clean["fake_quantize_nodes"]
+    assert "relu_3.tmp_0" in record["ignored_readers"]
+    line = run_cli("quantize", "--workdir", str(work), "--ignored-scope", "hrnet-fusion,no_such.tmp_0").stderr
+    assert "no tensor named 'no_such.tmp_0'" in line

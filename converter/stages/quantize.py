@@ -64,17 +64,34 @@ def fusion_adds(model):
     return names
 
 
+# Ops through which NNCF moves a quantizer to the op that consumes their
+# output (it quantizes a Convolution's input after the ReLU before it, not the
+# ReLU's input): ignoring a tensor's readers must reach past them.
+PASS_THROUGH = ("Relu", "Clamp", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert")
+
+
 def readers_of(model, tensors):
-    """Friendly names of the ops that read each named tensor (what stays in
-    float for --ignored-scope SCOPE,TENSOR...); an unknown name is an error."""
+    """Friendly names of the ops that read each named tensor, through
+    PASS_THROUGH ops, up to the first ops that compute with it (what stays
+    in float for --ignored-scope SCOPE,TENSOR...); an unknown name is an error."""
     readers, found = [], set()
+    wanted = set(tensors)
+
+    def reach(port, depth=0):
+        for target in port.get_target_inputs():
+            op = target.get_node()
+            if op.get_type_name() == "ShapeOf" or op.get_friendly_name() in readers:
+                continue
+            readers.append(op.get_friendly_name())
+            if op.get_type_name() in PASS_THROUGH and depth < 4:
+                reach(op.output(0), depth + 1)
     for op in model.get_ordered_ops():
-        for i in range(op.get_input_size()):
-            names = set(op.input_value(i).get_names()) & set(tensors)
+        for port in op.outputs():
+            names = set(port.get_names()) & wanted
             if names:
-                readers.append(op.get_friendly_name())
                 found |= names
-    missing = sorted(set(tensors) - found)
+                reach(port)
+    missing = sorted(wanted - found)
     if missing:
         raise ConverterError(f"--ignored-scope: no tensor named {missing[0]!r} in the FP32 IR (diagnose names them)")
     return readers

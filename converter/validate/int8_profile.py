@@ -119,7 +119,9 @@ def failures(name, profile, config, fp32_xml, int8_xml, full_hw, threads=2):
                 break
     extra = sorted(set(now) - set(profile["tensors"]))
     if extra:
-        out.append(f"{name}: {len(extra)} quantized tensor(s) not in the recorded profile, e.g. {extra[0]}")
+        out.append(f"{name}: {len(extra)} quantized tensor(s) not in the recorded profile, e.g. {extra[0]} "
+                   "(a profile of an older version of this tool, or another IR): rerun "
+                   "`ocrnet-convert quantize --force`")
     return out
 
 
