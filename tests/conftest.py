@@ -1,14 +1,19 @@
+"""The suite's session: its own cache, the tiers, and every heavy build made once.
+
+Tiers (README: Development): a test marked `slow` runs in `make test-slow`,
+one marked `e2e` in `make test-e2e`, every other in `make test`; pyproject's
+addopts select the default tier, and a test may carry at most one tier mark.
+"""
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURE = os.path.join(os.path.dirname(ROOT), "shared", "fixtures", "ocrnet_hrnetw48_state_dict.json")
+from tests.support import (FIXTURE, ROOT, SMALL_SHAPE, linked_build, lite_cli, run_cli,
+                           tree_digest)
+
 if not os.path.exists(FIXTURE):  # CI's clone has shared/ beside it, like the workspace
     FIXTURE = os.path.join(ROOT, "..", "shared", "fixtures", "ocrnet_hrnetw48_state_dict.json")
 
@@ -19,6 +24,15 @@ os.environ["OCRNET_CONVERT_OFFLINE"] = "1"
 # results key), removed at the end of the session.
 _CACHE = tempfile.mkdtemp(prefix="ocrnet-test-cache-")
 os.environ["OCRNET_CONVERT_CACHE"] = _CACHE
+
+TIERS = ("slow", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marks = [name for name in TIERS if item.get_closest_marker(name)]
+        if len(marks) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(marks)}: one tier per test")
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -31,19 +45,89 @@ def fixture_state():
         return json.load(fh)
 
 
-def run_cli(*args, env=None, timeout=900, cwd=None):
-    """Run `python -m converter ...` in a subprocess; return CompletedProcess."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "converter", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=cwd or ROOT)
+# --- the lite model: every mechanism is tested on it ---------------------------
+
+@pytest.fixture(scope="session")
+def lite_export(tmp_path_factory):
+    """The lite model exported with synthetic weights (dynamic shape); its
+    logits variant lies beside it in paddle-logits/."""
+    root = tmp_path_factory.mktemp("lite")
+    proc = lite_cli("export", "--weights", "synthetic", "--output", str(root / "paddle"),
+                    "--logits-output", str(root / "paddle-logits"))
+    assert proc.returncode == 0, proc.stderr
+    return root / "paddle"
 
 
 @pytest.fixture(scope="session")
-def synthetic_export(tmp_path_factory):
-    """One synthetic-weights export (dynamic shape), shared by the suite; the
-    logits variant lies beside it in paddle-logits/."""
-    root = tmp_path_factory.mktemp("export")
+def lite_export_logits(lite_export):
+    return lite_export.parent / "paddle-logits"
+
+
+@pytest.fixture(scope="session")
+def lite_build(lite_export):
+    """The lite export's folder converted to ONNX and IR at 1x3x256x512, with
+    the IRs' Model API flavour. Tests read it; one that writes works on a
+    linked_build of it."""
+    work = lite_export.parent
+    for args in (("onnx", "--input-shape", SMALL_SHAPE), ("openvino", "--input-shape", SMALL_SHAPE),
+                 ("model-api",)):
+        proc = lite_cli(*args, "--workdir", str(work))
+        assert proc.returncode == 0, proc.stderr
+    return work
+
+
+@pytest.fixture(scope="session")
+def lite_int8(lite_build, tmp_path_factory):
+    """The lite build with its INT8 IR: the suite's one NNCF run. No test may
+    change it (checked at the end of the session); a test that quantizes
+    again or edits the IR works on a linked_build of it."""
+    work = linked_build(lite_build, tmp_path_factory.mktemp("int8") / "work", link=("paddle", "onnx"))
+    proc = lite_cli("quantize", "--workdir", str(work))
+    assert proc.returncode == 0, proc.stderr
+    before = tree_digest(work / "openvino")
+    yield work
+    assert tree_digest(work / "openvino") == before, "a test changed the shared INT8 build"
+
+
+@pytest.fixture(scope="session")
+def lite_release(lite_build, tmp_path_factory):
+    """The lite build with parity run (one image) and its manifest: a release."""
+    # onnx and openvino as files (hard links), not symlinks: the manifest lists them
+    work = linked_build(lite_build, tmp_path_factory.mktemp("release") / "work", link=("paddle",))
+    for args in (("parity", "--images", os.path.join(ROOT, "converter", "samples", "street_2.jpg")),
+                 ("manifest",)):
+        proc = lite_cli(*args, "--workdir", str(work))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return work
+
+
+@pytest.fixture(scope="session")
+def no_reverse_build(lite_build, tmp_path_factory):
+    """The lite build whose FP32 IR lost its channel reversal (RGB fed as
+    BGR), recorded as the stage's own output: a converter bug, and a gate
+    that must fail."""
+    import openvino as ov
+
+    from converter.stages.openvino import build_ir
+    from tests.support import ir, lite_config, rerecord
+
+    work = linked_build(lite_build, tmp_path_factory.mktemp("no-reverse") / "w", link=("paddle", "onnx"))
+    pre = dict(lite_config().baked(), order=[0, 1, 2])
+    target = ir(work)
+    target.unlink()
+    ir(work, ext="bin").unlink()
+    ov.save_model(build_ir(str(work / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre), str(target),
+                  compress_to_fp16=False)
+    rerecord(work / "openvino", "openvino.json", "FP32")
+    return work
+
+
+# --- W48, the shipped model: where its numbers or its size are the point --------
+
+@pytest.fixture(scope="session")
+def w48_export(tmp_path_factory):
+    """The shipped config's W48 exported with synthetic weights (seed 0), with its logits variant."""
+    root = tmp_path_factory.mktemp("w48")
     proc = run_cli("export", "--weights", "synthetic", "--output", str(root / "paddle"),
                    "--logits-output", str(root / "paddle-logits"))
     assert proc.returncode == 0, proc.stderr
@@ -51,69 +135,10 @@ def synthetic_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def synthetic_export_logits(synthetic_export):
-    return synthetic_export.parent / "paddle-logits"
-
-
-SMALL_SHAPE = "1,3,256,512"
-
-
-@pytest.fixture(scope="session")
-def small_workdir(synthetic_export):
-    """The export's folder converted to ONNX and IR at 1x3x256x512, with the
-    IRs' Model API flavour."""
-    work = synthetic_export.parent
-    for args in (("onnx", "--input-shape", SMALL_SHAPE), ("openvino", "--input-shape", SMALL_SHAPE), ("model-api",)):
-        proc = run_cli(*args, "--workdir", str(work))
+def w48_build(w48_export):
+    """W48 converted to ONNX and IR at 1x3x256x512."""
+    work = w48_export.parent
+    for stage in ("onnx", "openvino"):
+        proc = run_cli(stage, "--workdir", str(work), "--input-shape", SMALL_SHAPE)
         assert proc.returncode == 0, proc.stderr
     return work
-
-
-INT8_TILE = "128x256"
-
-
-@pytest.fixture(scope="session")
-def int8_workdir(small_workdir, tmp_path_factory):
-    """A copy of the small build with the INT8 IR (the shared build stays without it)."""
-    work = tmp_path_factory.mktemp("int8") / "work"
-    work.mkdir()
-    for name in ("paddle", "onnx"):
-        os.symlink(small_workdir / name, work / name)
-    shutil.copytree(small_workdir / "openvino", work / "openvino")
-    proc = run_cli("quantize", "--workdir", str(work), "--calibration-tile", INT8_TILE)
-    assert proc.returncode == 0, proc.stderr
-    return work
-
-
-@pytest.fixture(scope="session")
-def release_build(small_workdir, tmp_path_factory):
-    """A copy of the small build with parity run (one image) and its manifest."""
-    work = tmp_path_factory.mktemp("release") / "work"
-    work.mkdir()
-    os.symlink(small_workdir / "paddle", work / "paddle")
-    for name in ("onnx", "openvino"):   # packaged: real files, so that the manifest lists them
-        shutil.copytree(small_workdir / name, work / name)
-    for args in (("parity", "--images", os.path.join(ROOT, "converter", "samples", "street_2.jpg")), ("manifest",)):
-        proc = run_cli(*args, "--workdir", str(work))
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return work
-
-
-def original_input(rgb):
-    """The original model's input for an RGB image, per the default config."""
-    from converter.config import load_config
-    from converter.data.images import input_contract, prepare
-    return prepare(rgb, input_contract(load_config(), "original"))
-
-
-def converted_input(rgb):
-    """The converted models' input (raw BGR 0..255), per the default config."""
-    from converter.config import load_config
-    from converter.data.images import input_contract, prepare
-    return prepare(rgb, input_contract(load_config(), "converted"))
-
-
-def default_contract():
-    from converter.config import load_config
-    from converter.data.images import input_contract
-    return input_contract(load_config(), "original")

@@ -11,18 +11,18 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import SMALL_SHAPE, run_cli
+from tests.support import SMALL_SHAPE, lite_cli
 
 
 @pytest.fixture(scope="module")
-def bench_workdir(small_workdir, tmp_path_factory):
+def bench_workdir(lite_build, tmp_path_factory):
     """The small build's stages, linked into a folder of its own: bench.json
     is written there, not into the build the other tests share."""
     work = tmp_path_factory.mktemp("bench") / "w"
     work.mkdir()
     for name in ("paddle", "onnx", "openvino"):
-        os.symlink(small_workdir / name, work / name)
-    proc = run_cli("bench", "--workdir", str(work), "--runs", "2", "--engine")
+        os.symlink(lite_build / name, work / name)
+    proc = lite_cli("bench", "--workdir", str(work), "--runs", "2", "--engine")
     assert proc.returncode in (0, 12), proc.stderr
     return work, proc
 
@@ -46,7 +46,7 @@ def test_bench_reports_every_backend_against_the_roofline(bench_workdir, fixture
         assert r["roofline_fraction"] == pytest.approx(r["gflops"] / record["sgemm"]["gflops"])
         assert r["speedup_over_f32_ir"] == pytest.approx(base["median_seconds"] / r["median_seconds"])
     # Every process held its model: peak RSS above the size of the weights it loaded.
-    weights_mb = os.path.getsize(work / "openvino" / "FP16" / "ocrnet-hrnet-w48-paddle.bin") / 2 ** 20
+    weights_mb = os.path.getsize(work / "openvino" / "FP16" / "ocrnet-lite.bin") / 2 ** 20
     assert all(r["peak_rss_mb"] > weights_mb for r in record["backends"].values())
     # Paddle runs in its steady-state configuration (fusion on); OpenVINO f32
     # really at f32, and the default precision is bf16 exactly when the CPU has it.
@@ -87,9 +87,9 @@ def test_bench_engine_holds_the_engine_to_benchs_figures(bench_workdir):
     assert "The engine against bench" in (work / "bench" / "bench.md").read_text()
 
 
-def test_bench_rejects_unknown_backend_and_wrong_shape(small_workdir):
-    proc = run_cli("bench", "--workdir", str(small_workdir), "--backends", "tensorrt")
+def test_bench_rejects_unknown_backend_and_wrong_shape(lite_build):
+    proc = lite_cli("bench", "--workdir", str(lite_build), "--backends", "tensorrt")
     assert proc.returncode == 2 and "invalid choice: 'tensorrt'" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_cli("bench", "--workdir", str(small_workdir), "--input-shape", "1,3,1024,2048")
+    proc = lite_cli("bench", "--workdir", str(lite_build), "--input-shape", "1,3,1024,2048")
     assert proc.returncode != 0 and "rebuild them with that --input-shape" in proc.stderr

@@ -99,7 +99,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
 
 
 def test_cli_refuses_malicious_checkpoint_in_one_line(tmp_path):
-    from tests.conftest import run_cli
+    from tests.support import run_cli
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pdparams"
     with open(path, "wb") as fh:
@@ -163,7 +163,7 @@ def corpus(tmp_path_factory):
 def test_every_hostile_checkpoint_is_refused_in_one_line(corpus, tmp_path):
     """Each file through the real CLI, under an address-space limit: one
     `error:` line, the expected exit code, no traceback, nothing written."""
-    from tests.conftest import ROOT
+    from tests.support import ROOT
     folder, cases = corpus
     failures = []
     for name, _, code in cases:

@@ -6,7 +6,7 @@ import yaml
 
 from converter.config import DEFAULT_CONFIG, load_config, validate
 from converter.errors import ConfigError
-from tests.conftest import run_cli
+from tests.support import run_cli
 
 
 @pytest.fixture

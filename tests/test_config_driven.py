@@ -7,25 +7,27 @@ import numpy as np
 import pytest
 import yaml
 
-from converter.config import DEFAULT_CONFIG, load_config
-from tests.conftest import run_cli
+from converter.config import load_config
+
+from tests.support import LITE, lite_config
+from tests.support import lite_cli
 
 MEAN, SCALE, SHAPE = [100.0, 110.0, 120.0], [50.0, 60.0, 70.0], (1, 3, 128, 256)
 
 
 @pytest.fixture(scope="module")
-def modified(synthetic_export, tmp_path_factory):
+def modified(lite_export, tmp_path_factory):
     root = tmp_path_factory.mktemp("modified")
-    with open(DEFAULT_CONFIG) as fh:
+    with open(LITE) as fh:
         raw = yaml.safe_load(fh)
     raw["original"]["preprocessing"] = {"mean": MEAN, "scale": SCALE}
     raw["converted"]["input"].update(color="RGB", shape=list(SHAPE))
     config_path = root / "modified.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     work = root / "w"
-    shutil.copytree(synthetic_export, work / "paddle")
+    shutil.copytree(lite_export, work / "paddle")
     for stage in ("onnx", "openvino"):
-        proc = run_cli(stage, "--config", str(config_path), "--workdir", str(work))  # shape from the config
+        proc = lite_cli(stage, "--config", str(config_path), "--workdir", str(work))  # shape from the config
         assert proc.returncode == 0, proc.stderr
     return load_config(str(config_path)), work
 
@@ -42,8 +44,8 @@ def _original(work, rgb):
     return make_runner("paddle", str(work / "paddle"), logits=True).infer(x)
 
 
-@pytest.mark.parametrize("runtime, model", [("onnxruntime", "onnx/ocrnet-hrnet-w48-paddle.onnx"),
-                                            ("openvino", "openvino/FP32/ocrnet-hrnet-w48-paddle.xml")])
+@pytest.mark.parametrize("runtime, model", [("onnxruntime", "onnx/ocrnet-lite.onnx"),
+                                            ("openvino", "openvino/FP32/ocrnet-lite.xml")])
 def test_converted_models_follow_the_modified_config(modified, runtime, model):
     from converter.runners import make_runner
     config, work = modified
@@ -75,4 +77,4 @@ def test_records_and_deploy_yaml_state_the_modified_interface(modified):
     from converter.stages.export import deploy_yaml
     text = deploy_yaml(config)
     assert "mean: [0.392157, 0.431373, 0.470588]" in text and "std: [0.196078, 0.235294, 0.27451]" in text
-    assert deploy_yaml(load_config()).endswith("- type: Normalize\n")  # the default: bare, as PaddleSeg writes it
+    assert deploy_yaml(lite_config()).endswith("- type: Normalize\n")  # the default: bare, as PaddleSeg writes it

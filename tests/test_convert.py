@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from converter.data.images import load_rgb, resize_rgb, sample_images
-from tests.conftest import converted_input, original_input
-from tests.conftest import SMALL_SHAPE as SHAPE, run_cli
+from tests.support import converted_input, original_input
+from tests.support import SMALL_SHAPE as SHAPE, lite_cli
 
-ONNX = "onnx/ocrnet-hrnet-w48-paddle.onnx"
-IR32 = "openvino/FP32/ocrnet-hrnet-w48-paddle.xml"
-IR16 = "openvino/FP16/ocrnet-hrnet-w48-paddle.xml"
+ONNX = "onnx/ocrnet-lite.onnx"
+IR32 = "openvino/FP32/ocrnet-lite.xml"
+IR16 = "openvino/FP16/ocrnet-lite.xml"
 
 
 def _images():
@@ -24,9 +24,9 @@ def _images():
 
 
 @pytest.fixture(scope="session")
-def reference_maps(small_workdir):
+def reference_maps(lite_build):
     from converter.runners import make_runner
-    runner = make_runner("paddle", str(small_workdir / "paddle"))
+    runner = make_runner("paddle", str(lite_build / "paddle"))
     return [(rgb, runner.infer(original_input(rgb))["argmax_0.tmp_0"]) for rgb in _images()]
 
 
@@ -39,9 +39,9 @@ def _agreement(runner, reference_maps):
     return min(scores)
 
 
-def test_onnx_interface_and_checker(small_workdir):
+def test_onnx_interface_and_checker(lite_build):
     import onnx
-    path = str(small_workdir / ONNX)
+    path = str(lite_build / ONNX)
     onnx.checker.check_model(path, full_check=True)
     model = onnx.load(path, load_external_data=False)
     (inp,), (out,) = model.graph.input, model.graph.output
@@ -53,9 +53,9 @@ def test_onnx_interface_and_checker(small_workdir):
 
 
 @pytest.mark.parametrize("ir", [IR32, IR16])
-def test_ir_interface(small_workdir, ir):
+def test_ir_interface(lite_build, ir):
     import openvino as ov
-    model = ov.Core().read_model(str(small_workdir / ir))
+    model = ov.Core().read_model(str(lite_build / ir))
     (inp,), (out,) = model.inputs, model.outputs
     assert inp.get_any_name() == "x" and inp.get_element_type() == ov.Type.f32
     assert list(inp.get_shape()) == [1, 3, 256, 512]
@@ -63,24 +63,24 @@ def test_ir_interface(small_workdir, ir):
     assert out.get_element_type() == ov.Type.i32
 
 
-def test_onnx_with_baked_preprocessing_matches_original(small_workdir, reference_maps):
+def test_onnx_with_baked_preprocessing_matches_original(lite_build, reference_maps):
     from converter.runners import make_runner
-    assert _agreement(make_runner("onnxruntime", str(small_workdir / ONNX)), reference_maps) >= 0.9999
+    assert _agreement(make_runner("onnxruntime", str(lite_build / ONNX)), reference_maps) >= 0.9999
 
 
-def test_ir_fp32_with_baked_preprocessing_matches_original(small_workdir, reference_maps):
+def test_ir_fp32_with_baked_preprocessing_matches_original(lite_build, reference_maps):
     from converter.runners import make_runner
-    runner = make_runner("openvino", str(small_workdir / IR32), precision="f32")
+    runner = make_runner("openvino", str(lite_build / IR32), precision="f32")
     assert "32" in runner.info["effective_precision"]
     assert _agreement(runner, reference_maps) >= 0.9999
 
 
-def _control_runner(small_workdir, **preprocess):
+def _mean_zero_runner(lite_build):
     import openvino as ov
     from converter.stages.openvino import build_ir
-    from converter.config import load_config
-    pre = dict(load_config().baked(), **preprocess)  # the config's preprocessing, one part broken
-    model = build_ir(str(small_workdir / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre)
+    from tests.support import lite_config
+    pre = dict(lite_config().baked(), mean=[0.0] * 3)  # the config's preprocessing, one part broken
+    model = build_ir(str(lite_build / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre)
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     class _Runner:
@@ -89,17 +89,22 @@ def _control_runner(small_workdir, **preprocess):
     return _Runner()
 
 
-@pytest.mark.parametrize("preprocess", [{"order": [0, 1, 2]}, {"mean": [0.0] * 3}], ids=["no-reverse", "mean-0"])
-def test_negative_controls_are_detected(small_workdir, reference_maps, preprocess):
-    assert _agreement(_control_runner(small_workdir, **preprocess), reference_maps) < 0.99
+@pytest.mark.parametrize("broken", ["no-reverse", "mean-0"])
+def test_negative_controls_are_detected(request, lite_build, reference_maps, broken):
+    from converter.runners import make_runner
+    if broken == "no-reverse":
+        runner = make_runner("openvino", str(request.getfixturevalue("no_reverse_build") / IR32))
+    else:
+        runner = _mean_zero_runner(lite_build)
+    assert _agreement(runner, reference_maps) < 0.99
 
 
-def test_ir_from_onnx_equals_ir_from_paddle(small_workdir, tmp_path, reference_maps):
+def test_ir_from_onnx_equals_ir_from_paddle(lite_build, tmp_path, reference_maps):
     work = tmp_path / "w"
     work.mkdir()
-    os.symlink(small_workdir / "paddle", work / "paddle")
-    os.symlink(small_workdir / "onnx", work / "onnx")
-    proc = run_cli("openvino", "--workdir", str(work), "--input-shape", SHAPE, "--from", "onnx")
+    for name in ("paddle", "onnx"):
+        os.symlink(lite_build / name, work / name)
+    proc = lite_cli("openvino", "--workdir", str(work), "--input-shape", SHAPE, "--from", "onnx")
     assert proc.returncode == 0, proc.stderr
     from converter.runners import make_runner
     assert _agreement(make_runner("openvino", str(work / IR32)), reference_maps) >= 0.9999
@@ -117,7 +122,7 @@ def test_guard_refuses_pip_inside_conversion():
     assert subprocess.run([sys.executable, "-c", "pass"]).returncode == 0
 
 
-def test_onnx_stage_runs_with_installers_booby_trapped(tmp_path, synthetic_export):
+def test_onnx_stage_runs_with_installers_booby_trapped(tmp_path, lite_export):
     """With a fake pip first on PATH that records any call, the stage succeeds
     and never calls it."""
     fake = tmp_path / "bin"
@@ -129,8 +134,8 @@ def test_onnx_stage_runs_with_installers_booby_trapped(tmp_path, synthetic_expor
         script.chmod(0o755)
     work = tmp_path / "w"
     work.mkdir()
-    os.symlink(synthetic_export, work / "paddle")
-    proc = run_cli("onnx", "--workdir", str(work), "--input-shape", "1,3,64,128",
+    os.symlink(lite_export, work / "paddle")
+    proc = lite_cli("onnx", "--workdir", str(work), "--input-shape", "1,3,64,128",
                    env={"PATH": f"{fake}:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr
     assert not marker.exists()
@@ -138,12 +143,12 @@ def test_onnx_stage_runs_with_installers_booby_trapped(tmp_path, synthetic_expor
 
 def test_missing_export_is_one_line_error(tmp_path):
     for stage in ("onnx", "openvino"):
-        proc = run_cli(stage, "--workdir", str(tmp_path), "--input-shape", SHAPE)
+        proc = lite_cli(stage, "--workdir", str(tmp_path), "--input-shape", SHAPE)
         assert proc.returncode == 8
         assert proc.stderr.strip() == f"error: missing {tmp_path}/paddle/export.json: run the export stage first (make convert)"
         assert not (tmp_path / stage).exists()
 
 
 def test_bad_input_shape_is_rejected(tmp_path):
-    proc = run_cli("onnx", "--workdir", str(tmp_path), "--input-shape", "1,3,100,abc")
+    proc = lite_cli("onnx", "--workdir", str(tmp_path), "--input-shape", "1,3,100,abc")
     assert proc.returncode == 2 and "expected N,C,H,W integers" in proc.stderr

@@ -11,35 +11,25 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_cli
-from tests.test_quantize import _rerecord, _save_over
+from tests.support import ROOT, linked_build, lite_cli
+from tests.support import rerecord as _rerecord, save_over as _save_over
 
-IR = "openvino/FP32/ocrnet-hrnet-w48-paddle.xml"
-INT8 = "openvino/INT8/ocrnet-hrnet-w48-paddle.xml"
+IR = "openvino/FP32/ocrnet-lite.xml"
+INT8 = "openvino/INT8/ocrnet-lite.xml"
 QUARTER = "1,3,128,256"   # the IRs reshape; a quarter of the work of the build's 256x512
 
 
 def _diagnose(work, backend, out, *extra):
-    proc = run_cli("diagnose", "--workdir", str(work), "--backend", backend, "--output", str(out), *extra)
+    proc = lite_cli("diagnose", "--workdir", str(work), "--backend", backend, "--output", str(out), *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "diagnose.json").read_text())
 
 
-def _copy(small_workdir, tmp_path, openvino=True):
-    work = tmp_path / "w"
-    work.mkdir()
-    for name in ("paddle", "onnx") + (() if openvino else ("openvino",)):
-        os.symlink(small_workdir / name, work / name)
-    if openvino:
-        shutil.copytree(small_workdir / "openvino", work / "openvino", ignore=shutil.ignore_patterns("INT8"))
-    return work
-
-
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino-fp32-f32"])
-def test_a_correct_build_has_no_divergence(small_workdir, tmp_path, backend):
-    doc = _diagnose(small_workdir, backend, tmp_path / "d")
+def test_a_correct_build_has_no_divergence(lite_build, tmp_path, backend):
+    doc = _diagnose(lite_build, backend, tmp_path / "d")
     assert doc["first_divergence"] is None and doc["input_shape"] == [1, 3, 256, 512]
-    assert len(doc["layers"]) > 700 and all(l["rel_p99"] <= 1e-4 for l in doc["layers"])
+    assert len(doc["layers"]) > 200 and all(l["rel_p99"] <= 1e-4 for l in doc["layers"])
     assert [l["index"] for l in doc["layers"]] == sorted(l["index"] for l in doc["layers"])
     assert {"tensor", "op", "index", "shape", "abs_max", "rel_max", "rel_p99", "cosine", "growth"} <= set(
         doc["layers"][0])
@@ -50,18 +40,8 @@ def test_a_correct_build_has_no_divergence(small_workdir, tmp_path, backend):
     assert Image.open(tmp_path / "d" / "diagnose.png").size == (1400, 520)
 
 
-def test_an_ir_without_the_channel_reversal_diverges_at_the_first_tensor(small_workdir, tmp_path):
-    from converter.config import load_config
-    from converter.stages.openvino import build_ir
-
-    import openvino as ov
-
-    work = _copy(small_workdir, tmp_path)
-    pre = dict(load_config().baked(), order=[0, 1, 2])
-    ov.save_model(build_ir(str(work / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre), str(work / IR),
-                  compress_to_fp16=False)
-    _rerecord(work / "openvino", "openvino.json", "FP32")
-    doc = _diagnose(work, "openvino-fp32-f32", tmp_path / "d", "--first-only", "--input-shape", QUARTER)
+def test_an_ir_without_the_channel_reversal_diverges_at_the_first_tensor(no_reverse_build, tmp_path):
+    doc = _diagnose(no_reverse_build, "openvino-fp32-f32", tmp_path / "d", "--first-only", "--input-shape", QUARTER)
     assert doc["first_divergence"]["tensor"] == doc["layers"][0]["tensor"] == "batch_norm_0.tmp_2"
     assert "preprocessing" in doc["advice"][0]
 
@@ -86,8 +66,8 @@ def _scale_conv(xml, fraction):
 
 
 @pytest.mark.parametrize("fraction", [0.15, 0.5, 0.85])
-def test_a_scaled_convolution_is_found_where_it_feeds(small_workdir, tmp_path, fraction):
-    work = _copy(small_workdir, tmp_path)
+def test_a_scaled_convolution_is_found_where_it_feeds(lite_build, tmp_path, fraction):
+    work = linked_build(lite_build, tmp_path / "w", link=("paddle", "onnx"))
     fed = _scale_conv(work / IR, fraction)
     _rerecord(work / "openvino", "openvino.json", "FP32")
     doc = _diagnose(work, "openvino-fp32-f32", tmp_path / "d", "--first-only", "--input-shape", QUARTER)
@@ -124,10 +104,8 @@ def _break_fq(xml, fraction, how):
 
 
 @pytest.fixture
-def int8_copy(int8_workdir, tmp_path):
-    work = tmp_path / "w8"
-    shutil.copytree(int8_workdir, work, symlinks=True)
-    return work
+def int8_copy(lite_int8, tmp_path):
+    return linked_build(lite_int8, tmp_path / "w8", link=("paddle", "onnx"))
 
 
 def test_the_growth_ranking_puts_a_broken_fake_quantize_first(int8_copy, tmp_path):
@@ -142,29 +120,29 @@ def test_the_growth_ranking_puts_a_broken_fake_quantize_first(int8_copy, tmp_pat
     assert len(growth) == 10 and growth == sorted(growth, reverse=True) and all(g > 0 for g in growth)
 
 
-def test_the_int8_gate_fails_a_broken_fake_quantize_at_any_depth(int8_workdir, tmp_path):
+def test_the_int8_gate_fails_a_broken_fake_quantize_at_any_depth(lite_int8, tmp_path):
     """Each quantized tensor's error against the profile quantize recorded:
     the clean IR passes; one FakeQuantize mis-scaled or mis-shifted, at the
     first, middle and last third, fails, with that tensor first."""
-    from converter.config import load_config
+    from tests.support import lite_config
     from converter.records import read_record
     from converter.validate.int8_profile import failures
 
-    config = load_config()
-    profile = read_record(str(int8_workdir), "quantize").params["error_profile"]
-    assert len(profile["tensors"]) > 200 and profile["precision_hint"] == "f32"
-    fp32 = str(int8_workdir / IR)
-    assert failures("int8", profile, config, fp32, str(int8_workdir / INT8), (256, 512)) == []
+    config = lite_config()
+    profile = read_record(str(lite_int8), "quantize").params["error_profile"]
+    assert len(profile["tensors"]) > 80 and profile["precision_hint"] == "f32"
+    fp32 = str(lite_int8 / IR)
+    assert failures("int8", profile, config, fp32, str(lite_int8 / INT8), (256, 512)) == []
     # a profile that misses a quantized tensor (another IR, an older version) does not pass
     trimmed = dict(profile, tensors=dict(list(profile["tensors"].items())[1:]))
     assert any("not in the recorded profile" in f and "--force" in f
-               for f in failures("int8", trimmed, config, fp32, str(int8_workdir / INT8), (256, 512)))
+               for f in failures("int8", trimmed, config, fp32, str(lite_int8 / INT8), (256, 512)))
     for fraction in (0.1, 0.5, 0.9):
         for how in ("range-x4", "zero-point"):
             xml = tmp_path / f"{how}-{fraction}" / "m.xml"
             xml.parent.mkdir()
-            shutil.copy(int8_workdir / INT8, xml)
-            shutil.copy(str(int8_workdir / INT8)[:-4] + ".bin", str(xml)[:-4] + ".bin")
+            shutil.copy(lite_int8 / INT8, xml)
+            shutil.copy(str(lite_int8 / INT8)[:-4] + ".bin", str(xml)[:-4] + ".bin")
             broken = _break_fq(xml, fraction, how)
             found = failures("int8", profile, config, fp32, str(xml), (256, 512))
             assert found and broken in found[0], (how, fraction, broken, found[:3])   # the first in network order
@@ -173,13 +151,13 @@ def test_the_int8_gate_fails_a_broken_fake_quantize_at_any_depth(int8_workdir, t
 def test_parity_fails_a_broken_int8_build_and_says_how_to_diagnose_it(int8_copy):
     broken = _break_fq(int8_copy / INT8, 0.5, "zero-point")
     _rerecord(int8_copy / "openvino" / "INT8", "quantize.json")
-    proc = run_cli("parity", "--workdir", str(int8_copy), "--backends", "openvino-int8-default", "--images",
+    proc = lite_cli("parity", "--workdir", str(int8_copy), "--backends", "openvino-int8-default", "--images",
                    os.path.join(ROOT, "converter", "samples", "street_1.jpg"))
     assert proc.returncode == 10, proc.stdout + proc.stderr
     report = json.loads((int8_copy / "parity" / "report.json").read_text())
     assert any(broken in f for f in report["failures"]), report["failures"]
     command = report["diagnose"]["openvino-int8-default"]["command"]
-    assert command.startswith("ocrnet-convert diagnose --workdir") and "--backend openvino-int8-default" in command
+    assert command.startswith("ocrnet-convert diagnose --config ") and "--workdir" in command and "--backend openvino-int8-default" in command
     assert command in (int8_copy / "parity" / "report.md").read_text()
 
 
@@ -198,16 +176,16 @@ def _baseline_peak_mb(work):
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def test_memory_is_bounded_by_the_window_not_the_network(small_workdir, tmp_path):
-    """In windows of 32 MB of tensors per model, the peak RSS is the runtimes'
+def test_memory_is_bounded_by_the_window_not_the_network(lite_build, tmp_path):
+    """In windows of 16 MB of tensors per model, the peak RSS is the runtimes'
     plus a few windows, and the figures are those of one window for all."""
-    whole = _diagnose(small_workdir, "openvino-fp32-f32", tmp_path / "whole", "--input-shape", QUARTER)
-    windowed = _diagnose(small_workdir, "openvino-fp32-f32", tmp_path / "win", "--input-shape", QUARTER,
-                         "--window-mb", "32")
+    whole = _diagnose(lite_build, "openvino-fp32-f32", tmp_path / "whole", "--input-shape", QUARTER)
+    windowed = _diagnose(lite_build, "openvino-fp32-f32", tmp_path / "win", "--input-shape", QUARTER,
+                         "--window-mb", "16")
     assert whole["windows"]["count"] == 1 and windowed["windows"]["count"] > 3
-    assert windowed["windows"]["largest_mb"] <= 32
+    assert windowed["windows"]["largest_mb"] <= 16
     assert [(l["tensor"], l["rel_p99"]) for l in windowed["layers"]] == [(l["tensor"], l["rel_p99"])
                                                                         for l in whole["layers"]]
-    base = _baseline_peak_mb(small_workdir)
-    assert windowed["peak_rss_mb"] <= base + 4 * 32 + 256, (windowed["peak_rss_mb"], base)
+    base = _baseline_peak_mb(lite_build)
+    assert windowed["peak_rss_mb"] <= base + 4 * 16 + 256, (windowed["peak_rss_mb"], base)
     assert windowed["peak_rss_mb"] < whole["peak_rss_mb"]

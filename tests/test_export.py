@@ -5,26 +5,26 @@ import numpy as np
 import pytest
 
 from converter.data.images import load_rgb, resize_rgb, sample_images
-from tests.conftest import default_contract, original_input
-from tests.conftest import run_cli
+from tests.support import default_contract, original_input
+from tests.support import run_cli
 
 
 def _small_input():
     return original_input(resize_rgb(load_rgb(sample_images()[0]), 512, 256))
 
 
-def test_export_writes_release_format(synthetic_export):
-    names = sorted(p.name for p in synthetic_export.iterdir())
+def test_export_writes_release_format(lite_export):
+    names = sorted(p.name for p in lite_export.iterdir())
     assert names == ["deploy.yaml", "export.json", "model.pdiparams", "model.pdiparams.info", "model.pdmodel"]
-    assert (synthetic_export / "deploy.yaml").read_text() == (
+    assert (lite_export / "deploy.yaml").read_text() == (
         "Deploy:\n  model: model.pdmodel\n  params: model.pdiparams\n  transforms:\n  - type: Normalize\n")
     # 70,466,150 float32 values, plus a small header per tensor
-    assert 70466150 * 4 < (synthetic_export / "model.pdiparams").stat().st_size < 70466150 * 4 + 2_000_000
-    record = json.loads((synthetic_export / "export.json").read_text())
+    assert 70466150 * 4 < (lite_export / "model.pdiparams").stat().st_size < 70466150 * 4 + 2_000_000
+    record = json.loads((lite_export / "export.json").read_text())
     assert record["weights"]["kind"] == "synthetic" and record["weights"]["seed"] == 0
 
 
-def test_round_trip_paddle_inference_equals_dygraph(synthetic_export, synthetic_export_logits):
+def test_round_trip_paddle_inference_equals_dygraph(lite_export, lite_export_logits):
     """Same weights, same input: the inference model computes what our dygraph model does."""
     import paddle
     from converter.model import build_model
@@ -36,12 +36,12 @@ def test_round_trip_paddle_inference_equals_dygraph(synthetic_export, synthetic_
     x = _small_input()
     with paddle.no_grad():
         ref = model(paddle.to_tensor(x))[0].numpy()
-    logits = make_runner("paddle", str(synthetic_export_logits)).infer(x)
+    logits = make_runner("paddle", str(lite_export_logits)).infer(x)
     got = next(iter(logits.values()))
     assert got.shape == (1, 19, 256, 512) and got.dtype == np.float32
     scale = np.abs(ref).max()
     assert np.abs(got - ref).max() <= 1e-3 * scale
-    classes = make_runner("paddle", str(synthetic_export)).infer(x)["argmax_0.tmp_0"]
+    classes = make_runner("paddle", str(lite_export)).infer(x)["argmax_0.tmp_0"]
     assert classes.shape == (1, 256, 512) and classes.dtype == np.int32
     dyn = ref.argmax(1)
     differ = classes != dyn
@@ -51,38 +51,38 @@ def test_round_trip_paddle_inference_equals_dygraph(synthetic_export, synthetic_
     assert np.all(margin[differ] < 1e-3 * scale)  # any flip is a near-tie
 
 
-def test_paddle_runner_logits_equal_the_without_argmax_export(synthetic_export, synthetic_export_logits):
+def test_paddle_runner_logits_equal_the_without_argmax_export(lite_export, lite_export_logits):
     """Parity takes the original's logits from an extra fetch on the shipped
     program; they must be the --without-argmax export's logits, and the class
     map must be the plain run's, bit for bit. The artifact is left unchanged."""
     from converter.runners import make_runner
     x = _small_input()
-    before = (synthetic_export / "model.pdmodel").read_bytes()
-    both = make_runner("paddle", str(synthetic_export), logits=True).infer(x)
+    before = (lite_export / "model.pdmodel").read_bytes()
+    both = make_runner("paddle", str(lite_export), logits=True).infer(x)
     assert sorted(both) == ["argmax_0.tmp_0", "logits"]
-    assert (synthetic_export / "model.pdmodel").read_bytes() == before
-    exported = next(iter(make_runner("paddle", str(synthetic_export_logits)).infer(x).values()))
+    assert (lite_export / "model.pdmodel").read_bytes() == before
+    exported = next(iter(make_runner("paddle", str(lite_export_logits)).infer(x).values()))
     np.testing.assert_array_equal(both["logits"], exported)
-    plain = make_runner("paddle", str(synthetic_export)).infer(x)["argmax_0.tmp_0"]
+    plain = make_runner("paddle", str(lite_export)).infer(x)["argmax_0.tmp_0"]
     np.testing.assert_array_equal(both["argmax_0.tmp_0"], plain)
     np.testing.assert_array_equal(plain, exported.argmax(1))
 
 
-def test_paddle_runner_refuses_logits_on_a_logits_export(synthetic_export_logits):
+def test_paddle_runner_refuses_logits_on_a_logits_export(lite_export_logits):
     from converter.errors import StageError
     from converter.runners import make_runner
     with pytest.raises(StageError, match="arg_max"):
-        make_runner("paddle", str(synthetic_export_logits), logits=True)
+        make_runner("paddle", str(lite_export_logits), logits=True)
 
 
-def test_residual_fusion_changes_speed_not_the_classes(synthetic_export):
+def test_residual_fusion_changes_speed_not_the_classes(lite_export):
     """The benchmark keeps Paddle's conv+add fusion pass that parity skips
     (it costs ~11 s of load); both configurations must compute the same map
     up to near-ties."""
     from converter.runners import make_runner
     x = _small_input()
-    fused = make_runner("paddle", str(synthetic_export), logits=True, fuse_residual_add=True)
-    plain = make_runner("paddle", str(synthetic_export), logits=True)
+    fused = make_runner("paddle", str(lite_export), logits=True, fuse_residual_add=True)
+    plain = make_runner("paddle", str(lite_export), logits=True)
     assert fused.info["fuse_residual_add"] and not plain.info["fuse_residual_add"]
     a, b = fused.infer(x), plain.infer(x)
     scale = np.abs(b["logits"]).max()
@@ -90,15 +90,15 @@ def test_residual_fusion_changes_speed_not_the_classes(synthetic_export):
     assert (a["argmax_0.tmp_0"] != b["argmax_0.tmp_0"]).mean() < 1e-4
 
 
-def test_dynamic_shape_runs_at_another_size(synthetic_export):
+def test_dynamic_shape_runs_at_another_size(lite_export):
     from converter.runners import make_runner
-    out = make_runner("paddle", str(synthetic_export)).infer(np.zeros((1, 3, 128, 192), np.float32))
+    out = make_runner("paddle", str(lite_export)).infer(np.zeros((1, 3, 128, 192), np.float32))
     assert out["argmax_0.tmp_0"].shape == (1, 128, 192)
 
 
-def test_openvino_reads_the_export_directly(synthetic_export):
+def test_openvino_reads_the_export_directly(lite_export):
     import openvino as ov
-    model = ov.convert_model(str(synthetic_export / "model.pdmodel"))
+    model = ov.convert_model(str(lite_export / "model.pdmodel"))
     assert model.inputs[0].get_partial_shape().rank.get_length() == 4
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     out = compiled(np.zeros((1, 3, 64, 128), np.float32))[0]

@@ -16,7 +16,7 @@ import yaml
 from converter.stages import fetch
 from converter.config import DEFAULT_CONFIG, load_config
 from converter.errors import ChecksumError, FetchError
-from tests.conftest import ROOT, run_cli
+from tests.support import ROOT, run_cli
 from tests.faulty_server import FaultyServer
 
 BIG = "model.pdparams"

@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, SMALL_SHAPE, run_cli
-from tests.test_hardening import one_line_error
+from tests.support import ROOT, SMALL_SHAPE, lite_cli
+from tests.support import one_line_error
 
 
 @contextlib.contextmanager
@@ -69,33 +69,33 @@ def fitting_checkpoint(tmp_path_factory, fixture_state):
 
 def test_export_on_a_full_disk(tmp_path, fitting_checkpoint):
     with full_disk(tmp_path / "disk") as disk:
-        proc = run_cli("export", "--weights", str(fitting_checkpoint), "--allow-unverified",
+        proc = lite_cli("export", "--weights", str(fitting_checkpoint), "--allow-unverified",
                        "--workdir", str(disk))
         one_line_error(proc, 11, "disk full")
         assert _finals(disk) == []
 
 
 @pytest.mark.parametrize("stage", ["onnx", "openvino"])
-def test_conversion_on_a_full_disk(tmp_path, small_workdir, stage):
+def test_conversion_on_a_full_disk(tmp_path, lite_build, stage):
     src = tmp_path / "src"
-    shutil.copytree(small_workdir / "paddle", src / "paddle")
+    shutil.copytree(lite_build / "paddle", src / "paddle")
     with full_disk(tmp_path / "disk", src) as disk:
-        proc = run_cli(stage, "--workdir", str(disk), "--input-shape", SMALL_SHAPE)
+        proc = lite_cli(stage, "--workdir", str(disk), "--input-shape", SMALL_SHAPE)
         one_line_error(proc, 11, "disk full")
         assert _finals(disk) == _finals(src)
 
 
 @pytest.fixture(scope="module")
-def small_build(small_workdir, tmp_path_factory):
+def small_build(lite_build, tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
     for name in ("paddle", "onnx", "openvino"):
-        shutil.copytree(small_workdir / name, root / name)
+        shutil.copytree(lite_build / name, root / name)
     return root
 
 
 def test_parity_on_a_full_disk(tmp_path, small_build):
     with full_disk(tmp_path / "disk", small_build) as disk:
-        proc = run_cli("parity", "--workdir", str(disk), "--images",
+        proc = lite_cli("parity", "--workdir", str(disk), "--images",
                        os.path.join(ROOT, "converter", "samples", "street_1.jpg"))
         one_line_error(proc, 11, "disk full")
         assert not (disk / "parity" / "report.json").exists()
@@ -107,7 +107,7 @@ def test_parity_on_a_full_disk(tmp_path, small_build):
 
 def test_manifest_on_a_full_disk(tmp_path, small_build):
     with full_disk(tmp_path / "disk", small_build, margin=1024) as disk:
-        proc = run_cli("manifest", "--workdir", str(disk))
+        proc = lite_cli("manifest", "--workdir", str(disk))
         one_line_error(proc, 11, "disk full")
         if (disk / "MANIFEST.json").exists():
             json.loads((disk / "MANIFEST.json").read_text())  # whole, if there at all

@@ -10,7 +10,6 @@ import pickle
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -18,40 +17,17 @@ import pytest
 import yaml
 
 from converter.config import DEFAULT_CONFIG
-from tests.conftest import ROOT, SMALL_SHAPE, run_cli
-
-
-def one_line_error(proc, code, *fragments):
-    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def build_copy(small_workdir, tmp_path_factory):
-    """A pristine copy of the small build (export, onnx, openvino at 256x512)."""
-    root = tmp_path_factory.mktemp("pristine") / "w"
-    shutil.copytree(small_workdir, root, ignore=shutil.ignore_patterns("paddle-logits", "parity", ".*"))
-    return root
-
-
-def _link_or_copy(src, dst):
-    """Model files (over 1 MB) are hard links to the pristine build, records
-    and small files copies: thirty 1 GB copies would fill a CI disk. Tests
-    change a model file only through _replace, which breaks the link."""
-    if os.path.getsize(src) > 1 << 20:
-        os.link(src, dst)
-    else:
-        shutil.copy2(src, dst)
+from tests.support import ROOT, SMALL_SHAPE, linked_build, lite_cli, one_line_error, lite_command
 
 
 @pytest.fixture
-def workdir(build_copy, tmp_path):
+def workdir(lite_build, tmp_path):
+    """The lite build (export, onnx, openvino at 256x512) as a linked_build of
+    its own: tests change a model file only through _replace, which breaks the link."""
     work = tmp_path / "w"
-    shutil.copytree(build_copy, work, copy_function=_link_or_copy)
+    work.mkdir()
+    for name in ("paddle", "onnx", "openvino"):
+        linked_build(lite_build / name, work / name)
     return work
 
 
@@ -80,18 +56,18 @@ def _flip_byte(path, offset=-100):
 def test_tampered_paddle_weights_are_refused_by_every_later_stage(workdir, tmp_path, command):
     _flip_byte(workdir / "paddle" / "model.pdiparams")
     extra = ("--output", str(tmp_path / "pred")) if command[0] == "predict" else ()
-    proc = run_cli(command[0], "--workdir", str(workdir), *command[1:], *extra)
+    proc = lite_cli(command[0], "--workdir", str(workdir), *command[1:], *extra)
     one_line_error(proc, 8, "model.pdiparams", "sha256")
     assert not (workdir / "MANIFEST.json").exists() and not (tmp_path / "pred").exists()
 
 
 def test_tampered_ir_is_refused_and_untampered_copy_is_not(workdir, tmp_path):
     sample = os.path.join(ROOT, "converter", "samples", "street_1.jpg")
-    ok = run_cli("predict", sample, "--workdir", str(workdir), "--output", str(tmp_path / "a"))
+    ok = lite_cli("predict", sample, "--workdir", str(workdir), "--output", str(tmp_path / "a"))
     assert ok.returncode == 0, ok.stderr  # control
-    _flip_byte(workdir / "openvino" / "FP16" / "ocrnet-hrnet-w48-paddle.bin")
-    proc = run_cli("predict", sample, "--workdir", str(workdir), "--output", str(tmp_path / "b"))
-    one_line_error(proc, 8, "FP16", "ocrnet-hrnet-w48-paddle.bin")
+    _flip_byte(workdir / "openvino" / "FP16" / "ocrnet-lite.bin")
+    proc = lite_cli("predict", sample, "--workdir", str(workdir), "--output", str(tmp_path / "b"))
+    one_line_error(proc, 8, "FP16", "ocrnet-lite.bin")
 
 
 @pytest.mark.parametrize("content, fragment", [
@@ -106,12 +82,12 @@ def test_corrupt_stage_records_are_one_line_errors(workdir, tmp_path, content, f
     (workdir / "openvino" / "openvino.json").write_text(content)
     for command in (("predict", os.path.join(ROOT, "converter", "samples", "street_1.jpg"),
                      "--output", str(tmp_path / "p")), ("manifest",), ("parity",)):
-        one_line_error(run_cli(command[0], "--workdir", str(workdir), *command[1:]), 8, "openvino.json", fragment)
+        one_line_error(lite_cli(command[0], "--workdir", str(workdir), *command[1:]), 8, "openvino.json", fragment)
 
 
 def test_corrupt_export_record_is_refused_by_onnx(workdir):
     (workdir / "paddle" / "export.json").write_text('["stage", "export"]')
-    one_line_error(run_cli("onnx", "--workdir", str(workdir), "--input-shape", SMALL_SHAPE), 8,
+    one_line_error(lite_cli("onnx", "--workdir", str(workdir), "--input-shape", SMALL_SHAPE), 8,
                    "export.json", "expected a JSON object")
 
 
@@ -120,20 +96,20 @@ def test_garbage_model_with_a_matching_record_is_a_one_line_error(workdir, tmp_p
     is still one line (predict in-process, bench in a worker)."""
     from converter.util.fsutil import describe_files
     folder = workdir / "openvino" / "FP32"
-    binary = folder / "ocrnet-hrnet-w48-paddle.bin"
+    binary = folder / "ocrnet-lite.bin"
     _replace(binary, binary.read_bytes()[:1000])
     record = json.loads((workdir / "openvino" / "openvino.json").read_text())
     record["files"]["FP32"] = describe_files(str(folder), list(record["files"]["FP32"]))
     (workdir / "openvino" / "openvino.json").write_text(json.dumps(record))
     sample = os.path.join(ROOT, "converter", "samples", "street_1.jpg")
-    one_line_error(run_cli("predict", sample, "--workdir", str(workdir), "--output", str(tmp_path / "p")), 8,
-                   "ocrnet-hrnet-w48-paddle")
-    one_line_error(run_cli("bench", "--workdir", str(workdir), "--runs", "1", "--backends", "openvino-fp32-f32"),
+    one_line_error(lite_cli("predict", sample, "--workdir", str(workdir), "--output", str(tmp_path / "p")), 8,
+                   "ocrnet-lite")
+    one_line_error(lite_cli("bench", "--workdir", str(workdir), "--runs", "1", "--backends", "openvino-fp32-f32"),
                    8, "openvino-fp32-f32 backend failed")
 
 
 def test_manifest_refuses_a_folder_without_a_build(tmp_path):
-    one_line_error(run_cli("manifest", "--workdir", str(tmp_path)), 8, "holds no build")
+    one_line_error(lite_cli("manifest", "--workdir", str(tmp_path)), 8, "holds no build")
     assert not (tmp_path / "MANIFEST.json").exists()
 
 
@@ -141,10 +117,10 @@ def test_manifest_skips_fifos_and_hidden_staging(workdir):
     os.mkfifo(workdir / "onnx" / "trap.onnx")
     (workdir / ".paddle.1.x.staging").mkdir()
     (workdir / ".paddle.1.x.staging" / "half.bin").write_bytes(b"x")
-    proc = run_cli("manifest", "--workdir", str(workdir), timeout=120)
+    proc = lite_cli("manifest", "--workdir", str(workdir), timeout=120)
     assert proc.returncode == 0, proc.stderr
     listed = [f["path"] for f in json.loads((workdir / "MANIFEST.json").read_text())["files"]]
-    assert "onnx/ocrnet-hrnet-w48-paddle.onnx" in listed
+    assert "onnx/ocrnet-lite.onnx" in listed
     assert not any("trap" in p or "staging" in p for p in listed)
 
 
@@ -160,7 +136,7 @@ def _children(pid):
 
 def _start_parity(workdir, tmp):
     env = dict(os.environ, TMPDIR=str(tmp))
-    return subprocess.Popen([sys.executable, "-m", "converter", "parity", "--workdir", str(workdir)],
+    return subprocess.Popen(lite_command("parity", "--workdir", str(workdir)),
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -204,14 +180,16 @@ def test_stopping_parity_stops_its_worker_and_leaves_no_temporary_files(workdir,
 def test_sigkill_of_parity_takes_its_worker_down(workdir, tmp_path):
     proc = _start_parity(workdir, tmp_path)
     worker = _wait_for_worker(proc)
+    assert worker.is_running()   # the control: there is a worker to take down
     proc.kill()
-    proc.wait(timeout=30)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
     end = time.time() + 15
     while time.time() < end and _alive(worker):
         time.sleep(0.2)
-    if _alive(worker):
+    survived = _alive(worker)
+    if survived:
         worker.kill()
-        pytest.fail("the worker outlived its SIGKILLed parent")
+    assert not survived, "the worker outlived its SIGKILLed parent"
 
 
 def _alive(process):
@@ -225,14 +203,14 @@ def _alive(process):
 
 
 def test_two_runs_on_one_workdir_wait_for_each_other(workdir):
-    first = subprocess.Popen([sys.executable, "-m", "converter", "onnx", "--workdir", str(workdir),
-                              "--input-shape", SMALL_SHAPE, "--force"], cwd=ROOT,
+    first = subprocess.Popen(lite_command("onnx", "--workdir", str(workdir),
+                              "--input-shape", SMALL_SHAPE, "--force"), cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = workdir / ".ocrnet-convert.lock"
     end = time.time() + 60
     while time.time() < end and not (lock.exists() and lock.read_text().strip() == str(first.pid)):
         time.sleep(0.1)
-    second = run_cli("onnx", "--workdir", str(workdir), "--input-shape", SMALL_SHAPE)
+    second = lite_cli("onnx", "--workdir", str(workdir), "--input-shape", SMALL_SHAPE)
     first.communicate(timeout=300)
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     assert f"waiting for another ocrnet-convert run on {workdir} (pid {first.pid})" in second.stderr
@@ -288,14 +266,14 @@ def test_an_interrupted_publication_leaves_no_record_beside_its_files(tmp_path, 
 # --- inputs --------------------------------------------------------------------
 
 def test_parity_judges_two_images_with_one_file_name(workdir, tmp_path):
-    from converter.config import load_config
+    from tests.support import lite_config
     from converter.stages.parity import run_parity
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
     shutil.copy(os.path.join(ROOT, "converter", "samples", "street_1.jpg"), a / "scene.jpg")
     shutil.copy(os.path.join(ROOT, "converter", "samples", "street_2.jpg"), b / "scene.jpg")
-    _, record = run_parity(load_config(), str(workdir), [str(a / "scene.jpg"), str(b / "scene.jpg")],
+    _, record = run_parity(lite_config(), str(workdir), [str(a / "scene.jpg"), str(b / "scene.jpg")],
                            backends=["onnxruntime"])
     keys = sorted(record["results"]["onnxruntime"]["images"])
     assert len(keys) == 2 and all(k.startswith("scene~") for k in keys)
@@ -372,7 +350,7 @@ def _config_with(tmp_path, edit):
     (lambda r: r["files"][0].update(name="."), "files[0].name"),
 ])
 def test_config_values_out_of_range_are_refused(tmp_path, edit, field):
-    proc = run_cli("fetch", "--config", _config_with(tmp_path, edit), "--output", str(tmp_path / "o"))
+    proc = lite_cli("fetch", "--config", _config_with(tmp_path, edit), "--output", str(tmp_path / "o"))
     one_line_error(proc, 3, field)
 
 
@@ -386,14 +364,14 @@ def test_config_values_out_of_range_are_refused(tmp_path, edit, field):
     (("fetch", "--retries", "-1"), "--retries"),
 ])
 def test_negative_threads_and_timeouts_are_refused(args, fragment):
-    proc = run_cli(*args)
+    proc = lite_cli(*args)
     assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("mirror", ["http://127.0.0.1:99999/x", "http://[::1/x", "http://127.0.0.1:port/",
                                     "ftp://127.0.0.1/x", "http:///nohost"])
 def test_malformed_mirror_urls_are_one_line_errors(tmp_path, mirror):
-    proc = run_cli("fetch", "--mirror", mirror, "--output", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"))
+    proc = lite_cli("fetch", "--mirror", mirror, "--output", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"))
     one_line_error(proc, 4, "malformed URL")
 
 
@@ -403,7 +381,7 @@ def test_output_naming_an_existing_file_is_refused(tmp_path):
     for args in (("export", "--weights", "synthetic", "--output", str(target)),
                  ("predict", "x.jpg", "--output", str(target)),
                  ("fetch", "--output", str(target), "--from", str(tmp_path))):
-        one_line_error(run_cli(*args), 2, str(target), "not a folder")
+        one_line_error(lite_cli(*args), 2, str(target), "not a folder")
     assert target.read_text() == "mine"
 
 
@@ -423,13 +401,13 @@ def test_a_poisoned_cache_entry_is_deleted_and_reported(tmp_path):
     entry.parent.mkdir(parents=True)
     entry.write_bytes(good.replace(b"\x00\x00\x00\x00", b"\x00\x00\x80\x7f", 1))  # same size, a NaN
     out = tmp_path / "w"
-    proc = run_cli("export", "--config", config, "--weights", "auto", "--cache-dir", str(tmp_path / "cache"),
+    proc = lite_cli("export", "--config", config, "--weights", "auto", "--cache-dir", str(tmp_path / "cache"),
                    "--workdir", str(out))
     one_line_error(proc, 5, "cached checkpoint", "corrupt", "deleted")
     assert not entry.exists() and not (out / "paddle").exists()
     # Control: the genuine entry is used (and then found not to fit the model).
     entry.write_bytes(good)
-    proc = run_cli("export", "--config", config, "--weights", "auto", "--cache-dir", str(tmp_path / "cache"),
+    proc = lite_cli("export", "--config", config, "--weights", "auto", "--cache-dir", str(tmp_path / "cache"),
                    "--workdir", str(out))
     one_line_error(proc, 6, "does not fit")
 
@@ -440,7 +418,7 @@ def test_fetched_file_and_cache_entry_are_separate_copies(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "model.pdparams").write_bytes(data)
-    proc = run_cli("fetch", "--config", config, "--from", str(src), "--output", str(tmp_path / "out"),
+    proc = lite_cli("fetch", "--config", config, "--from", str(src), "--output", str(tmp_path / "out"),
                    "--cache-dir", str(tmp_path / "cache"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     digest = hashlib.sha384(data).hexdigest()
@@ -461,17 +439,17 @@ def test_a_planted_part_symlink_does_not_redirect_the_write(tmp_path):
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
     os.symlink(victim, out / "model.pdparams.part")
-    proc = run_cli("fetch", "--config", config, "--from", str(src), "--output", str(out),
+    proc = lite_cli("fetch", "--config", config, "--from", str(src), "--output", str(out),
                    "--cache-dir", str(tmp_path / "cache"), "--quiet")
     one_line_error(proc, 4, "symbolic link")
     assert victim.read_bytes() == b"precious" and not (out / "model.pdparams").exists()
 
 
 def test_export_key_uses_the_bytes_of_the_file_not_the_config_claim(tmp_path):
-    from converter.config import load_config
+    from tests.support import lite_config
     from converter.stages.export import export_key
     from converter.stages.weights import resolve_weights
-    config = load_config()
+    config = lite_config()
     first, second = tmp_path / "a.pdparams", tmp_path / "b.pdparams"
     first.write_bytes(b"one")
     second.write_bytes(b"two")
@@ -503,23 +481,23 @@ def test_records_are_typed_and_versioned(workdir):
 def test_manifest_refuses_a_malformed_parity_report(workdir, report):
     (workdir / "parity").mkdir()
     (workdir / "parity" / "report.json").write_text(report)
-    one_line_error(run_cli("manifest", "--workdir", str(workdir)), 8, "report.json")
+    one_line_error(lite_cli("manifest", "--workdir", str(workdir)), 8, "report.json")
     assert not (workdir / "MANIFEST.json").exists()
 
 
 def test_a_config_that_never_ends_or_is_huge_is_refused(tmp_path):
     """--config /dev/zero was read to the end: the process was OOM-killed."""
-    one_line_error(run_cli("onnx", "--config", "/dev/zero", "--workdir", str(tmp_path / "w"), timeout=60), 3,
+    one_line_error(lite_cli("onnx", "--config", "/dev/zero", "--workdir", str(tmp_path / "w"), timeout=60), 3,
                    "not a regular file")
     big = tmp_path / "big.yaml"
     big.write_bytes(b"# padding\n" * 200_000)
-    one_line_error(run_cli("onnx", "--config", str(big), "--workdir", str(tmp_path / "w"), timeout=60), 3,
+    one_line_error(lite_cli("onnx", "--config", str(big), "--workdir", str(tmp_path / "w"), timeout=60), 3,
                    "larger than any config")
 
 
 def test_a_reader_creates_no_workdir(tmp_path):
     missing = tmp_path / "nothing-here"
-    proc = run_cli("predict", os.path.join(ROOT, "converter", "samples", "street_1.jpg"), "--workdir", str(missing),
+    proc = lite_cli("predict", os.path.join(ROOT, "converter", "samples", "street_1.jpg"), "--workdir", str(missing),
                    "--output", str(tmp_path / "p"))
     one_line_error(proc, 8, "missing")
     assert not missing.exists()

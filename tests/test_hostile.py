@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -19,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, run_cli
-from tests.test_hardening import one_line_error
+from tests.support import ROOT, lite_cli, lite_command
+from tests.support import one_line_error
 
 SAMPLE = os.path.join(ROOT, "converter", "samples", "street_1.jpg")
 F32 = "openvino-fp32-f32"
@@ -29,28 +28,13 @@ F32 = "openvino-fp32-f32"
 # --- stored results -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def failing_build(small_workdir, tmp_path_factory):
+def failing_build(no_reverse_build):
     """A build whose FP32 IR lost its channel reversal, recorded as the stage's output: its gate fails."""
-    import openvino as ov
-
-    from converter.config import load_config
-    from converter.stages.openvino import build_ir
-    from tests.test_quantize import _rerecord
-
-    work = tmp_path_factory.mktemp("failing") / "w"
-    work.mkdir()
-    for name in ("paddle", "onnx"):
-        os.symlink(small_workdir / name, work / name)
-    shutil.copytree(small_workdir / "openvino", work / "openvino", ignore=shutil.ignore_patterns("INT8"))
-    pre = dict(load_config().baked(), order=[0, 1, 2])
-    ov.save_model(build_ir(str(work / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre),
-                  str(work / "openvino" / "FP32" / "ocrnet-hrnet-w48-paddle.xml"), compress_to_fp16=False)
-    _rerecord(work / "openvino", "openvino.json", "FP32")
-    return work
+    return no_reverse_build
 
 
 def _validate(work, out, *images, extra=()):
-    return run_cli("validate", "--workdir", str(work), "--output", str(out), "--backends", F32,
+    return lite_cli("validate", "--workdir", str(work), "--output", str(out), "--backends", F32,
                    "--images", *map(str, images), *extra)
 
 
@@ -94,41 +78,53 @@ def test_a_forged_stored_result_cannot_pass_a_failing_gate(failing_build, tmp_pa
     assert proc.returncode == 10 and (run["reused"], run["refused_stored"]) == (1, 0)
 
 
-def test_unsealed_results_are_trusted_only_when_asked_and_recorded(small_workdir, tmp_path):
+@pytest.fixture(scope="module")
+def stored_validation(lite_build, tmp_path_factory):
+    """validate's output folder for SAMPLE on the lite build: one sealed stored result."""
+    out = tmp_path_factory.mktemp("validated") / "out"
+    proc = _validate(lite_build, out, SAMPLE)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def _stored_copy(stored_validation, tmp_path):
     out = tmp_path / "out"
-    assert _validate(small_workdir, out, SAMPLE).returncode == 0
+    shutil.copytree(stored_validation, out)
+    return out
+
+
+def test_unsealed_results_are_trusted_only_when_asked_and_recorded(lite_build, stored_validation, tmp_path):
+    out = _stored_copy(stored_validation, tmp_path)
     (stored,) = (out / "images").glob("*.json")
     result = json.loads(stored.read_text())
     result["seal"] = "0" * 64   # another machine's seal
     stored.write_text(json.dumps(result))
-    proc = _validate(small_workdir, out, SAMPLE, extra=("--trust-unsealed",))
+    proc = _validate(lite_build, out, SAMPLE, extra=("--trust-unsealed",))
     doc = json.loads((out / "validate.json").read_text())
     assert proc.returncode == 0 and doc["run"]["reused"] == 1 and doc["run"]["trust_unsealed"] is True
     assert "unsealed results trusted" in (out / "validate.md").read_text()
-    proc = _validate(small_workdir, out, SAMPLE)
+    proc = _validate(lite_build, out, SAMPLE)
     assert json.loads((out / "validate.json").read_text())["run"]["refused_stored"] == 1
 
 
-def test_a_moved_dataset_is_reused_and_reported_under_its_new_names(small_workdir, tmp_path):
+def test_a_moved_dataset_is_reused_and_reported_under_its_new_names(lite_build, stored_validation, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
     shutil.copy(SAMPLE, first / "scene.jpg")
-    out = tmp_path / "out"
-    assert _validate(small_workdir, out, first).returncode == 0
+    out = _stored_copy(stored_validation, tmp_path)   # computed for SAMPLE under its own name
     shutil.move(first, second)
     os.rename(second / "scene.jpg", second / "renamed.jpg")
-    proc = _validate(small_workdir, out, second)
+    proc = _validate(lite_build, out, second)
     doc = json.loads((out / "validate.json").read_text())
     assert proc.returncode == 0 and doc["run"]["reused"] == 1 and doc["images"] == ["renamed.jpg"]
 
 
-def test_a_fifo_at_a_stored_results_path_is_recomputed_not_waited_on(small_workdir, tmp_path):
-    out = tmp_path / "out"
-    assert _validate(small_workdir, out, SAMPLE).returncode == 0
+def test_a_fifo_at_a_stored_results_path_is_recomputed_not_waited_on(lite_build, stored_validation, tmp_path):
+    out = _stored_copy(stored_validation, tmp_path)
     (stored,) = (out / "images").glob("*.json")
     stored.unlink()
     os.mkfifo(stored)
-    proc = run_cli("validate", "--workdir", str(small_workdir), "--output", str(out), "--backends", F32,
+    proc = lite_cli("validate", "--workdir", str(lite_build), "--output", str(out), "--backends", F32,
                    "--images", SAMPLE, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "validate.json").read_text())["run"]["computed"] == 1
@@ -177,7 +173,7 @@ def test_the_results_schema_refuses_every_forged_field():
 
 # --- inputs checked on the driver ----------------------------------------------------
 
-def test_bad_labels_and_bombs_are_refused_before_any_model_loads(small_workdir, tmp_path):
+def test_bad_labels_and_bombs_are_refused_before_any_model_loads(lite_build, tmp_path):
     root = tmp_path / "set"
     img_dir, gt_dir = root / "leftImg8bit" / "val" / "c", root / "gtFine" / "val" / "c"
     img_dir.mkdir(parents=True)
@@ -185,82 +181,81 @@ def test_bad_labels_and_bombs_are_refused_before_any_model_loads(small_workdir, 
     Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(img_dir / "a_leftImg8bit.png")
     # a 16-bit labelIds PNG holding 65287 (-249 as int16), which a cast to uint8 would make 7, road
     Image.fromarray(np.full((32, 64), 65287, np.uint16)).save(gt_dir / "a_gtFine_labelIds.png")
-    proc = run_cli("validate", "--workdir", str(small_workdir), "--cityscapes", str(root), "--output",
+    proc = lite_cli("validate", "--workdir", str(lite_build), "--cityscapes", str(root), "--output",
                    str(tmp_path / "o"), "--backends", F32)
     line = one_line_error(proc, 2, "a_gtFine_labelIds.png", "outside 0..255")
     assert '{"event"' not in proc.stderr, line   # nothing started
     Image.fromarray(np.full((16, 64), 7, np.uint8)).save(gt_dir / "a_gtFine_labelIds.png")   # another size
-    one_line_error(run_cli("validate", "--workdir", str(small_workdir), "--cityscapes", str(root), "--output",
+    one_line_error(lite_cli("validate", "--workdir", str(lite_build), "--cityscapes", str(root), "--output",
                            str(tmp_path / "o"), "--backends", F32), 2, "a_gtFine_labelIds.png", "64x16")
     bomb = tmp_path / "bomb.png"
     Image.new("1", (12000, 12000)).save(bomb)
-    one_line_error(_validate(small_workdir, tmp_path / "o", bomb), 2, "bomb.png", "too large")
+    one_line_error(_validate(lite_build, tmp_path / "o", bomb), 2, "bomb.png", "too large")
     cut = tmp_path / "cut.png"
     Image.new("RGB", (64, 32), (90, 120, 30)).save(cut)
     cut.write_bytes(cut.read_bytes()[:60])
-    proc = _validate(small_workdir, tmp_path / "o", cut)
+    proc = _validate(lite_build, tmp_path / "o", cut)
     one_line_error(proc, 2, "cut.png")
     assert '{"event"' not in proc.stderr
 
 
-def test_a_config_of_another_class_count_is_refused_by_every_reader(small_workdir, tmp_path):
+def test_a_config_of_another_class_count_is_refused_by_every_reader(lite_build, tmp_path):
     import yaml
 
-    from converter.config import DEFAULT_CONFIG
+    from tests.support import LITE
 
     for classes in (18, 20):
-        raw = yaml.safe_load(open(DEFAULT_CONFIG))
+        raw = yaml.safe_load(open(LITE))
         raw["model"]["num_classes"] = classes
         raw["model"].pop("params")
         raw["model"].pop("flops_512x1024")
         raw["classes"] = [dict(c) for c in (raw["classes"] * 2)[:classes]]
         for i, c in enumerate(raw["classes"]):
             c["name"] = f"c{i}"
-        raw["reference"]["per_class_iou"] = {f"c{i}": 0.5 for i in range(classes)}
         config = tmp_path / f"c{classes}.yaml"
         config.write_text(yaml.safe_dump(raw))
         for args in (("validate", "--images", SAMPLE, "--output", str(tmp_path / "o")),
                      ("predict", SAMPLE, "--output", str(tmp_path / "p"))):
-            one_line_error(run_cli(args[0], "--config", str(config), "--workdir", str(small_workdir), *args[1:]),
+            one_line_error(lite_cli(args[0], "--config", str(config), "--workdir", str(lite_build), *args[1:]),
                            8, "has 19 classes", str(classes))
 
 
 def test_unprintable_class_names_and_huge_static_shapes_are_refused(tmp_path):
     import yaml
 
-    from converter.config import DEFAULT_CONFIG
+    from tests.support import LITE
 
     for field, change in (("classes[3].name", lambda r: r["classes"][3].update(name="wall\x1b[2J")),
                           ("converted.input.shape", lambda r: r["converted"]["input"].update(
                               shape=[1, 3, 8192, 8192]))):
-        raw = yaml.safe_load(open(DEFAULT_CONFIG))
+        raw = yaml.safe_load(open(LITE))
         change(raw)
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-        one_line_error(run_cli("fetch", "--config", str(tmp_path / "c.yaml"), "--output", str(tmp_path / "o")), 3,
+        one_line_error(lite_cli("fetch", "--config", str(tmp_path / "c.yaml"), "--output", str(tmp_path / "o")), 3,
                        field)
-    control = yaml.safe_load(open(DEFAULT_CONFIG))
+    control = yaml.safe_load(open(LITE))
     control["converted"]["input"]["shape"] = [1, 3, 2048, 4096]   # 8 megapixels: allowed
     from converter.config import validate
     validate(control)
-    proc = run_cli("onnx", "--workdir", str(tmp_path / "none"), "--input-shape", "1,3,8192,8192")
+    proc = lite_cli("onnx", "--workdir", str(tmp_path / "none"), "--input-shape", "1,3,8192,8192")
     assert proc.returncode == 2 and "megapixels" in proc.stderr
 
 
 def test_non_finite_normalisation_and_an_alias_bomb_are_config_errors(tmp_path):
     import yaml
 
-    from converter.config import DEFAULT_CONFIG
+    from tests.support import LITE
 
-    raw = yaml.safe_load(open(DEFAULT_CONFIG))
+    raw = yaml.safe_load(open(LITE))
     raw["original"]["preprocessing"]["scale"] = [127.5, float("inf"), 127.5]
     (tmp_path / "inf.yaml").write_text(yaml.safe_dump(raw))
-    one_line_error(run_cli("fetch", "--config", str(tmp_path / "inf.yaml"), "--output", str(tmp_path / "o")), 3,
+    one_line_error(lite_cli("fetch", "--config", str(tmp_path / "inf.yaml"), "--output", str(tmp_path / "o")), 3,
                    "original.preprocessing.scale")
     lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]'] + [
         f'{c}: &{c} [' + ",".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi")]
     (tmp_path / "bomb.yaml").write_text("\n".join(lines + ["files: *i", "name: *i"]) + "\n")
     start = time.time()
-    one_line_error(run_cli("fetch", "--config", str(tmp_path / "bomb.yaml"), "--output", str(tmp_path / "o"),
+    one_line_error(lite_cli("fetch", "--config", str(tmp_path / "bomb.yaml"), "--output", str(tmp_path / "o"),
                            timeout=60), 3)
     assert time.time() - start < 30
 
@@ -288,11 +283,11 @@ def _server(reply):
 
 
 @pytest.mark.parametrize("reply", [b"", b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"], ids=["silent", "http1"])
-def test_a_port_that_is_not_ray_is_one_line_at_once(small_workdir, tmp_path, reply):
+def test_a_port_that_is_not_ray_is_one_line_at_once(lite_build, tmp_path, reply):
     sock = _server(reply)
     try:
         start = time.time()
-        proc = run_cli("validate", "--workdir", str(small_workdir), "--output", str(tmp_path / "o"), "--images",
+        proc = lite_cli("validate", "--workdir", str(lite_build), "--output", str(tmp_path / "o"), "--images",
                        SAMPLE, "--executor", "ray", "--ray-address", f"127.0.0.1:{sock.getsockname()[1]}",
                        timeout=120)
         one_line_error(proc, 2, "Ray")
@@ -301,11 +296,10 @@ def test_a_port_that_is_not_ray_is_one_line_at_once(small_workdir, tmp_path, rep
         sock.close()
 
 
-def test_malformed_ray_addresses_are_refused_even_when_nothing_is_computed(small_workdir, tmp_path):
-    out = tmp_path / "out"
-    assert _validate(small_workdir, out, SAMPLE).returncode == 0
+def test_malformed_ray_addresses_are_refused_even_when_nothing_is_computed(lite_build, stored_validation, tmp_path):
+    out = _stored_copy(stored_validation, tmp_path)
     for address in ("a" * 300 + ":6379", "nonsense", "host:99999"):
-        proc = _validate(small_workdir, out, SAMPLE, extra=("--executor", "ray", "--ray-address", address))
+        proc = _validate(lite_build, out, SAMPLE, extra=("--executor", "ray", "--ray-address", address))
         one_line_error(proc, 2, "expected HOST:PORT")
 
 
@@ -330,7 +324,7 @@ def _verify(tmp_path, data, timeout=120):
     path = tmp_path / "a.tar.gz"
     path.write_bytes(data)
     start = time.time()
-    proc = run_cli("package", "--verify", str(path), timeout=timeout)
+    proc = lite_cli("package", "--verify", str(path), timeout=timeout)
     return proc, time.time() - start
 
 
@@ -395,21 +389,21 @@ def test_a_deeply_nested_manifest_is_one_line(tmp_path):
 
 # --- package layouts ----------------------------------------------------------------
 
-def test_packaging_replaces_stale_layouts_refuses_links_and_is_all_or_nothing(release_build, tmp_path):
+def test_packaging_replaces_stale_layouts_refuses_links_and_is_all_or_nothing(lite_release, tmp_path):
     dist = tmp_path / "dist"
-    stale = dist / "ovms" / "models" / "ocrnet-hrnet-w48-paddle-int8" / "1"
+    stale = dist / "ovms" / "models" / "ocrnet-lite-int8" / "1"
     stale.mkdir(parents=True)
     (stale / "model.xml").write_text("stale")
-    assert run_cli("package", "--workdir", str(release_build), "--output", str(dist)).returncode == 0
+    assert lite_cli("package", "--workdir", str(lite_release), "--output", str(dist)).returncode == 0
     assert not stale.exists()
     shutil.move(str(dist / "omz"), str(tmp_path / "elsewhere"))
     os.symlink(tmp_path / "elsewhere", dist / "omz")
-    one_line_error(run_cli("package", "--workdir", str(release_build), "--output", str(dist)), 8, "symbolic link")
+    one_line_error(lite_cli("package", "--workdir", str(lite_release), "--output", str(dist)), 8, "symbolic link")
     os.unlink(dist / "omz")
     # SIGTERM while it packages: dist is as it was, and no staging is left
     before = sorted(p.name for p in dist.iterdir())
-    proc = subprocess.Popen([sys.executable, "-m", "converter", "package", "--workdir", str(release_build),
-                             "--output", str(dist)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(lite_command("package", "--workdir", str(lite_release),
+                             "--output", str(dist)), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not [p for p in dist.iterdir() if p.name.startswith(".package.")]:
         time.sleep(0.05)
@@ -422,33 +416,33 @@ def test_packaging_replaces_stale_layouts_refuses_links_and_is_all_or_nothing(re
 
 # --- smaller messages ---------------------------------------------------------------
 
-def test_a_folder_at_an_output_path_is_named(small_workdir, tmp_path):
+def test_a_folder_at_an_output_path_is_named(lite_build, tmp_path):
     out = tmp_path / "pred"
     (out / "street_1_classes.png").mkdir(parents=True)
-    line = one_line_error(run_cli("predict", SAMPLE, "--workdir", str(small_workdir), "--output", str(out)), 11,
+    line = one_line_error(lite_cli("predict", SAMPLE, "--workdir", str(lite_build), "--output", str(out)), 11,
                           "street_1_classes.png")
     assert ".tmp" not in line
     assert sorted(p.name for p in out.iterdir()) == ["street_1_classes.png"]   # no _color/_overlay beside it
 
 
-def test_evaluate_on_labels_that_are_all_ignored(small_workdir, tmp_path):
+def test_evaluate_on_labels_that_are_all_ignored(lite_build, tmp_path):
     root = tmp_path / "set"
     for sub, data in (("leftImg8bit", np.zeros((32, 64, 3), np.uint8)), ("gtFine", np.zeros((32, 64), np.uint8))):
         folder = root / sub / "val" / "c"
         folder.mkdir(parents=True)
         name = "a_leftImg8bit.png" if sub == "leftImg8bit" else "a_gtFine_labelIds.png"
         Image.fromarray(data).save(folder / name)
-    proc = run_cli("evaluate", "--cityscapes", str(root), "--workdir", str(small_workdir), "--output",
+    proc = lite_cli("evaluate", "--cityscapes", str(root), "--workdir", str(lite_build), "--output",
                    str(tmp_path / "e"))
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["miou"] is None
     assert "every label was ignored" in (tmp_path / "e" / "metrics.md").read_text()
 
 
-def test_the_crash_hook_is_gone_from_the_tool(small_workdir, tmp_path):
+def test_the_crash_hook_is_gone_from_the_tool(lite_build, tmp_path):
     marker = tmp_path / "link"
     os.symlink(tmp_path / "target", marker)   # a dangling link: once followed, it made a file over there
-    proc = run_cli("validate", "--workdir", str(small_workdir), "--output", str(tmp_path / "o"), "--backends", F32,
+    proc = lite_cli("validate", "--workdir", str(lite_build), "--output", str(tmp_path / "o"), "--backends", F32,
                    "--images", SAMPLE, env={"OCRNET_VALIDATE_CRASH_ONCE": str(marker)})
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "target").exists()
@@ -458,10 +452,10 @@ def test_the_crash_hook_is_gone_from_the_tool(small_workdir, tmp_path):
                 assert "CRASH_ONCE" not in open(os.path.join(folder, name)).read(), name
 
 
-def test_a_tampered_int8_build_is_an_error_not_left_out(int8_workdir, tmp_path):
+def test_a_tampered_int8_build_is_an_error_not_left_out(lite_int8, tmp_path):
     work = tmp_path / "w"
-    shutil.copytree(int8_workdir, work, symlinks=True)
-    xml = work / "openvino" / "INT8" / "ocrnet-hrnet-w48-paddle.xml"
+    shutil.copytree(lite_int8, work, symlinks=True)
+    xml = work / "openvino" / "INT8" / "ocrnet-lite.xml"
     xml.write_bytes(xml.read_bytes().replace(b"<net ", b"<net  ", 1))
-    line = one_line_error(run_cli("parity", "--workdir", str(work), "--images", SAMPLE), 8, "INT8")
+    line = one_line_error(lite_cli("parity", "--workdir", str(work), "--images", SAMPLE), 8, "INT8")
     assert "refusing to use it" in line and "quantize" in line, line

@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 LAYERS = [("cli", "cli_parser", "__main__"), ("commands",), ("pipeline", "stages"), ("validate",), ("backends",),
           ("runners", "model", "weights", "data"), ("config", "config_model", "family", "records", "util", "errors",

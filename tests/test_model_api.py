@@ -4,17 +4,17 @@ import json
 import numpy as np
 import pytest
 
-from converter.config import load_config
+from tests.support import lite_config
 from converter.data.images import input_contract, load_rgb, prepare, resize_rgb, sample_images
 from converter.errors import ParityFailure, StageError
 from converter.stages import model_api
 
-STEM = "ocrnet-hrnet-w48-paddle"
+STEM = "ocrnet-lite"
 
 
 @pytest.fixture(scope="module")
 def sample_input():
-    config = load_config()
+    config = lite_config()
     return prepare(resize_rgb(load_rgb(sample_images()[0]), 512, 256), input_contract(config, "converted"))
 
 
@@ -30,14 +30,14 @@ def _infer(xml_or_model, x, extra_logits=False):
     return [out[o] for o in compiled.outputs]
 
 
-def test_the_flavour_is_the_softmax_of_its_parents_logits(small_workdir, sample_input):
-    record = json.loads((small_workdir / "openvino" / "model_api" / "model_api.json").read_text())
+def test_the_flavour_is_the_softmax_of_its_parents_logits(lite_build, sample_input):
+    record = json.loads((lite_build / "openvino" / "model_api" / "model_api.json").read_text())
     assert sorted(record["files"]) == ["FP16", "FP32"]
     assert record["output"] == {"name": "probabilities", "shape": [1, 19, 256, 512], "dtype": "float32"}
     for precision in ("FP32", "FP16"):
         assert record["check"]["results"][precision]["agreement_min"] == 1.0
-        classes, logits = _infer(str(small_workdir / "openvino" / precision / f"{STEM}.xml"), sample_input, True)
-        (probs,) = _infer(str(small_workdir / "openvino" / "model_api" / precision / f"{STEM}.xml"), sample_input)
+        classes, logits = _infer(str(lite_build / "openvino" / precision / f"{STEM}.xml"), sample_input, True)
+        (probs,) = _infer(str(lite_build / "openvino" / "model_api" / precision / f"{STEM}.xml"), sample_input)
         # numpy's softmax of the parent's logits, computed here
         shifted = np.exp(logits - logits.max(1, keepdims=True))
         expected = shifted / shifted.sum(1, keepdims=True)
@@ -61,9 +61,9 @@ def _twin(parent_xml, tail):
     (lambda ops, logits: logits, "not per-class probabilities"),          # scores, argmax intact
     (lambda ops, logits: ops.softmax(ops.multiply(logits, ops.constant(np.float32(-1))), 1), "disagrees"),
 ])
-def test_the_check_trips_on_a_wrong_tail(small_workdir, sample_input, tail, why):
-    config = load_config()
-    parent = str(small_workdir / "openvino" / "FP32" / f"{STEM}.xml")
+def test_the_check_trips_on_a_wrong_tail(lite_build, sample_input, tail, why):
+    config = lite_config()
+    parent = str(lite_build / "openvino" / "FP32" / f"{STEM}.xml")
     # the control: the stage's own tail passes the same check
     good = model_api.make_flavour(__import__("openvino").Core().read_model(parent), "p", {})
     assert model_api.check(config, parent, good, [sample_input])["agreement_min"] == 1.0
@@ -71,9 +71,9 @@ def test_the_check_trips_on_a_wrong_tail(small_workdir, sample_input, tail, why)
         model_api.check(config, parent, _twin(parent, tail), [sample_input])
 
 
-def test_an_ir_without_an_argmax_is_refused(small_workdir):
+def test_an_ir_without_an_argmax_is_refused(lite_build):
     import openvino as ov
 
-    flavour = ov.Core().read_model(str(small_workdir / "openvino" / "model_api" / "FP32" / f"{STEM}.xml"))
+    flavour = ov.Core().read_model(str(lite_build / "openvino" / "model_api" / "FP32" / f"{STEM}.xml"))
     with pytest.raises(StageError, match="does not end in an ArgMax"):
         model_api.logits_of(flavour)

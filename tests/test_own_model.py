@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_cli
-from tests.test_hardening import one_line_error
+from tests.support import ROOT, run_cli
+from tests.support import one_line_error
 
 SHAPE = "1,3,256,512"
 SAMPLE = os.path.join(ROOT, "converter", "samples", "street_2.jpg")

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import zipfile
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):

@@ -1,14 +1,13 @@
 """parity: metrics on hand-made maps, the gate, and end-to-end runs at 256x512."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 
-from converter.config import load_config
+from tests.support import lite_config
 from converter.validate.gates import class_iou, compare, gate, top2_margin
-from tests.conftest import run_cli
+from tests.support import SAMPLES, ir, linked_build, lite_cli, rerecord
 
 
 def test_compare_counts_flips_ious_and_margins():
@@ -45,7 +44,7 @@ def _result(agreement, margin, gated=True, rel=1e-6):
 
 
 def test_f32_gate_needs_agreement_near_ties_and_f32_sized_errors():
-    cfg = load_config()
+    cfg = lite_config()
     assert gate(_result(cfg.min_agreement + 1e-5, cfg.tie_margin / 2), cfg) == []
     assert "agreement" in gate(_result(cfg.min_agreement - 1e-5, 0.0), cfg)[0]
     assert "flipped" in gate(_result(0.99999, cfg.tie_margin * 2), cfg)[0]
@@ -55,17 +54,17 @@ def test_f32_gate_needs_agreement_near_ties_and_f32_sized_errors():
 
 
 @pytest.fixture(scope="module")
-def parity_workdir(small_workdir, tmp_path_factory):
+def parity_workdir(lite_build, tmp_path_factory):
     """The small build's stages linked into a folder of its own: parity writes its report there."""
     work = tmp_path_factory.mktemp("parity") / "w"
     work.mkdir()
     for name in ("paddle", "onnx", "openvino"):
-        os.symlink(small_workdir / name, work / name)
+        os.symlink(lite_build / name, work / name)
     return work
 
 
 def test_parity_passes_on_correct_conversion(parity_workdir):
-    proc = run_cli("parity", "--workdir", str(parity_workdir))
+    proc = lite_cli("parity", "--workdir", str(parity_workdir))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith("PASSED")
     report = json.loads((parity_workdir / "parity" / "report.json").read_text())
@@ -82,27 +81,30 @@ def test_parity_passes_on_correct_conversion(parity_workdir):
             assert m["agreement"] >= 0.9999 and "logit_error" in m
 
 
-@pytest.mark.parametrize("preprocess", [{"order": [0, 1, 2]}, {"mean": [0.0] * 3}], ids=["no-reverse", "mean-0"])
-def test_gate_fails_for_broken_ir_in_copied_workdir(parity_workdir, tmp_path, preprocess):
+def _mean_zero_build(lite_build, tmp_path):
+    """The lite build with an FP32 IR that subtracts no mean, recorded as the stage's output."""
     import openvino as ov
-    from converter.records import ir_path
     from converter.stages.openvino import build_ir
-    from converter.util.fsutil import describe_files
-    work = tmp_path / "work"
-    work.mkdir()
-    for name in ("paddle", "onnx"):  # parity needs no paddle-logits export
-        os.symlink(parity_workdir / name, work / name)
-    shutil.copytree(parity_workdir / "openvino", work / "openvino")
-    config = load_config()
-    pre = dict(config.baked(), **preprocess)  # the config's preprocessing, one part broken
-    model = build_ir(str(parity_workdir / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre)
-    ov.save_model(model, str(work / ir_path("FP32", config.name)), compress_to_fp16=False)
-    # A converter bug, not tampering: the broken IR is what the stage recorded.
-    record = json.loads((work / "openvino" / "openvino.json").read_text())
-    record["files"]["FP32"] = describe_files(str(work / "openvino" / "FP32"), list(record["files"]["FP32"]))
-    (work / "openvino" / "openvino.json").write_text(json.dumps(record))
-    sample = os.path.join(os.path.dirname(os.path.dirname(__file__)), "converter", "samples", "street_2.jpg")
-    proc = run_cli("parity", "--workdir", str(work), "--images", sample)
+
+    work = linked_build(lite_build, tmp_path / "work", link=("paddle", "onnx"))
+    pre = dict(lite_config().baked(), mean=[0.0] * 3)  # the config's preprocessing, one part broken
+    ir(work).unlink()
+    ir(work, ext="bin").unlink()
+    model = build_ir(str(work / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre)
+    ov.save_model(model, str(ir(work)), compress_to_fp16=False)
+    rerecord(work / "openvino", "openvino.json", "FP32")   # a converter bug, not tampering
+    return work
+
+
+@pytest.mark.parametrize("broken", ["no-reverse", "mean-0"])
+def test_gate_fails_for_broken_ir_in_copied_workdir(request, lite_build, tmp_path, broken):
+    if broken == "no-reverse":
+        work = linked_build(request.getfixturevalue("no_reverse_build"), tmp_path / "work",
+                            link=("paddle", "onnx", "openvino"))
+    else:
+        work = _mean_zero_build(lite_build, tmp_path)
+    sample = os.path.join(SAMPLES, "street_2.jpg")
+    proc = lite_cli("parity", "--workdir", str(work), "--images", sample)
     assert proc.returncode == 10, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("FAILED") and "openvino-fp32-f32" in last
@@ -112,7 +114,7 @@ def test_gate_fails_for_broken_ir_in_copied_workdir(parity_workdir, tmp_path, pr
 
 
 def test_missing_artifacts_is_a_user_error(tmp_path):
-    proc = run_cli("parity", "--workdir", str(tmp_path))
+    proc = lite_cli("parity", "--workdir", str(tmp_path))
     assert proc.returncode == 8
     assert proc.stderr.strip() == f"error: missing {tmp_path}/paddle/export.json: run the export stage first (make convert)"
 
@@ -120,7 +122,7 @@ def test_missing_artifacts_is_a_user_error(tmp_path):
 def test_unreadable_image_is_a_user_error(parity_workdir, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
-    proc = run_cli("parity", "--workdir", str(parity_workdir), "--images", str(bad))
+    proc = lite_cli("parity", "--workdir", str(parity_workdir), "--images", str(bad))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: not a readable image")

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from converter.config import load_config
+from tests.support import lite_config
 from converter.data.cityscapes import LABEL_TO_TRAIN, label_ids_to_train_ids
 
-CONFIG = load_config()
+CONFIG = lite_config()
 CLASSES, PALETTE = CONFIG.class_names, np.array(CONFIG.palette, np.uint8)
 from converter.data.images import load_rgb, sample_images
-from tests.conftest import run_cli
+from tests.support import lite_cli
 from tests.labelled import TRAIN_TO_LABEL, expected as _expected, write_dataset as _write_dataset
 
 
@@ -25,12 +25,12 @@ def _crop(h, w, index=0):
     return load_rgb(sample_images()[index])[100:100 + h, 300:300 + w]
 
 
-def test_predict_odd_size_writes_three_pngs(small_workdir, tmp_path):
+def test_predict_odd_size_writes_three_pngs(lite_build, tmp_path):
     img = tmp_path / "odd.png"
     rgb = _crop(333, 517)
     Image.fromarray(rgb).save(img)
     out = tmp_path / "pred"
-    proc = run_cli("predict", str(img), "--backend", "onnxruntime", "--workdir", str(small_workdir), "--output", str(out))
+    proc = lite_cli("predict", str(img), "--backend", "onnxruntime", "--workdir", str(lite_build), "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     classes = np.asarray(Image.open(out / "odd_classes.png"))
     colour = np.asarray(Image.open(out / "odd_color.png"))
@@ -43,12 +43,12 @@ def test_predict_odd_size_writes_three_pngs(small_workdir, tmp_path):
     assert f"{CLASSES[top]} {shares[top]:.1%}" in proc.stdout
 
 
-def test_predict_converts_grayscale_and_rgba(small_workdir, tmp_path):
+def test_predict_converts_grayscale_and_rgba(lite_build, tmp_path):
     Image.fromarray(_crop(64, 96)[..., 0]).save(tmp_path / "gray.png")
     Image.fromarray(np.dstack([_crop(64, 96), np.full((64, 96), 200, np.uint8)])).save(tmp_path / "rgba.png")
     out = tmp_path / "pred"
-    proc = run_cli("predict", str(tmp_path / "gray.png"), str(tmp_path / "rgba.png"), "--backend", "openvino-fp32-f32",
-                   "--workdir", str(small_workdir), "--output", str(out))
+    proc = lite_cli("predict", str(tmp_path / "gray.png"), str(tmp_path / "rgba.png"), "--backend", "openvino-fp32-f32",
+                   "--workdir", str(lite_build), "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     assert np.asarray(Image.open(out / "gray_classes.png")).shape == (64, 96)
     assert np.asarray(Image.open(out / "rgba_classes.png")).shape == (64, 96)
@@ -65,17 +65,17 @@ def _bad_files(tmp_path):
             "deep.png": "16-bit or float", "bomb.png": "too large"}
 
 
-def test_predict_rejects_bad_files_in_one_line(small_workdir, tmp_path):
+def test_predict_rejects_bad_files_in_one_line(lite_build, tmp_path):
     for name, fragment in _bad_files(tmp_path).items():
         out = tmp_path / ("out_" + name)
-        proc = run_cli("predict", str(tmp_path / name), "--workdir", str(small_workdir), "--output", str(out))
+        proc = lite_cli("predict", str(tmp_path / name), "--workdir", str(lite_build), "--output", str(out))
         assert proc.returncode == 2, (name, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / name}") and fragment in lines[0], lines
         assert not out.exists()
 
 
-def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
+def test_evaluate_on_mini_cityscapes_with_known_damage(lite_build, tmp_path):
     images = {("aachen", "aachen_000000_000019"): _crop(128, 256, 0),
               ("aachen", "aachen_000001_000019"): _crop(128, 256, 1),
               ("bremen", "bremen_000000_000019"): _crop(128, 256, 2)}
@@ -84,7 +84,7 @@ def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
     for (_, stem), rgb in images.items():
         Image.fromarray(rgb).save(src / f"{stem}.png")
     pred_dir = tmp_path / "pred"
-    proc = run_cli("predict", str(src), "--backend", "openvino-fp32-f32", "--workdir", str(small_workdir),
+    proc = lite_cli("predict", str(src), "--backend", "openvino-fp32-f32", "--workdir", str(lite_build),
                    "--output", str(pred_dir))
     assert proc.returncode == 0, proc.stderr
     predictions = {key: (rgb, np.asarray(Image.open(pred_dir / f"{key[1]}_classes.png")))
@@ -100,8 +100,8 @@ def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
     root = tmp_path / "cityscapes"
     _write_dataset(root, predictions, damage)
     out = tmp_path / "eval"
-    proc = run_cli("evaluate", "--cityscapes", str(root), "--backend", "openvino-fp32-f32", "--workdir",
-                   str(small_workdir), "--output", str(out), "--workers", "2")
+    proc = lite_cli("evaluate", "--cityscapes", str(root), "--backend", "openvino-fp32-f32", "--workdir",
+                   str(lite_build), "--output", str(out), "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "metrics.json").read_text())
     preds = [p for _, p in predictions.values()]
@@ -118,8 +118,8 @@ def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
     md = (out / "metrics.md").read_text()
     assert "| train |" in md and "suspect" in md and "synthetic" in md
     # --limit 2: the first two images in sorted order, and their metrics only.
-    proc = run_cli("evaluate", "--cityscapes", str(root), "--backend", "openvino-fp32-f32", "--workdir",
-                   str(small_workdir), "--output", str(tmp_path / "eval2"), "--limit", "2")
+    proc = lite_cli("evaluate", "--cityscapes", str(root), "--backend", "openvino-fp32-f32", "--workdir",
+                   str(lite_build), "--output", str(tmp_path / "eval2"), "--limit", "2")
     assert proc.returncode == 0, proc.stderr
     limited = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
     _, miou2, accuracy2 = _expected(preds[:2], gts[:2])
@@ -128,19 +128,19 @@ def test_evaluate_on_mini_cityscapes_with_known_damage(small_workdir, tmp_path):
     assert limited["pixel_accuracy"] == pytest.approx(accuracy2, abs=1e-12)
 
 
-def test_evaluate_bad_limit_and_missing_dataset(small_workdir, tmp_path):
-    proc = run_cli("evaluate", "--cityscapes", str(tmp_path), "--workdir", str(small_workdir),
+def test_evaluate_bad_limit_and_missing_dataset(lite_build, tmp_path):
+    proc = lite_cli("evaluate", "--cityscapes", str(tmp_path), "--workdir", str(lite_build),
                    "--output", str(tmp_path / "o"), "--limit", "0")
     assert proc.returncode == 2 and "--limit: must be positive" in proc.stderr
-    proc = run_cli("evaluate", "--cityscapes", str(tmp_path), "--workdir", str(small_workdir),
+    proc = lite_cli("evaluate", "--cityscapes", str(tmp_path), "--workdir", str(lite_build),
                    "--output", str(tmp_path / "o"), "--jobs", "2")
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --jobs is retired: use --workers N"
-    proc = run_cli("evaluate", "--cityscapes", str(tmp_path / "none"), "--workdir", str(small_workdir),
+    proc = lite_cli("evaluate", "--cityscapes", str(tmp_path / "none"), "--workdir", str(lite_build),
                    "--output", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: --cityscapes {tmp_path / 'none'}: not a folder"
     (tmp_path / "empty").mkdir()
-    proc = run_cli("evaluate", "--cityscapes", str(tmp_path / "empty"), "--workdir", str(small_workdir),
+    proc = lite_cli("evaluate", "--cityscapes", str(tmp_path / "empty"), "--workdir", str(lite_build),
                    "--output", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: no images under")

@@ -8,16 +8,16 @@ the untouched copies pass, so the copying itself breaks nothing.
 """
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 
-from converter.config import ConfigError, load_config, validate
+from converter.config import ConfigError, validate
+from tests.support import lite_config
 from converter.validate.gates import gate, task_result
 from converter.data.images import SAMPLES_DIR
-from tests.conftest import INT8_TILE as TILE   # 4 tiles per 256x512 input, 12 from the 3 samples
-from tests.conftest import run_cli
+from tests.support import INT8_TILE as TILE   # 4 tiles per 256x512 input, 12 from the 3 samples
+from tests.support import ir, linked_build, lite_cli, rerecord, save_over
 
 SAMPLE = os.path.join(SAMPLES_DIR, "street_2.jpg")
 
@@ -29,7 +29,7 @@ def _image(rel_p99, rel_max, agreement=0.5):
 
 @pytest.mark.parametrize("budget", ["bf16", "fp16", "int8"])  # f32: tests/test_parity.py
 def test_numeric_budget_gates_p99_and_max_not_agreement(budget):
-    cfg = load_config()
+    cfg = lite_config()
     bound = cfg.budgets[budget]
     inside = {"b": {"gated": True, "budget": budget,
                     "images": {"i": _image(bound["rel_p99"] * 0.9, bound["rel_max"] * 0.9)}}}
@@ -44,7 +44,7 @@ def test_numeric_budget_gates_p99_and_max_not_agreement(budget):
 
 
 def test_task_budget_is_the_miou_drop_against_ground_truth():
-    cfg = load_config()
+    cfg = lite_config()
     names = cfg.class_names[:2]
     # truth x prediction counts for two classes
     ref = np.array([[90, 10], [10, 90]])
@@ -76,99 +76,92 @@ def test_task_budget_is_the_miou_drop_against_ground_truth():
 def test_budget_and_quantize_config_errors_name_the_field(change, field):
     import copy
 
-    raw = copy.deepcopy(load_config().raw)
+    raw = copy.deepcopy(lite_config().raw)
     change(raw)
     with pytest.raises(ConfigError) as err:
         validate(raw)
     assert field in str(err.value)
 
 
-def test_fusion_adds_are_the_62_of_hrnet_w48(small_workdir):
-    """Stage 2: 1 module x 2 branches x 1 other branch; stage 3: 4 x 3 x 2;
-    stage 4: 3 x 4 x 3. Counted from the architecture, not from the code."""
+# Counted from the architecture (family.py's table, read by hand), not from the code:
+# (fusion Adds, residual Adds). A module of b branches fuses b x (b - 1) times.
+#   W18_Small_V1: stages 2-4 of 1 module each: 1 x 2 x 1 + 1 x 3 x 2 + 1 x 4 x 3;
+#     1 bottleneck in layer1, then 2 basic blocks per branch: 1 + 1x2x2 + 1x3x2 + 1x4x2.
+#   W48: 1, 4 and 3 modules: 1 x 2 x 1 + 4 x 3 x 2 + 3 x 4 x 3;
+#     4 bottlenecks in layer1, then 4 basic blocks per branch: 4 + 1x2x4 + 4x3x4 + 3x4x4.
+ADDS = {"lite": (1 * 2 * 1 + 1 * 3 * 2 + 1 * 4 * 3, 1 + 1 * 2 * 2 + 1 * 3 * 2 + 1 * 4 * 2),
+        "w48": (1 * 2 * 1 + 4 * 3 * 2 + 3 * 4 * 3, 4 + 1 * 2 * 4 + 4 * 3 * 4 + 3 * 4 * 4)}
+
+
+@pytest.mark.parametrize("model_name", ["lite", pytest.param("w48", marks=pytest.mark.slow)])
+def test_fusion_adds_are_the_architectures(request, model_name):
     import openvino as ov
 
     from converter.stages.quantize import fusion_adds
 
-    model = ov.Core().read_model(str(small_workdir / "openvino" / "FP32" / "ocrnet-hrnet-w48-paddle.xml"))
+    work, stem = ((request.getfixturevalue("lite_build"), "ocrnet-lite") if model_name == "lite"
+                  else (request.getfixturevalue("w48_build"), "ocrnet-hrnet-w48-paddle"))
+    fusion, residual = ADDS[model_name]
+    model = ov.Core().read_model(str(ir(work, name=stem)))
     names = fusion_adds(model)
-    assert len(names) == len(set(names)) == 1 * 2 * 1 + 4 * 3 * 2 + 3 * 4 * 3
+    assert len(names) == len(set(names)) == fusion
     ops = {op.get_friendly_name(): op for op in model.get_ops()}
     assert all(ops[n].get_type_name() == "Add" for n in names)
-    # and the other Adds of two activations are exactly the blocks' residual
-    # Adds: 4 bottlenecks in layer1, then 4 basic blocks per branch:
-    # stage 2: 1 x 2 x 4, stage 3: 4 x 3 x 4, stage 4: 3 x 4 x 4
+    # and the other Adds of two activations are exactly the blocks' residual Adds
     both_activations = [op for op in ops.values() if op.get_type_name() == "Add" and all(
         op.input_value(i).get_node().get_type_name() != "Constant" for i in range(2))]
-    assert len(both_activations) - len(names) == 4 + 1 * 2 * 4 + 4 * 3 * 4 + 3 * 4 * 4
+    assert len(both_activations) - len(names) == residual
 
 
 def _int8(work):
     return work / "openvino" / "INT8"
 
 
-def test_quantize_writes_a_recorded_reproducible_int8_ir(int8_workdir, tmp_path):
-    record = json.loads((_int8(int8_workdir) / "quantize.json").read_text())
+def test_quantize_writes_a_recorded_reproducible_int8_ir(lite_int8, tmp_path):
+    record = json.loads((_int8(lite_int8) / "quantize.json").read_text())
     assert record["stage"] == "quantize" and record["input_shape"] == [1, 3, 256, 512]
     assert record["calibration"]["tiles"] == 12 and record["calibration"]["tile"] == [128, 256]
-    assert record["ignored_adds"] == 62 and record["fake_quantize_nodes"] > 300
+    assert record["ignored_adds"] == ADDS["lite"][0] and record["fake_quantize_nodes"] > 80
     assert record["options"]["preset"] == "mixed" and record["weights"]["kind"] == "synthetic"
-    fp32 = int8_workdir / "openvino" / "FP32" / "ocrnet-hrnet-w48-paddle.bin"
-    assert os.path.getsize(_int8(int8_workdir) / "ocrnet-hrnet-w48-paddle.bin") < 0.4 * os.path.getsize(fp32)
-    # up to date: skipped; forced: the same bytes again
-    proc = run_cli("quantize", "--workdir", str(int8_workdir), "--calibration-tile", TILE)
+    fp32 = lite_int8 / "openvino" / "FP32" / "ocrnet-lite.bin"
+    assert os.path.getsize(_int8(lite_int8) / "ocrnet-lite.bin") < 0.4 * os.path.getsize(fp32)
+    # up to date: skipped; forced: the same bytes again (on a copy: the shared build stays as it is)
+    work = linked_build(lite_int8, tmp_path / "w", link=("paddle", "onnx"))
+    proc = lite_cli("quantize", "--workdir", str(work), "--calibration-tile", TILE)
     assert proc.returncode == 0 and "skipped" in proc.stderr
     before = {n: record["files"][n]["sha256"] for n in record["files"]}
-    proc = run_cli("quantize", "--workdir", str(int8_workdir), "--calibration-tile", TILE, "--force")
+    proc = lite_cli("quantize", "--workdir", str(work), "--calibration-tile", TILE, "--force")
     assert proc.returncode == 0, proc.stderr
-    again = json.loads((_int8(int8_workdir) / "quantize.json").read_text())
+    again = json.loads((_int8(work) / "quantize.json").read_text())
     assert {n: again["files"][n]["sha256"] for n in again["files"]} == before
 
 
-def test_parity_gates_int8_and_passes(int8_workdir):
-    proc = run_cli("parity", "--workdir", str(int8_workdir), "--images", SAMPLE)
+def test_parity_gates_int8_and_passes(lite_int8):
+    proc = lite_cli("parity", "--workdir", str(lite_int8), "--images", SAMPLE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads((int8_workdir / "parity" / "report.json").read_text())
+    report = json.loads((lite_int8 / "parity" / "report.json").read_text())
     entry = report["results"]["openvino-int8-default"]
     assert entry["gated"] and entry["budget"] == "int8" and report["not_built"] == {}
     err = entry["images"]["street_2.jpg"]["logit_error"]
-    assert 0 < err["rel_p99"] <= load_config().budgets["int8"]["rel_p99"]
-    assert "openvino-int8-default" in (int8_workdir / "parity" / "report.md").read_text()
+    assert 0 < err["rel_p99"] <= lite_config().budgets["int8"]["rel_p99"]
+    assert "openvino-int8-default" in (lite_int8 / "parity" / "report.md").read_text()
 
 
-def test_parity_without_int8_says_it_was_not_built(small_workdir, tmp_path):
-    work = tmp_path / "w"
-    work.mkdir()
-    for name in ("paddle", "onnx", "openvino"):
-        os.symlink(small_workdir / name, work / name)
-    proc = run_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-fp32-f32")
+def test_parity_without_int8_says_it_was_not_built(lite_build, tmp_path):
+    work = linked_build(lite_build, tmp_path / "w", link=("paddle", "onnx", "openvino"))
+    proc = lite_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-fp32-f32")
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-int8-default")
+    proc = lite_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-int8-default")
     assert proc.returncode == 8 and "quantize" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_int8_from_a_rebuilt_fp32_ir_is_refused_as_stale_by_name(int8_workdir, tmp_path):
-    work = tmp_path / "w"
-    shutil.copytree(int8_workdir, work, symlinks=True)
+def test_int8_from_a_rebuilt_fp32_ir_is_refused_as_stale_by_name(lite_int8, tmp_path):
+    work = linked_build(lite_int8, tmp_path / "w", link=("paddle", "onnx"), copy=("openvino/INT8/quantize.json",))
     record = json.loads((work / "openvino" / "INT8" / "quantize.json").read_text())
-    record["built_from"]["openvino/FP32/ocrnet-hrnet-w48-paddle.bin"] = "0" * 64
+    record["built_from"]["openvino/FP32/ocrnet-lite.bin"] = "0" * 64
     (work / "openvino" / "INT8" / "quantize.json").write_text(json.dumps(record))
-    proc = run_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-int8-default")
+    proc = lite_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-int8-default")
     assert proc.returncode == 8 and "no longer" in proc.stderr, proc.stderr
-
-
-def _rerecord(folder, record_name, group=None):
-    from converter.util.fsutil import describe_files
-
-    path = folder / record_name
-    record = json.loads(path.read_text())
-    files = record["files"][group] if group else record["files"]
-    fresh = describe_files(str(folder / group if group else folder), list(files))
-    if group:
-        record["files"][group] = fresh
-    else:
-        record["files"] = fresh
-    path.write_text(json.dumps(record))
 
 
 def _last_activation_fq(model):
@@ -194,28 +187,16 @@ def _break_int8(src, dst, how):
         low, high = low + shift, high + shift
     fq.input(3).replace_source_output(ops.constant(low).output(0))
     fq.input(4).replace_source_output(ops.constant(high).output(0))
-    _save_over(model, dst)
-
-
-def _save_over(model, xml):
-    """Save beside, then rename over: the old .bin is memory-mapped by the
-    model just read, and writing into it in place would be a SIGBUS."""
-    import openvino as ov
-
-    tmp = str(xml) + ".new.xml"
-    ov.save_model(model, tmp, compress_to_fp16=False)
-    os.replace(tmp[:-4] + ".bin", str(xml)[:-4] + ".bin")
-    os.replace(tmp, str(xml))
+    save_over(model, dst)
 
 
 @pytest.mark.parametrize("how", ["range-x4", "zero-point"])
-def test_a_broken_int8_ir_fails_its_budget(int8_workdir, tmp_path, how):
-    work = tmp_path / "w"
-    shutil.copytree(int8_workdir, work, symlinks=True)
-    xml = _int8(work) / "ocrnet-hrnet-w48-paddle.xml"
+def test_a_broken_int8_ir_fails_its_budget(lite_int8, tmp_path, how):
+    work = linked_build(lite_int8, tmp_path / "w", link=("paddle", "onnx"))
+    xml = _int8(work) / "ocrnet-lite.xml"
     _break_int8(xml, xml, how)
-    _rerecord(_int8(work), "quantize.json")
-    proc = run_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-int8-default")
+    rerecord(_int8(work), "quantize.json")
+    proc = lite_cli("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-int8-default")
     assert proc.returncode == 10, proc.stdout + proc.stderr
     report = json.loads((work / "parity" / "report.json").read_text())
     failures = report["failures"]
@@ -240,42 +221,38 @@ def _corrupt_fp16(xml, fraction=0.05, seed=0):
     idx = rng.choice(flat.size, int(flat.size * fraction), replace=False)
     flat[idx] = rng.standard_normal(idx.size).astype(np.float32) * float(np.abs(flat).max())
     target.output(0).replace(ops.constant(data.astype(np.float16)).output(0))
-    _save_over(model, xml)
+    save_over(model, xml)
 
 
-def test_a_corrupted_fp16_ir_fails_its_budget(small_workdir, tmp_path):
-    work = tmp_path / "w"
-    work.mkdir()
-    for name in ("paddle", "onnx"):
-        os.symlink(small_workdir / name, work / name)
-    shutil.copytree(small_workdir / "openvino", work / "openvino")
+def test_a_corrupted_fp16_ir_fails_its_budget(lite_build, tmp_path):
+    work = linked_build(lite_build, tmp_path / "w", link=("paddle", "onnx"))
     args = ("parity", "--workdir", str(work), "--images", SAMPLE, "--backends", "openvino-fp16-default")
-    assert run_cli(*args).returncode == 0   # the intact copy passes
-    _corrupt_fp16(work / "openvino" / "FP16" / "ocrnet-hrnet-w48-paddle.xml")
-    _rerecord(work / "openvino", "openvino.json", "FP16")
-    proc = run_cli(*args)
+    assert lite_cli(*args).returncode == 0   # the intact copy passes
+    _corrupt_fp16(work / "openvino" / "FP16" / "ocrnet-lite.xml")
+    rerecord(work / "openvino", "openvino.json", "FP16")
+    proc = lite_cli(*args)
     assert proc.returncode == 10, proc.stdout + proc.stderr
     report = json.loads((work / "parity" / "report.json").read_text())
     assert report["failures"] and all("fp16 budget" in f for f in report["failures"])
 
 
-def test_quantize_refuses_bad_options_and_missing_inputs(tmp_path, small_workdir):
-    proc = run_cli("quantize", "--workdir", str(tmp_path))
+def test_quantize_refuses_bad_options_and_missing_inputs(tmp_path, lite_build):
+    proc = lite_cli("quantize", "--workdir", str(tmp_path))
     assert proc.returncode == 8 and proc.stderr.startswith("error: missing") and "openvino" in proc.stderr
-    proc = run_cli("quantize", "--workdir", str(small_workdir), "--calibration-tile", "100x256")
+    proc = lite_cli("quantize", "--workdir", str(lite_build), "--calibration-tile", "100x256")
     assert proc.returncode == 2 and "multiples of 32" in proc.stderr
-    proc = run_cli("quantize", "--workdir", str(small_workdir), "--calibration-tile", "96x256")
+    proc = lite_cli("quantize", "--workdir", str(lite_build), "--calibration-tile", "96x256")
     assert proc.returncode != 0 and "does not divide" in proc.stderr
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
-    proc = run_cli("quantize", "--workdir", str(small_workdir), "--calibration-tile", TILE, "--images", str(bad))
+    proc = lite_cli("quantize", "--workdir", str(lite_build), "--calibration-tile", TILE, "--images", str(bad))
     # refused before NNCF starts: the error is the only line on stderr
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith(f"error: {bad}: not a readable image")
-    assert not (small_workdir / "openvino" / "INT8").exists()
+    assert not (lite_build / "openvino" / "INT8").exists()
 
 
-def test_parity_with_ground_truth_gates_the_miou_drop(int8_workdir, tmp_path):
+def test_parity_with_ground_truth_gates_the_miou_drop(lite_int8, tmp_path):
     import subprocess
     import sys
 
@@ -283,9 +260,8 @@ def test_parity_with_ground_truth_gates_the_miou_drop(int8_workdir, tmp_path):
     tool = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "make_samples.py")
     subprocess.run([sys.executable, tool, "--output", str(root), "--seeds", "7", "8"], check=True,
                    capture_output=True)
-    work = tmp_path / "w"
-    shutil.copytree(int8_workdir, work, symlinks=True)
-    proc = run_cli("parity", "--workdir", str(work), "--cityscapes", str(root),
+    work = linked_build(lite_int8, tmp_path / "w", link=("paddle", "onnx", "openvino"))
+    proc = lite_cli("parity", "--workdir", str(work), "--cityscapes", str(root),
                    "--backends", "openvino-fp32-f32", "openvino-int8-default")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((work / "parity" / "report.json").read_text())
@@ -295,7 +271,7 @@ def test_parity_with_ground_truth_gates_the_miou_drop(int8_workdir, tmp_path):
 
     from converter.data.images import load_rgb, resize_rgb
     from converter.runners import make_runner
-    from tests.conftest import converted_input, original_input
+    from tests.support import converted_input, original_input
     from tests.labelled import expected
 
     pairs = sorted((p, root / "gtFine" / "val" / p.parent.name / p.name.replace("leftImg8bit", "gtFine_labelIds"))
@@ -310,7 +286,7 @@ def test_parity_with_ground_truth_gates_the_miou_drop(int8_workdir, tmp_path):
     original = miou(make_runner("paddle", str(work / "paddle")), original_input)
     for name, precision in (("openvino-fp32-f32", "f32"), ("openvino-int8-default", None)):
         xml = "FP32" if name.endswith("f32") else "INT8"
-        got = miou(make_runner("openvino", str(work / "openvino" / xml / "ocrnet-hrnet-w48-paddle.xml"),
+        got = miou(make_runner("openvino", str(work / "openvino" / xml / "ocrnet-lite.xml"),
                                precision=precision), converted_input)
         task = report["results"][name]["task"]
         assert task["original_miou"] == pytest.approx(original, abs=1e-3)
@@ -320,35 +296,30 @@ def test_parity_with_ground_truth_gates_the_miou_drop(int8_workdir, tmp_path):
     assert "Against ground truth" in (work / "parity" / "report.md").read_text()
 
 
-def test_a_stale_int8_is_left_out_of_default_parity_but_refused_by_name(int8_workdir, tmp_path):
+def test_a_stale_int8_is_left_out_of_default_parity_but_refused_by_name(lite_int8, tmp_path):
     """After `make convert` rebuilt the FP32 IR, parity (and so convert) runs
     without the stale INT8 and says why; asked for by name, it is an error."""
-    work = tmp_path / "w"
-    shutil.copytree(int8_workdir, work, symlinks=True)
+    work = linked_build(lite_int8, tmp_path / "w", link=("paddle", "onnx"), copy=("openvino/INT8/quantize.json",))
     path = work / "openvino" / "INT8" / "quantize.json"
     record = json.loads(path.read_text())
-    record["built_from"]["openvino/FP32/ocrnet-hrnet-w48-paddle.xml"] = "0" * 64
+    record["built_from"]["openvino/FP32/ocrnet-lite.xml"] = "0" * 64
     path.write_text(json.dumps(record))
-    proc = run_cli("parity", "--workdir", str(work), "--images", SAMPLE)
+    proc = lite_cli("parity", "--workdir", str(work), "--images", SAMPLE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((work / "parity" / "report.json").read_text())
     assert "openvino-int8-default" not in report["results"]
     assert "no longer there" in report["not_built"]["openvino-int8-default"]
 
 
-def test_quantize_with_accuracy_control_on_labelled_scenes(small_workdir, tmp_path):
+def test_quantize_with_accuracy_control_on_labelled_scenes(lite_build, tmp_path):
     import subprocess
     import sys
 
     root = tmp_path / "scenes"
     tool = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "make_samples.py")
     subprocess.run([sys.executable, tool, "--output", str(root), "--seeds", "11"], check=True, capture_output=True)
-    work = tmp_path / "w"
-    work.mkdir()
-    for name in ("paddle", "onnx"):
-        os.symlink(small_workdir / name, work / name)
-    shutil.copytree(small_workdir / "openvino", work / "openvino")
-    proc = run_cli("quantize", "--workdir", str(work), "--calibration-tile", TILE, "--subset-size", "4",
+    work = linked_build(lite_build, tmp_path / "w", link=("paddle", "onnx"))
+    proc = lite_cli("quantize", "--workdir", str(work), "--calibration-tile", TILE, "--subset-size", "4",
                    "--cityscapes", str(root), "--max-drop", "0.02", "--max-iterations", "1")
     assert proc.returncode == 0, proc.stderr
     acc = json.loads((_int8(work) / "quantize.json").read_text())["accuracy_control"]
@@ -359,7 +330,7 @@ def test_quantize_with_accuracy_control_on_labelled_scenes(small_workdir, tmp_pa
     from PIL import Image
 
     from converter.data.images import load_rgb, resize_rgb
-    from tests.conftest import converted_input
+    from tests.support import converted_input
     from tests.labelled import expected, to_train
 
     image = next((root / "leftImg8bit" / "val").glob("*/*.png"))
@@ -374,15 +345,15 @@ def test_quantize_with_accuracy_control_on_labelled_scenes(small_workdir, tmp_pa
         compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         preds = [compiled(np.ascontiguousarray(x[:, :, rows, cols]))[0][0] for rows, cols in tiles]
         return expected(preds, [gt[rows, cols] for rows, cols in tiles], train_ids=True)[1]
-    fp32, int8 = miou(work / "openvino" / "FP32" / "ocrnet-hrnet-w48-paddle.xml"), miou(_int8(work) / "ocrnet-hrnet-w48-paddle.xml")
+    fp32, int8 = miou(work / "openvino" / "FP32" / "ocrnet-lite.xml"), miou(_int8(work) / "ocrnet-lite.xml")
     assert acc["miou_fp32_ir"] == pytest.approx(fp32, abs=1e-3)
     assert acc["miou_int8_ir"] == pytest.approx(int8, abs=1e-3)
     assert acc["drop"] == pytest.approx(fp32 - int8, abs=2e-3)
-    proc = run_cli("quantize", "--workdir", str(work), "--cityscapes", str(tmp_path / "nothing"))
+    proc = lite_cli("quantize", "--workdir", str(work), "--cityscapes", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: no images under")
 
 
-def test_ignored_tensors_keep_the_ops_that_compute_with_them_in_float(int8_workdir, tmp_path):
+def test_ignored_tensors_keep_the_ops_that_compute_with_them_in_float(lite_int8, tmp_path):
     """`--ignored-scope hrnet-fusion,TENSOR`: the convolution that reads the
     tensor through its ReLU loses its input FakeQuantize, and nothing else
     does; the clean build (the control) has it."""
@@ -400,19 +371,18 @@ def test_ignored_tensors_keep_the_ops_that_compute_with_them_in_float(int8_workd
                 return op.input_value(0).get_node().get_type_name(), model
         raise AssertionError(f"no convolution reads {relu}")
 
-    clean_xml = _int8(int8_workdir) / "ocrnet-hrnet-w48-paddle.xml"
+    clean_xml = _int8(lite_int8) / "ocrnet-lite.xml"
     kind, _ = conv_after_relu(clean_xml)
     assert kind == "FakeQuantize"
-    work = tmp_path / "w"
-    shutil.copytree(int8_workdir, work, symlinks=True)
-    proc = run_cli("quantize", "--workdir", str(work), "--calibration-tile", TILE, "--force",
+    work = linked_build(lite_int8, tmp_path / "w", link=("paddle", "onnx"))
+    proc = lite_cli("quantize", "--workdir", str(work), "--force",
                    "--ignored-scope", "hrnet-fusion,batch_norm_4.tmp_2")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    kind, _ = conv_after_relu(_int8(work) / "ocrnet-hrnet-w48-paddle.xml")
+    kind, _ = conv_after_relu(_int8(work) / "ocrnet-lite.xml")
     assert kind != "FakeQuantize"
     record = json.loads((_int8(work) / "quantize.json").read_text())
-    clean = json.loads((_int8(int8_workdir) / "quantize.json").read_text())
+    clean = json.loads((_int8(lite_int8) / "quantize.json").read_text())
     assert record["fake_quantize_nodes"] < clean["fake_quantize_nodes"]
     assert "relu_3.tmp_0" in record["ignored_readers"]
-    line = run_cli("quantize", "--workdir", str(work), "--ignored-scope", "hrnet-fusion,no_such.tmp_0").stderr
+    line = lite_cli("quantize", "--workdir", str(work), "--ignored-scope", "hrnet-fusion,no_such.tmp_0").stderr
     assert "no tensor named 'no_such.tmp_0'" in line

@@ -10,17 +10,17 @@ import pytest
 
 from converter.commands.package import write_archive
 from converter.data.images import SAMPLES_DIR
-from tests.conftest import run_cli
+from tests.support import lite_cli
 
 SAMPLE = os.path.join(SAMPLES_DIR, "street_2.jpg")
-ARCHIVE = "ocrnet-hrnet-w48-paddle-0.1.0.tar.gz"
+ARCHIVE = "ocrnet-lite-0.1.0.tar.gz"
 
 
-def test_every_ir_carries_model_info_for_model_api(small_workdir):
+def test_every_ir_carries_model_info_for_model_api(lite_build):
     import openvino as ov
 
     for folder in ("FP32", "FP16", "model_api/FP32", "model_api/FP16"):
-        model = ov.Core().read_model(str(small_workdir / "openvino" / folder / "ocrnet-hrnet-w48-paddle.xml"))
+        model = ov.Core().read_model(str(lite_build / "openvino" / folder / "ocrnet-lite.xml"))
         info = {k: model.get_rt_info(["model_info", k]).astype(str) for k in
                 ("model_type", "labels", "reverse_input_channels", "mean_values", "scale_values", "layout")}
         assert info["model_type"] == "Segmentation"
@@ -32,49 +32,49 @@ def test_every_ir_carries_model_info_for_model_api(small_workdir):
 
 
 @pytest.fixture(scope="session")
-def packaged(release_build, tmp_path_factory):
+def packaged(lite_release, tmp_path_factory):
     dist = tmp_path_factory.mktemp("dist")
-    proc = run_cli("package", "--workdir", str(release_build), "--output", str(dist))
+    proc = lite_cli("package", "--workdir", str(lite_release), "--output", str(dist))
     assert proc.returncode == 0, proc.stderr
     return dist
 
 
-def test_package_writes_ovms_omz_and_a_reproducible_archive(release_build, packaged, tmp_path):
+def test_package_writes_ovms_omz_and_a_reproducible_archive(lite_release, packaged, tmp_path):
     config = json.loads((packaged / "ovms" / "config.json").read_text())
     names = [m["config"]["name"] for m in config["model_config_list"]]
-    assert names == ["ocrnet-hrnet-w48-paddle-fp32", "ocrnet-hrnet-w48-paddle-fp16"]
+    assert names == ["ocrnet-lite-fp32", "ocrnet-lite-fp16"]
     for name in names:
         for ext in ("xml", "bin"):
             assert (packaged / "ovms" / "models" / name / "1" / f"model.{ext}").is_file()
     for p in ("FP32", "FP16"):
-        omz = packaged / "omz" / "public" / "ocrnet-hrnet-w48-paddle" / p / "ocrnet-hrnet-w48-paddle.bin"
-        assert omz.read_bytes() == (release_build / "openvino" / p / "ocrnet-hrnet-w48-paddle.bin").read_bytes()
+        omz = packaged / "omz" / "public" / "ocrnet-lite" / p / "ocrnet-lite.bin"
+        assert omz.read_bytes() == (lite_release / "openvino" / p / "ocrnet-lite.bin").read_bytes()
     with tarfile.open(packaged / ARCHIVE) as tar:
         members = tar.getmembers()
     files = sorted(m.name.split("/", 1)[1] for m in members if m.isfile())
     assert files == sorted(["LICENSE", "NOTICE", "MANIFEST.json", "README.md", "SHA256SUMS",
-                            "parity/report.json", "parity/report.md", "onnx/ocrnet-hrnet-w48-paddle.onnx"]
-                           + [f"{flavour}/{p}/ocrnet-hrnet-w48-paddle.{e}" for flavour in ("openvino", "openvino/model_api")
+                            "parity/report.json", "parity/report.md", "onnx/ocrnet-lite.onnx"]
+                           + [f"{flavour}/{p}/ocrnet-lite.{e}" for flavour in ("openvino", "openvino/model_api")
                               for p in ("FP32", "FP16") for e in ("xml", "bin")])
     for p in ("FP32", "FP16"):   # the Model API flavour: the same weights, another output
-        flavour = packaged / "model_api" / p / "ocrnet-hrnet-w48-paddle"
-        parent = release_build / "openvino" / p / "ocrnet-hrnet-w48-paddle"
+        flavour = packaged / "model_api" / p / "ocrnet-lite"
+        parent = lite_release / "openvino" / p / "ocrnet-lite"
         assert flavour.with_suffix(".bin").read_bytes() == parent.with_suffix(".bin").read_bytes()
         assert flavour.with_suffix(".xml").read_bytes() != parent.with_suffix(".xml").read_bytes()
     assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" for m in members)
     assert [m.name for m in members if m.isfile()] == sorted(m.name for m in members if m.isfile())
     # a second package of the same build: the same bytes
     again = tmp_path / "again"
-    proc = run_cli("package", "--workdir", str(release_build), "--output", str(again))
+    proc = lite_cli("package", "--workdir", str(lite_release), "--output", str(again))
     assert proc.returncode == 0, proc.stderr
     assert (again / ARCHIVE).read_bytes() == (packaged / ARCHIVE).read_bytes()
-    proc = run_cli("package", "--verify", str(packaged / ARCHIVE))
+    proc = lite_cli("package", "--verify", str(packaged / ARCHIVE))
     assert proc.returncode == 0 and proc.stdout.startswith("OK:"), proc.stderr
     # every model file (both flavours), the card and the report are checked against the MANIFEST too
     assert "15 members match SHA256SUMS, 11 of them MANIFEST.json" in proc.stdout, proc.stdout
     with tarfile.open(packaged / ARCHIVE) as tar:
-        card = tar.extractfile("ocrnet-hrnet-w48-paddle-0.1.0/README.md").read().decode()
-    assert card.splitlines()[0].startswith("# ocrnet-hrnet-w48-paddle: SYNTHETIC weights (seed 0)")
+        card = tar.extractfile("ocrnet-lite-0.1.0/README.md").read().decode()
+    assert card.splitlines()[0].startswith("# ocrnet-lite: SYNTHETIC weights (seed 0)")
 
 
 def test_a_flipped_byte_in_the_real_archive_fails_verify(packaged, tmp_path):
@@ -85,7 +85,7 @@ def test_a_flipped_byte_in_the_real_archive_fails_verify(packaged, tmp_path):
         byte = fh.read(1)
         fh.seek(-1, os.SEEK_CUR)
         fh.write(bytes([byte[0] ^ 0x01]))
-    proc = run_cli("package", "--verify", str(bad))
+    proc = lite_cli("package", "--verify", str(bad))
     assert proc.returncode == 5 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
@@ -146,34 +146,34 @@ def test_verify_catches_tampering(tmp_path, how):
     good = tmp_path / "good.tar.gz"
     _small_archive(good, members)
     if how != "manifest-disagrees":   # the control: the untampered archive verifies
-        proc = run_cli("package", "--verify", str(good))
+        proc = lite_cli("package", "--verify", str(good))
         assert proc.returncode == 0, proc.stderr
     bad = tmp_path / "bad.tar.gz"
     _retar(good, bad, TAMPERING[how])
-    proc = run_cli("package", "--verify", str(bad))
+    proc = lite_cli("package", "--verify", str(bad))
     assert proc.returncode == 5, (how, proc.stdout, proc.stderr)
     assert proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_package_refuses_failed_parity_and_manifest_mismatch(release_build, tmp_path):
+def test_package_refuses_failed_parity_and_manifest_mismatch(lite_release, tmp_path):
     work = tmp_path / "w"
-    shutil.copytree(release_build, work, symlinks=True)
+    shutil.copytree(lite_release, work, symlinks=True)
     report = json.loads((work / "parity" / "report.json").read_text())
     report["passed"] = False
     (work / "parity" / "report.json").write_text(json.dumps(report))
-    proc = run_cli("manifest", "--workdir", str(work))   # the manifest now agrees with the failed report
+    proc = lite_cli("manifest", "--workdir", str(work))   # the manifest now agrees with the failed report
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("package", "--workdir", str(work), "--output", str(tmp_path / "d1"))
+    proc = lite_cli("package", "--workdir", str(work), "--output", str(tmp_path / "d1"))
     assert proc.returncode == 10 and "parity" in proc.stderr, proc.stderr
     assert not (tmp_path / "d1" / ARCHIVE).exists()
     report["passed"] = True
     (work / "parity" / "report.json").write_text(json.dumps(report))   # now newer than the manifest
-    proc = run_cli("package", "--workdir", str(work), "--output", str(tmp_path / "d2"))
+    proc = lite_cli("package", "--workdir", str(work), "--output", str(tmp_path / "d2"))
     assert proc.returncode == 8 and "MANIFEST" in proc.stderr, proc.stderr
-    proc = run_cli("package", "--workdir", str(work), "--output", str(tmp_path / "d3"), "--allow-unverified")
+    proc = lite_cli("package", "--workdir", str(work), "--output", str(tmp_path / "d3"), "--allow-unverified")
     assert proc.returncode == 0, proc.stderr
     with tarfile.open(tmp_path / "d3" / ARCHIVE) as tar:
-        text = tar.extractfile("ocrnet-hrnet-w48-paddle-0.1.0/UNVERIFIED.txt").read().decode()
+        text = tar.extractfile("ocrnet-lite-0.1.0/UNVERIFIED.txt").read().decode()
     assert "MANIFEST" in text
 
 
@@ -187,18 +187,18 @@ def _model_api(xml, image, out):
                           timeout=600)
 
 
-def test_model_api_runs_the_packaged_flavour_as_it_is(release_build, packaged, tmp_path):
+def test_model_api_runs_the_packaged_flavour_as_it_is(lite_release, packaged, tmp_path):
     import numpy as np
     from PIL import Image
 
     # the sample at the build's input size, lossless: neither side resizes or decodes differently
     image = tmp_path / "street_2.png"
     Image.open(SAMPLE).convert("RGB").resize((512, 256), Image.BILINEAR).save(image)
-    proc = run_cli("predict", "--workdir", str(release_build), "--backend", "openvino-fp32-f32",
+    proc = lite_cli("predict", "--workdir", str(lite_release), "--backend", "openvino-fp32-f32",
                    "--output", str(tmp_path / "ours"), str(image))
     assert proc.returncode == 0, proc.stderr
     ours = np.asarray(Image.open(tmp_path / "ours" / "street_2_classes.png"))
-    proc = _model_api(packaged / "model_api" / "FP32" / "ocrnet-hrnet-w48-paddle.xml", image, tmp_path / "mapi.npy")
+    proc = _model_api(packaged / "model_api" / "FP32" / "ocrnet-lite.xml", image, tmp_path / "mapi.npy")
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     # model_info picked the wrapper and the labels; the output is scores per class
@@ -219,6 +219,6 @@ def test_the_interface_ir_trips_model_api_postprocess(packaged, tmp_path):
 
     image = tmp_path / "s.png"
     Image.open(SAMPLE).convert("RGB").resize((512, 256)).save(image)
-    xml = packaged / "ovms" / "models" / "ocrnet-hrnet-w48-paddle-fp32" / "1" / "model.xml"
+    xml = packaged / "ovms" / "models" / "ocrnet-lite-fp32" / "1" / "model.xml"
     proc = _model_api(xml, image, tmp_path / "x.npy")
     assert proc.returncode != 0 and "axis 2 is out of bounds" in proc.stderr, proc.stderr[-2000:]

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from tests.conftest import SMALL_SHAPE, run_cli
+from tests.support import SMALL_SHAPE, lite_cli, lite_command
 
 MODEL_FILES = ["paddle/model.pdmodel", "paddle/model.pdiparams", "paddle/model.pdiparams.info",
                "paddle/deploy.yaml", "paddle-logits/model.pdmodel", "paddle-logits/model.pdiparams",
-               "onnx/ocrnet-hrnet-w48-paddle.onnx",
-               "openvino/FP32/ocrnet-hrnet-w48-paddle.xml", "openvino/FP32/ocrnet-hrnet-w48-paddle.bin",
-               "openvino/FP16/ocrnet-hrnet-w48-paddle.xml", "openvino/FP16/ocrnet-hrnet-w48-paddle.bin"]
+               "onnx/ocrnet-lite.onnx",
+               "openvino/FP32/ocrnet-lite.xml", "openvino/FP32/ocrnet-lite.bin",
+               "openvino/FP16/ocrnet-lite.xml", "openvino/FP16/ocrnet-lite.bin"]
 
 
 def _sha(path):
@@ -22,22 +22,22 @@ def second_build(tmp_path_factory):
     """A build in another folder, with another thread count, from the same inputs."""
     work = tmp_path_factory.mktemp("second build")  # a space in the path, too
     env = {"OMP_NUM_THREADS": "1"}
-    proc = run_cli("export", "--weights", "synthetic", "--output", str(work / "paddle"),
+    proc = lite_cli("export", "--weights", "synthetic", "--output", str(work / "paddle"),
                    "--logits-output", str(work / "paddle-logits"), env=env)
     assert proc.returncode == 0, proc.stderr
     for stage in ("onnx", "openvino"):
-        proc = run_cli(stage, "--workdir", str(work), "--input-shape", SMALL_SHAPE, env=env)
+        proc = lite_cli(stage, "--workdir", str(work), "--input-shape", SMALL_SHAPE, env=env)
         assert proc.returncode == 0, proc.stderr
     return work
 
 
-def test_model_files_are_byte_identical(small_workdir, second_build):
-    different = [f for f in MODEL_FILES if _sha(small_workdir / f) != _sha(second_build / f)]
+def test_model_files_are_byte_identical(lite_build, second_build):
+    different = [f for f in MODEL_FILES if _sha(lite_build / f) != _sha(second_build / f)]
     assert different == []
 
 
 def test_manifest_lists_every_model_file_with_its_hash(second_build):
-    proc = run_cli("manifest", "--workdir", str(second_build))
+    proc = lite_cli("manifest", "--workdir", str(second_build))
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((second_build / "MANIFEST.json").read_text())
     listed = {f["path"]: f for f in manifest["files"]}
@@ -46,8 +46,8 @@ def test_manifest_lists_every_model_file_with_its_hash(second_build):
         assert listed[rel]["size"] == (second_build / rel).stat().st_size
     assert not listed["paddle/export.json"]["model_file"]
     assert manifest["weights"]["kind"] == "synthetic" and manifest["weights"]["seed"] == 0
-    from converter.config import load_config
-    assert manifest["config"]["sha256"] == load_config().sha256
+    from tests.support import lite_config
+    assert manifest["config"]["sha256"] == lite_config().sha256
     assert manifest["stages"]["onnx"]["opset"] == 13
     assert manifest["stages"]["openvino"]["input_shape"] == [1, 3, 256, 512]
     for lib in ("python", "paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "openvino", "numpy"):
@@ -59,47 +59,46 @@ def test_manifest_lists_every_model_file_with_its_hash(second_build):
 
 def test_unchanged_export_is_skipped(second_build):
     before = (second_build / "paddle" / "model.pdiparams").stat().st_mtime_ns
-    proc = run_cli("export", "--weights", "synthetic", "--output", str(second_build / "paddle"),
+    proc = lite_cli("export", "--weights", "synthetic", "--output", str(second_build / "paddle"),
                    "--logits-output", str(second_build / "paddle-logits"))
     assert proc.returncode == 0, proc.stderr
     assert "export: up to date" in proc.stderr and "skipped" in proc.stderr
     assert (second_build / "paddle" / "model.pdiparams").stat().st_mtime_ns == before
 
 
-def test_stage_skips_when_unchanged_and_force_redoes(tmp_path, synthetic_export):
+def test_stage_skips_when_unchanged_and_force_redoes(tmp_path, lite_export):
     import os
     work = tmp_path / "w"
     work.mkdir()
-    os.symlink(synthetic_export, work / "paddle")
+    os.symlink(lite_export, work / "paddle")
     args = ("onnx", "--workdir", str(work), "--input-shape", "1,3,64,128")
-    first = run_cli(*args)
+    first = lite_cli(*args)
     assert first.returncode == 0 and "onnx: done" in first.stderr
-    onnx_file = work / "onnx" / "ocrnet-hrnet-w48-paddle.onnx"
+    onnx_file = work / "onnx" / "ocrnet-lite.onnx"
     stamp = onnx_file.stat().st_mtime_ns
-    second = run_cli(*args)
+    second = lite_cli(*args)
     assert second.returncode == 0 and "onnx: up to date" in second.stderr
     assert onnx_file.stat().st_mtime_ns == stamp
     onnx_file.write_bytes(b"tampered")  # an output that no longer matches its record is redone
-    third = run_cli(*args)
+    third = lite_cli(*args)
     assert third.returncode == 0 and "onnx: done" in third.stderr and onnx_file.stat().st_size > 1000
-    forced = run_cli(*args, "--force")
+    forced = lite_cli(*args, "--force")
     assert forced.returncode == 0 and "onnx: done" in forced.stderr
-    other_shape = run_cli("onnx", "--workdir", str(work), "--input-shape", "1,3,64,96")
+    other_shape = lite_cli("onnx", "--workdir", str(work), "--input-shape", "1,3,64,96")
     assert other_shape.returncode == 0 and "onnx: done" in other_shape.stderr
 
 
-def test_sigkill_leaves_nothing_at_final_path_and_rerun_is_identical(tmp_path, small_workdir):
+def test_sigkill_leaves_nothing_at_final_path_and_rerun_is_identical(tmp_path, lite_build):
     import os
     import signal
     import subprocess
-    import sys
     import time
-    from tests.conftest import ROOT
+    from tests.support import ROOT
     work = tmp_path / "w"
     work.mkdir()
-    os.symlink(small_workdir / "paddle", work / "paddle")
-    proc = subprocess.Popen([sys.executable, "-m", "converter", "onnx", "--workdir", str(work),
-                             "--input-shape", SMALL_SHAPE], cwd=ROOT,
+    os.symlink(lite_build / "paddle", work / "paddle")
+    proc = subprocess.Popen(lite_command("onnx", "--workdir", str(work),
+                             "--input-shape", SMALL_SHAPE), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     staging = []
@@ -111,9 +110,9 @@ def test_sigkill_leaves_nothing_at_final_path_and_rerun_is_identical(tmp_path, s
     assert staging, "the stage never started writing"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (work / "onnx" / "ocrnet-hrnet-w48-paddle.onnx").exists()
-    rerun = run_cli("onnx", "--workdir", str(work), "--input-shape", SMALL_SHAPE)
+    assert not (work / "onnx" / "ocrnet-lite.onnx").exists()
+    rerun = lite_cli("onnx", "--workdir", str(work), "--input-shape", SMALL_SHAPE)
     assert rerun.returncode == 0, rerun.stderr
-    name = "onnx/ocrnet-hrnet-w48-paddle.onnx"
-    assert _sha(work / name) == _sha(small_workdir / name)
+    name = "onnx/ocrnet-lite.onnx"
+    assert _sha(work / name) == _sha(lite_build / name)
     assert not [p for p in work.iterdir() if p.name.endswith(".staging")]

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from tests.conftest import ROOT, run_cli
+from tests.support import ROOT, lite_cli
 
 TOOLS = os.path.join(ROOT, "tools")
 
@@ -33,7 +33,7 @@ def test_bundled_samples_keep_their_bytes():
             assert hashlib.sha256(buf.getvalue()).digest() == hashlib.sha256(fh.read()).digest(), seed
 
 
-def test_labelled_scenes_in_the_cityscapes_layout(tmp_path, small_workdir):
+def test_labelled_scenes_in_the_cityscapes_layout(tmp_path, lite_build):
     root = tmp_path / "cityscapes"
     proc = subprocess.run([sys.executable, os.path.join(TOOLS, "make_samples.py"), "--output", str(root),
                            "--seeds", "100", "101", "--split", "val"], capture_output=True, text=True)
@@ -54,7 +54,7 @@ def test_labelled_scenes_in_the_cityscapes_layout(tmp_path, small_workdir):
     # evaluate reads the set; it counts exactly the labelled (non-ignored) pixels.
     evaluated = set([7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33])
     want = sum(int(np.isin(np.asarray(Image.open(p)), list(evaluated)).sum()) for p in labels)
-    proc = run_cli("evaluate", "--cityscapes", str(root), "--workdir", str(small_workdir),
+    proc = lite_cli("evaluate", "--cityscapes", str(root), "--workdir", str(lite_build),
                    "--output", str(tmp_path / "eval"))
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from converter.data.images import load_rgb, sample_images
-from tests.conftest import default_contract, original_input
+from tests.support import default_contract, original_input
 
 HASH_SNIPPET = """
 import hashlib
 from converter.model import build_model
 from converter.weights.synthetic import synthetic_state_dict
-from tests.conftest import default_contract
+from tests.support import default_contract
 st = synthetic_state_dict(build_model(), {seed}, default_contract())
 print(hashlib.sha256(b''.join(k.encode() + st[k].tobytes() for k in st)).hexdigest())
 """
@@ -24,7 +24,7 @@ def _digest(state):
 
 
 @pytest.fixture(scope="session")
-def synthetic_seed0(synthetic_export):
+def synthetic_seed0(lite_export):
     """Seed 0 as the session's export computed it (2 threads, another
     process), through the cache, which verifies what it returns."""
     from converter.model import build_model
@@ -71,10 +71,10 @@ def test_calibration_sets_batchnorm_to_the_calibration_batch_statistics(syntheti
 
 
 @pytest.mark.slow
-def test_full_size_class_map_is_diverse_on_every_sample(synthetic_export):
+def test_full_size_class_map_is_diverse_on_every_sample(lite_export):
     """At 1x3x1024x2048: at least 8 classes, none above 50 % of the pixels."""
     from converter.runners import make_runner
-    runner = make_runner("paddle", str(synthetic_export))
+    runner = make_runner("paddle", str(lite_export))
     for path in sample_images():
         x = original_input(load_rgb(path))
         assert x.shape == (1, 3, 1024, 2048)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, converted_input, original_input, run_cli
+from tests.support import ROOT, converted_input, original_input, lite_cli, lite_command
 
 TOOLS = os.path.join(ROOT, "tools")
 BACKENDS = ("onnxruntime", "openvino-fp32-f32", "openvino-fp16-default")
@@ -28,15 +28,15 @@ def labelled(tmp_path_factory):
 
 
 def _validate(workdir, data, out, *extra, env=None):
-    return run_cli("validate", "--workdir", str(workdir), "--cityscapes", str(data), "--output", str(out),
+    return lite_cli("validate", "--workdir", str(workdir), "--cityscapes", str(data), "--output", str(out),
                    "--backends", *BACKENDS, *extra, env=env)
 
 
 @pytest.fixture(scope="module")
-def local_run(small_workdir, labelled, tmp_path_factory):
+def local_run(lite_build, labelled, tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
     # two workers, two images a chunk: each worker takes one chunk
-    proc = _validate(small_workdir, labelled, out, "--workers", "2", "--chunk", "2")
+    proc = _validate(lite_build, labelled, out, "--workers", "2", "--chunk", "2")
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
@@ -82,7 +82,7 @@ def test_per_image_results_stay_small_and_sealed(local_run):
     assert not any("path" in r or "id" in r for r in results)   # the current run's, never stored
 
 
-def test_ground_truth_metrics_equal_an_independent_count(small_workdir, tmp_path):
+def test_ground_truth_metrics_equal_an_independent_count(lite_build, tmp_path):
     """Labels made from the original's own maps with known damage: the
     original's IoU against them is known exactly, and each backend's is
     counted here from that backend's own maps, pixel by pixel."""
@@ -92,9 +92,9 @@ def test_ground_truth_metrics_equal_an_independent_count(small_workdir, tmp_path
 
     rgbs = {("aachen", f"aachen_00000{i}_000019"): resize_rgb(load_rgb(p), 512, 256)
             for i, p in enumerate(sample_images())}
-    runners = {"paddle": (make_runner("paddle", str(small_workdir / "paddle")), original_input),
-               "openvino-fp32-f32": (make_runner("openvino", str(small_workdir / "openvino" / "FP32" /
-                                                                  "ocrnet-hrnet-w48-paddle.xml")), converted_input)}
+    runners = {"paddle": (make_runner("paddle", str(lite_build / "paddle")), original_input),
+               "openvino-fp32-f32": (make_runner("openvino", str(lite_build / "openvino" / "FP32" /
+                                                                  "ocrnet-lite.xml")), converted_input)}
     preds = {name: {k: r.infer(prep(rgb))["argmax_0.tmp_0"][0] for k, rgb in rgbs.items()}
              for name, (r, prep) in runners.items()}
 
@@ -107,12 +107,12 @@ def test_ground_truth_metrics_equal_an_independent_count(small_workdir, tmp_path
     root = tmp_path / "set"
     write_dataset(root, {k: (rgb, preds["paddle"][k]) for k, rgb in rgbs.items()}, damage)
     gts = [damage(np.vectorize(TRAIN_TO_LABEL.get)(preds["paddle"][k]).astype(np.uint8)) for k in rgbs]
-    proc = run_cli("validate", "--workdir", str(small_workdir), "--cityscapes", str(root), "--output",
+    proc = lite_cli("validate", "--workdir", str(lite_build), "--cityscapes", str(root), "--output",
                    str(tmp_path / "out"), "--backends", "openvino-fp32-f32")
     assert proc.returncode == 0, proc.stderr
     m = _doc(tmp_path / "out")["metrics"]
-    from converter.config import load_config
-    names = load_config().class_names
+    from tests.support import lite_config
+    names = lite_config().class_names
     for name, got in (("paddle", m["reference"]["ground_truth"]),
                       ("openvino-fp32-f32", m["backends"]["openvino-fp32-f32"]["ground_truth"])):
         iou, miou, accuracy = expected([preds[name][k] for k in rgbs], gts)
@@ -128,18 +128,18 @@ def test_ground_truth_metrics_equal_an_independent_count(small_workdir, tmp_path
     assert task["miou_drop"] == pytest.approx(ref_miou - ir_miou, abs=2e-4)
 
 
-def test_a_rerun_reuses_every_image_and_reproduces_the_metrics(small_workdir, labelled, local_run):
+def test_a_rerun_reuses_every_image_and_reproduces_the_metrics(lite_build, labelled, local_run):
     out, _ = local_run
     before = _doc(out)
-    proc = _validate(small_workdir, labelled, out)
+    proc = _validate(lite_build, labelled, out)
     assert proc.returncode == 0, proc.stderr
     after = _doc(out)
     assert after["run"]["reused"] == 4 and after["run"]["computed"] == 0 and after["run"]["hosts"] == []
     assert after["metrics"] == before["metrics"] and after["timing"] == before["timing"]
 
 
-def test_ray_executor_gives_the_local_metrics(small_workdir, labelled, local_run, tmp_path):
-    proc = _validate(small_workdir, labelled, tmp_path, "--executor", "ray", "--workers", "2", "--chunk", "2")
+def test_ray_executor_gives_the_local_metrics(lite_build, labelled, local_run, tmp_path):
+    proc = _validate(lite_build, labelled, tmp_path, "--executor", "ray", "--workers", "2", "--chunk", "2")
     assert proc.returncode == 0, proc.stderr
     doc = _doc(tmp_path)
     assert doc["run"]["executor"] == "ray" and doc["run"]["computed"] == 4
@@ -155,9 +155,9 @@ def _faulty(workdir, data, out, marker, *extra):
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
 
 
-def test_a_ray_worker_that_dies_is_restarted_and_its_chunk_redone(small_workdir, labelled, local_run, tmp_path):
+def test_a_ray_worker_that_dies_is_restarted_and_its_chunk_redone(lite_build, labelled, local_run, tmp_path):
     marker = tmp_path / "crashed"
-    proc = _faulty(small_workdir, labelled, tmp_path / "out", marker, "ray")
+    proc = _faulty(lite_build, labelled, tmp_path / "out", marker, "ray")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert marker.exists(), "the fault was not injected: this test would prove nothing"
     crashed_pid = int(marker.read_text())
@@ -172,23 +172,23 @@ def test_a_ray_worker_that_dies_is_restarted_and_its_chunk_redone(small_workdir,
             assert result["backends"][name]["compare"] == local_result["backends"][name]["compare"]
 
 
-def test_a_local_worker_that_dies_is_one_error_line_and_the_rerun_resumes(small_workdir, labelled, tmp_path):
+def test_a_local_worker_that_dies_is_one_error_line_and_the_rerun_resumes(lite_build, labelled, tmp_path):
     marker, out = tmp_path / "crashed", tmp_path / "out"
-    proc = _faulty(small_workdir, labelled, out, marker, "local")
+    proc = _faulty(lite_build, labelled, out, marker, "local")
     assert marker.exists()
     assert proc.returncode == 8, proc.stdout + proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert errors == [proc.stderr.strip().splitlines()[-1]], proc.stderr
     assert errors[0].startswith("error: local worker 0 died (exit 17)")
-    proc = _validate(small_workdir, labelled, out, "--limit", "2")
+    proc = _validate(lite_build, labelled, out, "--limit", "2")
     assert proc.returncode == 0, proc.stderr
     assert _doc(out)["run"]["computed"] == 2
 
 
-def test_a_killed_run_resumes_with_only_the_missing_images(small_workdir, labelled, local_run, tmp_path):
+def test_a_killed_run_resumes_with_only_the_missing_images(lite_build, labelled, local_run, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "converter", "validate", "--workdir", str(small_workdir), "--cityscapes",
-           str(labelled), "--output", str(out), "--backends", *BACKENDS, "--chunk", "1"]
+    cmd = lite_command("validate", "--workdir", str(lite_build), "--cityscapes",
+           str(labelled), "--output", str(out), "--backends", *BACKENDS, "--chunk", "1")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and len(list((out / "images").glob("*.json")) if (out / "images").is_dir() else []) < 2:
@@ -197,7 +197,7 @@ def test_a_killed_run_resumes_with_only_the_missing_images(small_workdir, labell
     proc.wait(timeout=30)
     done = len(list((out / "images").glob("*.json")))
     assert 2 <= done < 4, f"{done} images were done when the driver was killed; the test needs some left"
-    proc = run_cli(*cmd[3:])
+    proc = lite_cli(*cmd[3:])
     assert proc.returncode == 0, proc.stderr
     doc = _doc(out)
     assert (doc["run"]["reused"], doc["run"]["computed"]) == (done, 4 - done)
@@ -210,20 +210,20 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_validate_joins_a_running_ray_cluster(small_workdir, labelled, local_run, tmp_path):
+def test_validate_joins_a_running_ray_cluster(lite_build, labelled, local_run, tmp_path):
     port = _free_port()
     start = subprocess.run([RAY, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
                            capture_output=True, text=True, timeout=180)
     try:
         assert start.returncode == 0, start.stderr[-2000:]
-        proc = _validate(small_workdir, labelled, tmp_path, "--executor", "ray", "--ray-address",
+        proc = _validate(lite_build, labelled, tmp_path, "--executor", "ray", "--ray-address",
                          f"127.0.0.1:{port}", "--limit", "2")
         assert proc.returncode == 0, proc.stderr
         doc = _doc(tmp_path)
         assert doc["run"]["executor"] == "ray" and doc["run"]["computed"] == 2
         # more CPUs than the cluster has: refused at once, not left pending
-        proc = _validate(small_workdir, labelled, tmp_path / "more", "--executor", "ray", "--ray-address",
+        proc = _validate(lite_build, labelled, tmp_path / "more", "--executor", "ray", "--ray-address",
                          f"127.0.0.1:{port}", "--limit", "2", "--workers", "2", "--threads", "2", "--chunk", "1")
         assert proc.returncode == 2 and "the Ray cluster has 2" in proc.stderr, proc.stderr
         # the cluster outlives the runs that joined it (ray start found a token: auth is on)
@@ -246,23 +246,23 @@ def test_validate_joins_a_running_ray_cluster(small_workdir, labelled, local_run
     (("--images", "converter/samples", "--workers", "3"), 2, "more than the"),
     (("--images", "converter/samples", "--threads", "100000"), 2, "more than the"),
 ])
-def test_bad_validate_arguments_are_one_line_errors(small_workdir, tmp_path, args, code, fragment):
-    proc = run_cli("validate", "--workdir", str(small_workdir), "--output", str(tmp_path / "o"), *args)
+def test_bad_validate_arguments_are_one_line_errors(lite_build, tmp_path, args, code, fragment):
+    proc = lite_cli("validate", "--workdir", str(lite_build), "--output", str(tmp_path / "o"), *args)
     assert proc.returncode == code, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error:") and fragment in proc.stderr
 
 
-def test_a_corrupt_image_is_one_error_line(small_workdir, tmp_path):
+def test_a_corrupt_image_is_one_error_line(lite_build, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
-    proc = run_cli("validate", "--workdir", str(small_workdir), "--output", str(tmp_path / "o"),
+    proc = lite_cli("validate", "--workdir", str(lite_build), "--output", str(tmp_path / "o"),
                    "--images", str(bad), "--backends", "openvino-fp32-f32")
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "bad.png" in proc.stderr
     assert not (tmp_path / "o" / "validate.json").exists()
 
 
-def test_a_damaged_stored_result_is_recomputed_not_trusted(small_workdir, labelled, local_run, tmp_path):
+def test_a_damaged_stored_result_is_recomputed_not_trusted(lite_build, labelled, local_run, tmp_path):
     import shutil
 
     out = tmp_path / "out"
@@ -271,7 +271,7 @@ def test_a_damaged_stored_result_is_recomputed_not_trusted(small_workdir, labell
     result = json.loads(victim.read_text())
     result["backends"]["onnxruntime"]["compare"]["agreement"] = "all of it"   # a field of the wrong type
     victim.write_text(json.dumps(result))
-    proc = _validate(small_workdir, labelled, out)
+    proc = _validate(lite_build, labelled, out)
     assert proc.returncode == 0, proc.stderr
     doc = _doc(out)
     assert (doc["run"]["reused"], doc["run"]["computed"], doc["run"]["refused_stored"]) == (3, 1, 1)
