@@ -22,16 +22,16 @@ class CrashOnce(Host):
 
 
 def main(workdir, data, out, executor):
-    """validate --cityscapes data --limit 2 with CrashOnce hosts; prints the
+    """validate --cityscapes data --limit 2 on a lite build with CrashOnce hosts; prints the
     error line and exits with its code as the command line does."""
     import sys
 
     from converter.commands.validate import run_validate
-    from converter.config import load_config
     from converter.errors import ConverterError
+    from tests.support import lite_config
 
     try:
-        run_validate(load_config(), workdir, out, cityscapes=data, limit=2, executor=executor, chunk=1,
+        run_validate(lite_config(), workdir, out, cityscapes=data, limit=2, executor=executor, chunk=1,
                      backends=["onnxruntime", "openvino-fp32-f32", "openvino-fp16-default"], host_class=CrashOnce)
     except ConverterError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,16 +1,13 @@
 """The config drives the conversion: with another mean/scale, RGB input and
 another static shape, the ONNX model and the IR compute
 original((x - mean) / scale) for that config."""
-import shutil
-
 import numpy as np
 import pytest
 import yaml
 
 from converter.config import load_config
 
-from tests.support import LITE, lite_config
-from tests.support import lite_cli
+from tests.support import LITE, linked_build, lite_cli, lite_config
 
 MEAN, SCALE, SHAPE = [100.0, 110.0, 120.0], [50.0, 60.0, 70.0], (1, 3, 128, 256)
 
@@ -25,7 +22,7 @@ def modified(lite_export, tmp_path_factory):
     config_path = root / "modified.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     work = root / "w"
-    shutil.copytree(lite_export, work / "paddle")
+    linked_build(lite_export, work / "paddle")
     for stage in ("onnx", "openvino"):
         proc = lite_cli(stage, "--config", str(config_path), "--workdir", str(work))  # shape from the config
         assert proc.returncode == 0, proc.stderr

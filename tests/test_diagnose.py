@@ -134,6 +134,8 @@ def test_the_int8_gate_fails_a_broken_fake_quantize_at_any_depth(lite_int8, tmp_
     fp32 = str(lite_int8 / IR)
     assert failures("int8", profile, config, fp32, str(lite_int8 / INT8), (256, 512)) == []
     # a profile that misses a quantized tensor (another IR, an older version) does not pass
+    off_grid = dict(profile, tile=[100, 256])   # no tile of the input: not measured on a guess
+    assert "tile" in failures("int8", off_grid, config, fp32, str(lite_int8 / INT8), (256, 512))[0]
     trimmed = dict(profile, tensors=dict(list(profile["tensors"].items())[1:]))
     assert any("not in the recorded profile" in f and "--force" in f
                for f in failures("int8", trimmed, config, fp32, str(lite_int8 / INT8), (256, 512)))

@@ -5,34 +5,49 @@ import numpy as np
 import pytest
 
 from converter.data.images import load_rgb, resize_rgb, sample_images
-from tests.support import default_contract, original_input
+from tests.support import original_contract, original_input
 from tests.support import run_cli
+
+# (backbone, values in its state dict): the lite model's 3.9 M, W48's 70.47 M (the fixture's count)
+MODELS = {"lite": ("hrnet_w18_small_v1", 3_857_446), "w48": ("hrnet_w48", 70_466_150)}
 
 
 def _small_input():
     return original_input(resize_rgb(load_rgb(sample_images()[0]), 512, 256))
 
 
-def test_export_writes_release_format(lite_export):
-    names = sorted(p.name for p in lite_export.iterdir())
+@pytest.fixture(params=["lite", pytest.param("w48", marks=pytest.mark.slow)])
+def exported(request):
+    """(model, its export, its logits export): the lite model, and W48 in the slow tier."""
+    export = request.getfixturevalue(f"{request.param}_export")
+    return request.param, export, export.parent / "paddle-logits"
+
+
+def test_export_writes_release_format(exported):
+    model, export, _ = exported
+    names = sorted(p.name for p in export.iterdir())
     assert names == ["deploy.yaml", "export.json", "model.pdiparams", "model.pdiparams.info", "model.pdmodel"]
-    assert (lite_export / "deploy.yaml").read_text() == (
+    assert (export / "deploy.yaml").read_text() == (
         "Deploy:\n  model: model.pdmodel\n  params: model.pdiparams\n  transforms:\n  - type: Normalize\n")
-    # 70,466,150 float32 values, plus a small header per tensor
-    assert 70466150 * 4 < (lite_export / "model.pdiparams").stat().st_size < 70466150 * 4 + 2_000_000
-    record = json.loads((lite_export / "export.json").read_text())
+    # every float32 value, plus a small header per tensor
+    values = MODELS[model][1]
+    assert values * 4 < (export / "model.pdiparams").stat().st_size < values * 4 + 2_000_000
+    record = json.loads((export / "export.json").read_text())
     assert record["weights"]["kind"] == "synthetic" and record["weights"]["seed"] == 0
 
 
-def test_round_trip_paddle_inference_equals_dygraph(lite_export, lite_export_logits):
+def test_round_trip_paddle_inference_equals_dygraph(exported):
     """Same weights, same input: the inference model computes what our dygraph model does."""
     import paddle
     from converter.model import build_model
     from converter.runners import make_runner
-    from converter.weights.synthetic import synthetic_state_dict
+    from converter.util.cache import default_cache_dir
+    from converter.weights.synthetic import cached_synthetic_state_dict
 
-    model = build_model()
-    synthetic_state_dict(model, 0, default_contract())
+    model_name, lite_export, lite_export_logits = exported
+    model = build_model(19, backbone=MODELS[model_name][0])
+    # the weights the export computed, from the session's cache (which verifies them)
+    assert cached_synthetic_state_dict(model, 0, original_contract(), default_cache_dir())[1]
     x = _small_input()
     with paddle.no_grad():
         ref = model(paddle.to_tensor(x))[0].numpy()

@@ -74,7 +74,7 @@ def test_the_issues_counts():
     assert len(state_shapes("hrnet_w18", 5)) == len(state_shapes("hrnet_w48", 21)) == 1583
 
 
-@pytest.mark.parametrize("backbone", ["hrnet_w18", "hrnet_w48"])
+@pytest.mark.parametrize("backbone", ["hrnet_w18_small_v1", "hrnet_w18", "hrnet_w48"])
 def test_flops_equal_paddle_flops(backbone):
     """paddle.flops counts conv and BN multiply-accumulates of a forward pass;
     the formula must give the same at every size (here 128x256, a quarter of

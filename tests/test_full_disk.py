@@ -55,11 +55,14 @@ def _finals(folder):
 
 
 @pytest.fixture(scope="module")
-def fitting_checkpoint(tmp_path_factory, fixture_state):
-    """Random float32 weights for every parameter of the fixture, pickled as paddle.save does."""
+def fitting_checkpoint(tmp_path_factory):
+    """Random float32 weights for every parameter of the lite model, pickled as paddle.save does."""
     import pickle
+
+    from converter.family import state_shapes
     rng = np.random.default_rng(3)
-    state = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in fixture_state["entries"]}
+    state = {name: rng.standard_normal(shape).astype(np.float32)
+             for name, shape in state_shapes("hrnet_w18_small_v1", 19).items()}
     state = {k: np.abs(v) if k.endswith("._variance") else v for k, v in state.items()}   # variances are >= 0
     path = tmp_path_factory.mktemp("ckpt") / "model.pdparams"
     with open(path, "wb") as fh:
@@ -85,16 +88,8 @@ def test_conversion_on_a_full_disk(tmp_path, lite_build, stage):
         assert _finals(disk) == _finals(src)
 
 
-@pytest.fixture(scope="module")
-def small_build(lite_build, tmp_path_factory):
-    root = tmp_path_factory.mktemp("build")
-    for name in ("paddle", "onnx", "openvino"):
-        shutil.copytree(lite_build / name, root / name)
-    return root
-
-
-def test_parity_on_a_full_disk(tmp_path, small_build):
-    with full_disk(tmp_path / "disk", small_build) as disk:
+def test_parity_on_a_full_disk(tmp_path, lite_build):
+    with full_disk(tmp_path / "disk", lite_build) as disk:
         proc = lite_cli("parity", "--workdir", str(disk), "--images",
                        os.path.join(ROOT, "converter", "samples", "street_1.jpg"))
         one_line_error(proc, 11, "disk full")
@@ -105,8 +100,8 @@ def test_parity_on_a_full_disk(tmp_path, small_build):
             Image.open(disk / "parity" / name).load()
 
 
-def test_manifest_on_a_full_disk(tmp_path, small_build):
-    with full_disk(tmp_path / "disk", small_build, margin=1024) as disk:
+def test_manifest_on_a_full_disk(tmp_path, lite_build):
+    with full_disk(tmp_path / "disk", lite_build, margin=1024) as disk:
         proc = lite_cli("manifest", "--workdir", str(disk))
         one_line_error(proc, 11, "disk full")
         if (disk / "MANIFEST.json").exists():

@@ -72,9 +72,11 @@ def test_a_checkpoint_of_another_width_is_refused_naming_a_key(w18_checkpoint, t
     assert " != " in line and not (tmp_path / "p").exists()
 
 
-def test_a_w48_checkpoint_of_21_classes_goes_through_init_and_convert(tmp_path):
+@pytest.mark.slow
+def test_a_w48_checkpoint_of_21_classes_goes_through_init_and_convert(w48_export, tmp_path):
     """The shipped architecture with VOC's 21 classes: the seeded synthetic
-    backbone and head, its two class layers drawn again for 21 classes."""
+    backbone and head (the session's W48 export put them in its cache), its
+    two class layers drawn again for 21 classes."""
     from converter.family import state_shapes
     from converter.weights.synthetic import load_cached, synthetic_key
     from converter.config import load_config

@@ -123,6 +123,7 @@ def test_quantize_writes_a_recorded_reproducible_int8_ir(lite_int8, tmp_path):
     assert record["calibration"]["tiles"] == 12 and record["calibration"]["tile"] == [128, 256]
     assert record["ignored_adds"] == ADDS["lite"][0] and record["fake_quantize_nodes"] > 80
     assert record["options"]["preset"] == "mixed" and record["weights"]["kind"] == "synthetic"
+    assert record["error_profile"]["tile"] == [128, 256]   # the calibration tile: parity measures it again
     fp32 = lite_int8 / "openvino" / "FP32" / "ocrnet-lite.bin"
     assert os.path.getsize(_int8(lite_int8) / "ocrnet-lite.bin") < 0.4 * os.path.getsize(fp32)
     # up to date: skipped; forced: the same bytes again (on a copy: the shared build stays as it is)

@@ -10,7 +10,7 @@ import pytest
 
 from converter.commands.package import write_archive
 from converter.data.images import SAMPLES_DIR
-from tests.support import lite_cli
+from tests.support import linked_build, lite_cli
 
 SAMPLE = os.path.join(SAMPLES_DIR, "street_2.jpg")
 ARCHIVE = "ocrnet-lite-0.1.0.tar.gz"
@@ -156,8 +156,7 @@ def test_verify_catches_tampering(tmp_path, how):
 
 
 def test_package_refuses_failed_parity_and_manifest_mismatch(lite_release, tmp_path):
-    work = tmp_path / "w"
-    shutil.copytree(lite_release, work, symlinks=True)
+    work = linked_build(lite_release, tmp_path / "w", link=("paddle",))
     report = json.loads((work / "parity" / "report.json").read_text())
     report["passed"] = False
     (work / "parity" / "report.json").write_text(json.dumps(report))

@@ -4,36 +4,53 @@ import json
 
 import pytest
 
-from tests.support import SMALL_SHAPE, lite_cli, lite_command
+from tests.support import LITE, LITE_NAME, SMALL_SHAPE, W48_NAME, lite_cli, lite_command, run_cli
 
-MODEL_FILES = ["paddle/model.pdmodel", "paddle/model.pdiparams", "paddle/model.pdiparams.info",
-               "paddle/deploy.yaml", "paddle-logits/model.pdmodel", "paddle-logits/model.pdiparams",
-               "onnx/ocrnet-lite.onnx",
-               "openvino/FP32/ocrnet-lite.xml", "openvino/FP32/ocrnet-lite.bin",
-               "openvino/FP16/ocrnet-lite.xml", "openvino/FP16/ocrnet-lite.bin"]
+
+
+def model_files(name):
+    return ["paddle/model.pdmodel", "paddle/model.pdiparams", "paddle/model.pdiparams.info",
+            "paddle/deploy.yaml", "paddle-logits/model.pdmodel", "paddle-logits/model.pdiparams",
+            f"onnx/{name}.onnx", f"openvino/FP32/{name}.xml", f"openvino/FP32/{name}.bin",
+            f"openvino/FP16/{name}.xml", f"openvino/FP16/{name}.bin"]
+
+
+MODEL_FILES = model_files(LITE_NAME)
 
 
 def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def second_build(tmp_path_factory):
+def _second_build(root, *config):
     """A build in another folder, with another thread count, from the same inputs."""
-    work = tmp_path_factory.mktemp("second build")  # a space in the path, too
+    work = root / "second build"  # a space in the path, too
     env = {"OMP_NUM_THREADS": "1"}
-    proc = lite_cli("export", "--weights", "synthetic", "--output", str(work / "paddle"),
+    proc = run_cli("export", *config, "--weights", "synthetic", "--output", str(work / "paddle"),
                    "--logits-output", str(work / "paddle-logits"), env=env)
     assert proc.returncode == 0, proc.stderr
     for stage in ("onnx", "openvino"):
-        proc = lite_cli(stage, "--workdir", str(work), "--input-shape", SMALL_SHAPE, env=env)
+        proc = run_cli(stage, *config, "--workdir", str(work), "--input-shape", SMALL_SHAPE, env=env)
         assert proc.returncode == 0, proc.stderr
     return work
+
+
+@pytest.fixture(scope="module")
+def second_build(tmp_path_factory):
+    return _second_build(tmp_path_factory.mktemp("lite"), "--config", LITE)
 
 
 def test_model_files_are_byte_identical(lite_build, second_build):
     different = [f for f in MODEL_FILES if _sha(lite_build / f) != _sha(second_build / f)]
     assert different == []
+
+
+@pytest.mark.slow
+def test_w48_model_files_are_byte_identical(w48_build, tmp_path):
+    """The shipped model, rebuilt from scratch (its synthetic weights from the session's cache)."""
+    second = _second_build(tmp_path)
+    files = model_files(W48_NAME)
+    assert [f for f in files if _sha(w48_build / f) != _sha(second / f)] == []
 
 
 def test_manifest_lists_every_model_file_with_its_hash(second_build):
@@ -53,7 +70,8 @@ def test_manifest_lists_every_model_file_with_its_hash(second_build):
     for lib in ("python", "paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "openvino", "numpy"):
         assert manifest["versions"][lib]
     card = (second_build / "README.md").read_text()
-    assert "synthetic weights (seed 0)" in card and "| MParams | 70.47 |" in card and "324.66" in card
+    # 3.86 M parameters, 73.13 GFLOPs at 512x1024 (HRNet_W18_Small_V1 with 19 classes: 3.9 M, 36.6 GFLOP at 256x512)
+    assert "synthetic weights (seed 0)" in card and "| MParams | 3.86 |" in card and "73.13" in card
     assert "Apache" in card
 
 

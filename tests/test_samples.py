@@ -59,3 +59,27 @@ def test_labelled_scenes_in_the_cityscapes_layout(tmp_path, lite_build):
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["images"] == 2 and metrics["pixels"] == want
+
+
+def test_prepare_feeds_each_model_what_its_contract_says():
+    """Against values worked out by hand for one 1x2 image: a red pixel
+    (200, 10, 0) and a blue one (0, 20, 250), mean and scale stated per RGB
+    channel. The converted and the reference inputs are both built by
+    prepare, so a bug shared by both would pass parity: this is its own check."""
+    from converter.data.images import prepare
+
+    rgb = np.array([[[200, 10, 0], [0, 20, 250]]], np.uint8)
+    mean, scale = [100.0, 10.0, 50.0], [2.0, 5.0, 10.0]
+    out = prepare(rgb, {"color": "RGB", "mean": mean, "scale": scale})
+    assert out.shape == (1, 3, 1, 2) and out.dtype == np.float32 and out.flags.c_contiguous
+    # R: (200-100)/2, (0-100)/2; G: (10-10)/5, (20-10)/5; B: (0-50)/10, (250-50)/10
+    np.testing.assert_array_equal(out[0, :, 0, :], [[50, -50], [0, 2], [-5, 20]])
+    # BGR: blue first, each channel still with its own (RGB-stated) mean and scale
+    out = prepare(rgb, {"color": "BGR", "mean": mean, "scale": scale})
+    np.testing.assert_array_equal(out[0, :, 0, :], [[-5, 20], [0, 2], [50, -50]])
+    # the converted models' raw BGR 0..255
+    out = prepare(rgb, {"color": "BGR", "mean": [0.0] * 3, "scale": [1.0] * 3})
+    np.testing.assert_array_equal(out[0, :, 0, :], [[0, 250], [10, 20], [200, 0]])
+    # the shipped config's normalisation: (v - 127.5) / 127.5
+    out = prepare(rgb, {"color": "RGB", "mean": [127.5] * 3, "scale": [127.5] * 3})
+    np.testing.assert_allclose(out[0, :, 0, 0], [72.5 / 127.5, -117.5 / 127.5, -1.0], rtol=1e-6)

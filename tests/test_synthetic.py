@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from converter.data.images import load_rgb, sample_images
-from tests.support import default_contract, original_input
+from tests.support import original_contract, original_input
 
 HASH_SNIPPET = """
 import hashlib
 from converter.model import build_model
 from converter.weights.synthetic import synthetic_state_dict
-from tests.support import default_contract
-st = synthetic_state_dict(build_model(), {seed}, default_contract())
+from tests.support import original_contract
+st = synthetic_state_dict(build_model(19, backbone="hrnet_w18_small_v1"), {seed}, original_contract())
 print(hashlib.sha256(b''.join(k.encode() + st[k].tobytes() for k in st)).hexdigest())
 """
 
@@ -25,13 +25,13 @@ def _digest(state):
 
 @pytest.fixture(scope="session")
 def synthetic_seed0(lite_export):
-    """Seed 0 as the session's export computed it (2 threads, another
-    process), through the cache, which verifies what it returns."""
+    """Seed 0 of the lite model as the session's export computed it (2
+    threads, another process), through the cache, which verifies what it returns."""
     from converter.model import build_model
     from converter.util.cache import default_cache_dir
     from converter.weights.synthetic import cached_synthetic_state_dict
-    model = build_model()
-    state, hit = cached_synthetic_state_dict(model, 0, default_contract(), default_cache_dir())
+    model = build_model(19, backbone="hrnet_w18_small_v1")
+    state, hit = cached_synthetic_state_dict(model, 0, original_contract(), default_cache_dir())
     assert hit
     return model, state
 
@@ -63,18 +63,18 @@ def test_calibration_sets_batchnorm_to_the_calibration_batch_statistics(syntheti
     model, state = synthetic_seed0
     conv = model.backbone.conv_layer1_1._conv
     with paddle.no_grad():
-        y = conv(paddle.to_tensor(calibration_batch(default_contract()))).numpy().astype(np.float64)
+        y = conv(paddle.to_tensor(calibration_batch(original_contract()))).numpy().astype(np.float64)
     mean, var = y.mean(axis=(0, 2, 3)), y.var(axis=(0, 2, 3))
     np.testing.assert_allclose(state["backbone.conv_layer1_1._batch_norm._mean"], mean, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(state["backbone.conv_layer1_1._batch_norm._variance"], var, rtol=1e-3, atol=1e-5)
     assert np.abs(mean).max() > 0.01  # control: not the He-init zeros
 
 
-@pytest.mark.slow
-def test_full_size_class_map_is_diverse_on_every_sample(lite_export):
-    """At 1x3x1024x2048: at least 8 classes, none above 50 % of the pixels."""
+@pytest.mark.e2e
+def test_full_size_class_map_is_diverse_on_every_sample(w48_export):
+    """W48 at 1x3x1024x2048: at least 8 classes, none above 50 % of the pixels."""
     from converter.runners import make_runner
-    runner = make_runner("paddle", str(lite_export))
+    runner = make_runner("paddle", str(w48_export))
     for path in sample_images():
         x = original_input(load_rgb(path))
         assert x.shape == (1, 3, 1024, 2048)

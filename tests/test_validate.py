@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.support import ROOT, converted_input, original_input, lite_cli, lite_command
+from tests.support import ROOT, converted_input, lite_cli, lite_command, original_input, run_cli
 
 TOOLS = os.path.join(ROOT, "tools")
 BACKENDS = ("onnxruntime", "openvino-fp32-f32", "openvino-fp16-default")
@@ -138,6 +138,7 @@ def test_a_rerun_reuses_every_image_and_reproduces_the_metrics(lite_build, label
     assert after["metrics"] == before["metrics"] and after["timing"] == before["timing"]
 
 
+@pytest.mark.slow   # Ray
 def test_ray_executor_gives_the_local_metrics(lite_build, labelled, local_run, tmp_path):
     proc = _validate(lite_build, labelled, tmp_path, "--executor", "ray", "--workers", "2", "--chunk", "2")
     assert proc.returncode == 0, proc.stderr
@@ -155,6 +156,7 @@ def _faulty(workdir, data, out, marker, *extra):
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
 
 
+@pytest.mark.slow   # Ray
 def test_a_ray_worker_that_dies_is_restarted_and_its_chunk_redone(lite_build, labelled, local_run, tmp_path):
     marker = tmp_path / "crashed"
     proc = _faulty(lite_build, labelled, tmp_path / "out", marker, "ray")
@@ -197,7 +199,7 @@ def test_a_killed_run_resumes_with_only_the_missing_images(lite_build, labelled,
     proc.wait(timeout=30)
     done = len(list((out / "images").glob("*.json")))
     assert 2 <= done < 4, f"{done} images were done when the driver was killed; the test needs some left"
-    proc = lite_cli(*cmd[3:])
+    proc = run_cli(*cmd[3:])
     assert proc.returncode == 0, proc.stderr
     doc = _doc(out)
     assert (doc["run"]["reused"], doc["run"]["computed"]) == (done, 4 - done)
@@ -210,6 +212,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow   # Ray
 def test_validate_joins_a_running_ray_cluster(lite_build, labelled, local_run, tmp_path):
     port = _free_port()
     start = subprocess.run([RAY, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",

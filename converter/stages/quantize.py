@@ -295,7 +295,7 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
         from converter.validate.int8_profile import record as error_profile
 
         info("quantize: recording the error profile of every quantized tensor (the INT8 gate's reference)...")
-        profile = error_profile(config, fp32_xml, os.path.join(tmp, names[0]), shape[2:])
+        profile = error_profile(config, fp32_xml, os.path.join(tmp, names[0]), shape[2:], tile_hw)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     seconds = round(time.perf_counter() - start, 1)
     record = StageRecord(

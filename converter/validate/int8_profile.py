@@ -25,12 +25,12 @@ FLOOR = {"p99": 1e-4, "mean": 1e-5}   # relative errors below these are not judg
 STATS = {"p99": "rel_p99", "mean": "rel_mean"}
 
 
-def profile_inputs(config, full_hw):
-    """The central tile (config quantize.calibration_tile) of each bundled
-    sample at the build's full input size, as the converted models take it."""
+def profile_inputs(config, full_hw, tile_hw):
+    """The central tile_hw tile (the tile quantize calibrated on) of each
+    bundled sample at the build's full input size, as the converted models take it."""
     from converter.data.images import input_contract, load_rgb, prepare, resize_rgb, sample_images
 
-    (H, W), (h, w) = full_hw, config.quantize["calibration_tile"]
+    (H, W), (h, w) = full_hw, tile_hw
     contract = input_contract(config, "converted")
     out = []
     for path in sample_images():
@@ -76,11 +76,12 @@ def measure(fp32_xml, int8_xml, inputs, threads=2):
     return worst
 
 
-def record(config, fp32_xml, int8_xml, full_hw, threads=2):
-    """The profile the quantize stage records beside the IR."""
-    inputs = profile_inputs(config, full_hw)
+def record(config, fp32_xml, int8_xml, full_hw, tile_hw, threads=2):
+    """The profile the quantize stage records beside the IR, measured on
+    tile_hw tiles; the gate measures the same tile again."""
+    inputs = profile_inputs(config, full_hw, tile_hw)
     return {"inputs": f"the central {inputs[0].shape[2]}x{inputs[0].shape[3]} tile of each bundled sample",
-            "precision_hint": "f32", "margin": MARGIN, "floor": FLOOR,
+            "tile": [int(v) for v in tile_hw], "precision_hint": "f32", "margin": MARGIN, "floor": FLOOR,
             "tensors": {k: {s: round(v, 9) for s, v in e.items()}
                         for k, e in measure(fp32_xml, int8_xml, inputs, threads).items()}}
 
@@ -91,7 +92,11 @@ def failures(name, profile, config, fp32_xml, int8_xml, full_hw, threads=2):
     if not isinstance(profile, dict) or not isinstance(profile.get("tensors"), dict) or not profile["tensors"]:
         return [f"{name}: its quantize record holds no error profile (quantized by an older version): rerun "
                 "`ocrnet-convert quantize --force`"]
-    now = measure(fp32_xml, int8_xml, profile_inputs(config, full_hw), threads)
+    tile_hw = _recorded_tile(profile, config, full_hw)
+    if tile_hw is None:
+        return [f"{name}: its error profile's tile is not a tile of the {full_hw[0]}x{full_hw[1]} input: rerun "
+                "`ocrnet-convert quantize --force`"]
+    now = measure(fp32_xml, int8_xml, profile_inputs(config, full_hw, tile_hw), threads)
 
     def recorded_ok(entry):
         return isinstance(entry, dict) and all(isinstance(entry.get(k), (int, float)) and not isinstance(
@@ -123,6 +128,18 @@ def failures(name, profile, config, fp32_xml, int8_xml, full_hw, threads=2):
                    "(a profile of an older version of this tool, or another IR): rerun "
                    "`ocrnet-convert quantize --force`")
     return out
+
+
+def _recorded_tile(profile, config, full_hw):
+    """The tile the profile was measured on: its record's (a profile without
+    one was measured on the config's calibration tile); None if it is no
+    tile of the input."""
+    tile = profile.get("tile", config.quantize["calibration_tile"])
+    if not (isinstance(tile, list) and len(tile) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= limit and v % 32 == 0
+            for v, limit in zip(tile, full_hw))):
+        return None
+    return tuple(tile)
 
 
 def int8_paths(workdir, config):
