@@ -306,6 +306,11 @@ COMMANDS = {"convert": _cmd_convert, "fetch": _cmd_fetch, "export": _cmd_export,
             "manifest": _cmd_manifest, "package": _cmd_package, "bench": _cmd_bench}
 # The folder each command locks, and how: writers exclusively, readers shared.
 READERS = ("predict", "evaluate", "package", "validate", "diagnose")
+# Commands whose own process loads paddle (the others load it in worker
+# processes only). They import it first, while the process has one thread:
+# only then does holding SIGTERM during the import hold it everywhere
+# (util/paddle_env.py tells why that matters).
+LOADS_PADDLE = ("convert", "export", "onnx", "diagnose", "init")
 
 
 def _lock_folder(args):
@@ -335,6 +340,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if args.command in LOADS_PADDLE:
+            from converter.util.paddle_env import import_paddle
+            import_paddle()
         from converter.config import load_config
         from converter.util.fsutil import workdir_lock
         from converter.util.log import info

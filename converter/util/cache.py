@@ -39,7 +39,6 @@ def machine_secret(cache_dir=None):
     """This user's secret on this machine, created (0600, O_EXCL) if absent.
     A secret file that is not a regular file of the right size is refused:
     it would let anyone who planted it forge seals."""
-    import stat
 
     from converter.errors import ConverterError
 
@@ -53,14 +52,17 @@ def machine_secret(cache_dir=None):
             fh.write(os.urandom(SECRET_BYTES))
     except FileExistsError:
         pass
+    from converter.util.fsutil import InputRefused, open_regular
+
     try:
-        fd = os.open(path, flags)
+        fd, st = open_regular(path, flags)   # a FIFO planted here must not hang validate
+    except InputRefused as exc:
+        raise ConverterError(f"{path}: not a results key of this tool ({exc}); delete it to make a new one") from None
     except OSError as exc:
         raise ConverterError(f"cannot read the results key {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
         secret = fh.read(SECRET_BYTES + 1)
-    if not stat.S_ISREG(st.st_mode) or len(secret) != SECRET_BYTES or (st.st_mode & 0o077):
+    if len(secret) != SECRET_BYTES or (st.st_mode & 0o077):
         raise ConverterError(f"{path}: not a results key of this tool (expected {SECRET_BYTES} bytes, mode 0600); "
                              "delete it to make a new one")
     return secret

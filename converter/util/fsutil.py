@@ -26,16 +26,34 @@ class InputRefused(Exception):
     """A file read_limited will not read; the message says why."""
 
 
+def open_regular(path, flags=os.O_RDONLY):
+    """(fd, stat) of path, opened only if it is a regular file.
+
+    O_NONBLOCK makes the open itself return at once on a FIFO with no writer
+    (a plain open waits for one forever) and on a device; what is not a
+    regular file is then closed unread and refused with InputRefused. The
+    flag is cleared again before the fd is returned. OSError passes through."""
+    fd = os.open(path, flags | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputRefused("a folder, not a file" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 def read_limited(path, limit, what):
     """The bytes of a regular file of at most `limit` bytes, read once.
 
     A FIFO or device (which could block or never end) and a file larger than
-    any `what` are refused with InputRefused before anything is read; a file
-    that grows while being read is refused too. OSError passes through."""
-    with open(path, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise InputRefused("not a regular file")
+    any `what` are refused with InputRefused before anything is read, and
+    before an open that could block; a file that grows while being read is
+    refused too. OSError passes through."""
+    fd, st = open_regular(path)
+    with os.fdopen(fd, "rb") as fh:
         if st.st_size > limit:
             raise InputRefused(f"{st.st_size} bytes is larger than any {what} ({limit} bytes)")
         data = fh.read(limit + 1)
