@@ -3,7 +3,8 @@ checked where they are promised.
 
 - `make convert` as a user runs it: every process of the run (export, the
   converters, parity's worker) peaks below MAX_PROCESS_MB;
-- diagnose at full size stays below MAX_DIAGNOSE_MB.
+- diagnose at full size stays below MAX_DIAGNOSE_MB;
+- the synthetic weights give W48 diverse class maps at full size.
 The peak of a process tree is the largest ru_maxrss among the processes
 reaped in it (RUSAGE_CHILDREN of a wrapper that runs nothing else)."""
 import json
@@ -83,3 +84,23 @@ def test_diagnose_at_full_size_stays_within_its_memory_bound(full_size, tmp_path
     assert doc["windows"]["largest_mb"] > 512, doc["windows"]   # a full window was held, not a small one
     assert peak <= MAX_DIAGNOSE_MB and doc["peak_rss_mb"] <= MAX_DIAGNOSE_MB, (peak, doc["peak_rss_mb"])
     print(f"diagnose, full size, first window: peak {peak} MB, {doc['seconds']} s")
+
+
+def test_the_synthetic_weights_give_diverse_class_maps_at_full_size(full_size):
+    """W48's synthetic weights (seed 0, the export make convert wrote) at
+    1x3x1024x2048: at least 8 classes, none above 50 % of the pixels."""
+    import numpy as np
+
+    from converter.config import load_config
+    from converter.data.images import input_contract, load_rgb, prepare, sample_images
+    from converter.runners import make_runner
+
+    runner = make_runner("paddle", str(full_size[0] / "paddle"))
+    contract = input_contract(load_config(), "original")
+    for path in sample_images():
+        x = prepare(load_rgb(path), contract)
+        assert x.shape == FULL
+        classes = runner.infer(x)["argmax_0.tmp_0"].ravel()
+        share = np.bincount(classes, minlength=19) / classes.size
+        assert (share > 0).sum() >= 8, (path, share)
+        assert share.max() <= 0.5, (path, share)

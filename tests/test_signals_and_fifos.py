@@ -1,0 +1,119 @@
+"""Hostile use, third pass: SIGTERM once paddle is loaded, and FIFOs where a
+file is read. Each case failed before its fix (README: Hardening)."""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.support import LITE, ROOT, SAMPLES, lite_command, one_line_error, run_cli
+
+SAMPLE = os.path.join(SAMPLES, "street_1.jpg")
+
+
+def _entries(folder):
+    """What is in folder, the workdir's lock file aside (it stays, as after any run)."""
+    return sorted(p for p in folder.rglob("*") if p.name != ".ocrnet-convert.lock") if folder.exists() else []
+
+
+def _terminate(argv, after, cwd=ROOT):
+    """Start argv, SIGTERM it `after` seconds later (or when it has ended); (returncode, stdout, stderr, wait s)."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.wait(timeout=after)
+    except subprocess.TimeoutExpired:
+        pass
+    start = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)   # within 30 s, or the test fails (and kills it)
+    return proc.returncode, out, err, time.time() - start
+
+
+COMMANDS = {
+    "diagnose": lambda work, out: ("diagnose", "--workdir", str(work), "--backend", "openvino-fp32-f32",
+                                   "--output", str(out)),
+    "parity": lambda work, out: ("parity", "--workdir", str(work), "--images", SAMPLE),
+    "validate": lambda work, out: ("validate", "--workdir", str(work), "--images", SAMPLE, "--output", str(out)),
+    "convert": lambda work, out: ("convert", "--weights", "synthetic", "--workdir", str(work), "--input-shape",
+                                  "1,3,256,512", "--images", SAMPLE),
+}
+
+
+@pytest.mark.parametrize("after", [2, 5])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_sigterm_under_paddle_exits_143_and_leaves_nothing(lite_build, tmp_path, command, after):
+    """Paddle's C++ handler took SIGTERM over: the process died by the signal
+    (-15) with a C++ traceback on stdout, or hung in malloc. At any moment of
+    a run: exit 143, one error line, no traceback, no staging or partial
+    output, no worker left."""
+    import psutil
+
+    work = tmp_path / "w"
+    if command != "convert":
+        work.mkdir()
+        for name in ("paddle", "onnx", "openvino"):
+            os.symlink(lite_build / name, work / name)
+    out = tmp_path / "out"
+    before = _entries(work)
+    code, stdout, stderr, seconds = _terminate(lite_command(*COMMANDS[command](work, out)), after)
+    if code == 0:
+        pytest.fail(f"{command} finished within {after} s: the signal came too late to test anything")
+    assert code == 143, (code, stderr[-2000:])
+    assert stderr.strip().splitlines()[-1] == "error: terminated" and "Traceback" not in stderr, stderr[-2000:]
+    assert "C++" not in stdout + stderr
+    assert not [p for p in _entries(work) if ".staging" in p.name or p.name.endswith(".tmp")]
+    if command != "convert":
+        assert _entries(work) == before or all(p.parent.name == "parity" or p.name == "parity"
+                                               for p in set(_entries(work)) - set(before))
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(work) in " ".join(p.info["cmdline"] or [])]
+
+
+def _checkpoint(path):
+    """A lite-model checkpoint of random weights, pickled as paddle.save does (init reads shapes only)."""
+    import pickle
+
+    import numpy as np
+
+    from converter.family import state_shapes
+    rng = np.random.default_rng(0)
+    state = {k: rng.standard_normal(v).astype(np.float32) for k, v in state_shapes("hrnet_w18_small_v1", 19).items()}
+    path.write_bytes(pickle.dumps(state, protocol=4))
+    return path
+
+
+def test_a_fifo_as_any_outside_file_is_refused_at_once(tmp_path):
+    """read_limited opened before it looked: a FIFO as --config (every
+    command), --labels, --paddleseg-config or a _base_ hung until killed."""
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    one_line_error(run_cli("fetch", "--config", str(fifo), "--output", str(tmp_path / "o"), timeout=60), 3,
+                   "not a regular file")
+    ckpt = _checkpoint(tmp_path / "ck.pdparams")
+    train = tmp_path / "train.yml"
+    train.write_text("_base_: pipe.yaml\nmodel: {type: OCRNet, num_classes: 19}\n")
+    for extra in (("--labels", str(fifo)), ("--paddleseg-config", str(fifo)), ("--paddleseg-config", str(train))):
+        proc = run_cli("init", "--weights", str(ckpt), "--output", str(tmp_path / "c.yaml"), *extra, timeout=60)
+        line = one_line_error(proc, 2, "pipe.yaml")
+        assert "regular file" in line, line
+        assert not (tmp_path / "c.yaml").exists()
+    # the control: the same init with a readable labels file writes its config
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"c{i}\n" for i in range(19)))
+    assert run_cli("init", "--weights", str(ckpt), "--output", str(tmp_path / "c.yaml"), "--labels",
+                   str(labels)).returncode == 0
+
+
+def test_a_fifo_or_folder_as_the_results_key_is_one_line(lite_build, tmp_path):
+    """A FIFO named results.key hung validate; a folder gave 'Is a directory: 4' (a file descriptor)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    key = cache / "results.key"
+    for make, why in ((os.mkfifo, "not a regular file"), (os.mkdir, "a folder, not a file")):
+        make(key)
+        proc = run_cli("validate", "--config", LITE, "--workdir", str(lite_build), "--images", SAMPLE, "--output",
+                       str(tmp_path / "o"), "--backends", "openvino-fp32-f32",
+                       env={"OCRNET_CONVERT_CACHE": str(cache)}, timeout=120)
+        line = one_line_error(proc, 2, "results.key", why)
+        assert ": 4" not in line
+        (os.rmdir if key.is_dir() else os.unlink)(key)
