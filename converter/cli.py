@@ -128,10 +128,12 @@ def _cmd_quantize(args, config):
 
 def _cmd_package(args, config):
     from converter.commands.package import run_package
-    from converter.commands.verify import verify
+    from converter.commands.verify import trusted_sha256, verify
 
+    if args.sha256 and not args.verify:
+        raise ConverterError("--sha256 goes with --verify ARCHIVE")
     if args.verify:
-        print(shown(verify(args.verify)))
+        print(shown(verify(args.verify, trusted_sha256(args.sha256) if args.sha256 else None)))
         return 0
     result = run_package(config, args.workdir, args.output, args.allow_unverified)
     print(shown(result["archive"]))

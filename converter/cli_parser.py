@@ -263,6 +263,9 @@ def build_parser():
                    help="package a build whose parity failed or whose files differ from MANIFEST.json "
                         "(the archive says so)")
     p.add_argument("--verify", metavar="ARCHIVE", help="check an archive against its SHA256SUMS and MANIFEST.json")
+    p.add_argument("--sha256", metavar="HEX|FILE", help="with --verify: the archive's sha256 from a source you "
+                   "trust (64 hex digits, or the published ARCHIVE.sha256 file); without it --verify proves only "
+                   "that the archive agrees with itself")
 
     p = sub.add_parser("init", help="write a config for your own model: a checkpoint of the OCRNet-HRNet family, "
                                     "or any PaddleSeg-exported inference model")
@@ -278,6 +281,8 @@ def build_parser():
     p.add_argument("--input-shape", type=_shape, help="the converted models' static shape (default: the training "
                    "config's or deploy.yaml's size, else 1,3,512,1024)")
     p.add_argument("--name", help="the model's name, the stem of every artifact (default: the config's file name)")
+    p.add_argument("--force", action="store_true", help="replace an existing --output (never one of init's inputs, "
+                   "nor anything but a regular file)")
 
     p = sub.add_parser("manifest", help="write MANIFEST.json and the model card README.md (last step)")
     _add_common(p)

@@ -348,8 +348,10 @@ def load_config(path=None):
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    from converter.util.yaml_bounded import safe_load
+
     try:
-        raw = yaml.safe_load(data)
+        raw = safe_load(data)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return validate(raw, path, hashlib.sha256(data).hexdigest())

@@ -15,6 +15,7 @@ the user's own copy (written by `init`).
 import re
 
 ARCHS = ("ocrnet", "paddle-inference")
+MAX_CLASSES = 255   # class maps are 8-bit
 OUTPUT_OPS = ("argmax", "softmax", "none")
 ROLES = {"ocrnet": {"checkpoint": 1, "training-config": None},
          "paddle-inference": {"inference-model": 1, "inference-params": 1, "deploy-config": None,
@@ -33,8 +34,8 @@ def model_section(raw, get, error):
     if arch not in ARCHS:
         raise error(f"model.arch: expected one of {', '.join(ARCHS)}, got {str(arch)[:40]!r}")
     num_classes = get(model, "num_classes", "model", int)
-    if not 1 <= num_classes <= 255:
-        raise error("model.num_classes: expected 1..255 (class maps are 8-bit)")
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise error(f"model.num_classes: expected 1..{MAX_CLASSES} (class maps are 8-bit)")
     out = {"arch": arch, "num_classes": num_classes, "backbone": None, "output_op": "argmax",
            "params": None, "flops_512x1024": None}
     for key in ("params", "flops_512x1024"):

@@ -136,6 +136,35 @@ def identify(shapes):
     return None
 
 
+def nearest(shapes):
+    """Why a state dict's {key: shape} is no member, told against the member
+    it is nearest to (fewest keys missing, extra or of another shape): one
+    phrase naming that member and the first difference."""
+    cls = shapes.get("head.cls_head.weight")
+    classes = cls[0] if cls and len(cls) == 4 and isinstance(cls[0], int) and 0 < cls[0] <= 4096 else 19
+    model_keys = {k for k in shapes if k.startswith(("backbone.", "head."))}
+    best = None
+    for backbone in BACKBONES:
+        expected = state_shapes(backbone, classes)
+        missing = [k for k in expected if k not in model_keys]
+        extra = sorted(model_keys - set(expected))
+        differ = [k for k in expected if k in model_keys and tuple(shapes[k]) != tuple(expected[k])]
+        score = len(missing) + len(extra) + len(differ)
+        if best is None or score < best[0]:
+            best = (score, backbone, expected, missing, extra, differ)
+    _, backbone, expected, missing, extra, differ = best
+    parts = []
+    if missing:
+        parts.append(f"lacks {len(missing)} of its keys (first: {missing[0]})")
+    if extra:
+        parts.append(f"has {len(extra)} key(s) it does not (first: {extra[0]})")
+    if differ:
+        k = differ[0]
+        parts.append(f"has {len(differ)} shape(s) of its keys differing (first: {k} {tuple(shapes[k])} != "
+                     f"{tuple(expected[k])})")
+    return f"nearest member OCRNet-{backbone} with {classes} classes: the checkpoint " + "; ".join(parts)
+
+
 def flops(backbone, classes, height=512, width=1024):
     """Multiply-accumulates as paddle.flops counts them (Conv2D: output
     elements x (input channels x kernel area + bias); BatchNorm: 2 x output

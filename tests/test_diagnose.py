@@ -191,3 +191,19 @@ def test_memory_is_bounded_by_the_window_not_the_network(lite_build, tmp_path):
     base = _baseline_peak_mb(lite_build)
     assert windowed["peak_rss_mb"] <= base + 4 * 16 + 256, (windowed["peak_rss_mb"], base)
     assert windowed["peak_rss_mb"] < whole["peak_rss_mb"]
+
+
+def test_two_images_with_one_stem_get_a_report_each(lite_build, tmp_path):
+    """a/x.png and b/x.jpg: the second report overwrote the first, and diagnose exited 0."""
+    from PIL import Image
+
+    sample = os.path.join(ROOT, "converter", "samples", "street_1.jpg")
+    for folder, ext in (("a", "png"), ("b", "jpg")):
+        (tmp_path / folder).mkdir()
+        Image.open(sample).save(tmp_path / folder / f"x.{ext}")
+    out = tmp_path / "d"
+    proc = lite_cli("diagnose", "--workdir", str(lite_build), "--backend", "onnxruntime", "--output", str(out),
+                    "--input-shape", QUARTER, "--images", str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.jpg"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    images = {p.parent.name: json.loads(p.read_text())["image"] for p in out.glob("*/diagnose.json")}
+    assert sorted(images) == ["x", "x-2"] and len(set(images.values())) == 2, images

@@ -198,3 +198,37 @@ def test_a_truncated_parameters_file_is_refused_by_init(exported, tmp_path):
     assert not (tmp_path / "c.yaml").exists()
     # the control: the whole file passes init
     assert _init("--inference-model", str(exported / "argmax"), "--output", str(tmp_path / "ok.yaml")).returncode == 0
+
+
+def test_a_pyramid_pooling_export_converts_through_its_static_shape(tmp_path):
+    """PP-LiteSeg's context module (adaptive pools of an input of unknown
+    size) crashed the onnx stage with a traceback: paddle2onnx wrote an
+    AveragePool with strides 0, which strict shape inference refused. The
+    stage names that op and node in one line, converts again with the
+    program's input fixed to the static shape, and the model passes parity."""
+    folder = tmp_path / "pooled"
+    proc = subprocess.run([sys.executable, "-m", "tests.pooled_export", str(folder)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = tmp_path / "pooled.yaml"
+    assert _init("--inference-model", str(folder), "--output", str(config), "--input-shape", SHAPE).returncode == 0
+    proc = _convert(config, tmp_path / "w")
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1].startswith("PASSED"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    # the route as exported failed where PP-LiteSeg's did, and said so in one line
+    said = [ln for ln in proc.stderr.splitlines() if "converting again with the program's input fixed" in ln]
+    assert len(said) == 1 and "AveragePool node" in said[0] and "strides" in said[0], proc.stderr[-2000:]
+    record = json.loads((tmp_path / "w" / "onnx" / "onnx.json").read_text())
+    assert record["paddle_program"] == "input fixed to [1, 3, 256, 512]"
+
+
+def test_an_onnx_shape_inference_report_becomes_one_line_naming_the_op():
+    from converter.stages.onnx import _first_node_error
+
+    report = ("[ShapeInferenceError] Inference error(s): (op_type:Relu, node name: Relu.27): [TypeInferenceError] "
+              "Input 0 expected to have type but instead is null\n(op_type:AveragePool, node name: AveragePool.4): "
+              "[ShapeInferenceError] Attribute strides must only contain positive values\n")
+    line = _first_node_error(Exception(report))
+    assert line == ("ONNX shape inference failed on paddle2onnx's output at AveragePool node 'AveragePool.4': "
+                    "Attribute strides must only contain positive values (ShapeInferenceError)")
+    assert "\n" not in _first_node_error(Exception("something else\nentirely"))

@@ -89,6 +89,41 @@ def test_a_flipped_byte_in_the_real_archive_fails_verify(packaged, tmp_path):
     assert proc.returncode == 5 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_verify_against_a_trusted_sha256_catches_a_self_consistent_forgery(packaged, tmp_path):
+    """A member edited, SHA256SUMS recomputed: the archive agrees with itself
+    (plain --verify says OK, as it must), but it is not the published one."""
+    import hashlib
+
+    def forge(info, data):
+        if info.name.endswith("/NOTICE"):
+            data = data + b"\nforged\n"
+            info.size = len(data)
+        return [(info, data)]
+    first = tmp_path / "first.tar.gz"
+    _retar(packaged / ARCHIVE, first, forge)
+    with tarfile.open(first) as tar:
+        notice = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("/NOTICE"))).read()
+    sha = hashlib.sha256(notice).hexdigest()
+
+    def resum(info, data):
+        if info.name.endswith("/SHA256SUMS"):
+            data = b"".join(sha.encode() + b"  NOTICE\n" if ln.endswith(b"  NOTICE") else ln + b"\n"
+                            for ln in data.splitlines())
+            info.size = len(data)
+        return [(info, data)]
+    forged = tmp_path / ARCHIVE
+    _retar(first, forged, resum)
+    assert lite_cli("package", "--verify", str(forged)).returncode == 0   # consistent with itself
+    published = packaged / (ARCHIVE + ".sha256")
+    for trusted in (str(published), published.read_text().split()[0]):
+        proc = lite_cli("package", "--verify", str(forged), "--sha256", trusted)
+        assert proc.returncode == 5 and "not the published archive" in proc.stderr, proc.stderr
+        proc = lite_cli("package", "--verify", str(packaged / ARCHIVE), "--sha256", trusted)   # the control
+        assert proc.returncode == 0 and "the one whose sha256 you trust" in proc.stdout, proc.stderr
+    proc = lite_cli("package", "--verify", str(forged), "--sha256", "not-a-digest")
+    assert proc.returncode == 2 and "64 hex digits" in proc.stderr
+
+
 def _small_archive(path, members):
     write_archive(str(path), "rel-1", members)
 

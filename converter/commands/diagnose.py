@@ -99,6 +99,21 @@ def write(doc, out):
     return paths
 
 
+def unique_stems(paths):
+    """A folder name per image: its file name's stem, with -2, -3, ... added
+    where stems repeat (a/x.png and b/x.jpg must not share one report)."""
+    taken, names = set(), []
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
 def run(config, workdir, backend_name, images, output, shape=None, threads=2, first_only=False, window_mb=None):
     from converter.backends import get
     from converter.data.images import expand_image_args, sample_images
@@ -106,9 +121,9 @@ def run(config, workdir, backend_name, images, output, shape=None, threads=2, fi
 
     backend = get(backend_name)
     paths = expand_image_args(images) if images else sample_images()[:1]
+    folders = [output] if len(paths) == 1 else [os.path.join(output, n) for n in unique_stems(paths)]
     out = []
-    for path in paths:
-        folder = output if len(paths) == 1 else os.path.join(output, os.path.splitext(os.path.basename(path))[0])
+    for path, folder in zip(paths, folders):
         doc = run_diagnose(config, workdir, backend, path, shape, threads, first_only, window_mb)
         out.append((write(doc, folder), doc))
     return out

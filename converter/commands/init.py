@@ -11,6 +11,7 @@ validation as the shipped one, or nothing is written.
 import copy
 import os
 
+from converter.config_model import MAX_CLASSES
 from converter.errors import ConfigError, ConverterError
 
 DEFAULT_HW = (512, 1024)
@@ -41,7 +42,7 @@ def _read_labels(path):
     from converter.util.fsutil import InputRefused, read_limited
 
     try:
-        text = read_limited(path, 1 << 20, "labels file").decode("utf-8")
+        text = read_limited(path, 1 << 20, "labels file").decode("utf-8-sig")   # a BOM is no part of a name
     except (InputRefused, OSError, UnicodeDecodeError) as exc:
         raise ConverterError(f"--labels {path}: {getattr(exc, 'strerror', None) or exc}") from None
     names = [line.strip() for line in text.splitlines() if line.strip()]
@@ -57,6 +58,14 @@ def _labels(path, num_classes):
     if len(names) != num_classes:
         raise ConverterError(f"--labels {path}: {len(names)} names for a model of {num_classes} classes")
     return names
+
+
+def _check_class_count(count, source):
+    """Before a name or a colour is made for each class: a count read from
+    outside (a training YAML's num_classes of 10**9) is bounded first."""
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_CLASSES:
+        raise ConverterError(f"{source}: {str(count)[:20]} classes; a model converted here has 1 to {MAX_CLASSES} "
+                             "(class maps are 8-bit)")
 
 
 def _static_hw(shape, hint):
@@ -83,6 +92,7 @@ def _from_checkpoint(args, train):
     from converter.family import flops, params
 
     b, n = facts["backbone"], facts["num_classes"]
+    _check_class_count(n, args.weights)
     model = {"arch": "ocrnet", "backbone": b, "num_classes": n, "params": params(b, n), "flops_512x1024": flops(b, n)}
     return model, [facts["file"]], "x", "argmax_0.tmp_0", "int32", None
 
@@ -97,6 +107,7 @@ def _from_inference_model(args, train):
     if classes is None:
         raise ConverterError(f"{args.inference_model}: the program leaves the class count open; pass "
                              "--paddleseg-config or --labels")
+    _check_class_count(classes, args.paddleseg_config if not facts["classes"] else args.inference_model)
     model = {"arch": "paddle-inference", "num_classes": classes, "output_op": facts["output_op"]}
     if facts["params"]:
         model["params"] = facts["params"]
@@ -148,6 +159,37 @@ def build(args):
     return raw
 
 
+def _inputs(args):
+    """The files init reads: a config written over one of them would destroy it."""
+    named = [p for p in (args.weights, args.labels, args.paddleseg_config) if p]
+    if args.inference_model and os.path.isdir(args.inference_model):
+        named += [os.path.join(args.inference_model, n) for n in sorted(os.listdir(args.inference_model))]
+    return [p for p in named if os.path.lexists(p)]
+
+
+def _check_output(args):
+    """--output is a new file, or (with --force) a regular file that is none of
+    init's inputs; said before anything is read or written."""
+    import stat
+
+    path = args.output
+    if not os.path.basename(path):
+        raise ConverterError(f"--output {path} names a folder; name the config file to write")
+    if not os.path.lexists(path):
+        return
+    st = os.stat(path) if os.path.exists(path) else os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise ConverterError(f"--output {path} is a folder; name the config file to write")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConverterError(f"--output {path} exists and is not a regular file (a FIFO, a device or a dangling "
+                             "link); name a new file")
+    for source in _inputs(args):
+        if os.path.exists(source) and os.path.samefile(source, path):
+            raise ConverterError(f"--output {path} is one of init's inputs ({source}); name a new file")
+    if not args.force:
+        raise ConverterError(f"--output {path} exists; pass --force to replace it")
+
+
 def run_init(args):
     import yaml
 
@@ -155,8 +197,7 @@ def run_init(args):
 
     if bool(args.weights) == bool(args.inference_model):
         raise ConverterError("init takes one of --weights CKPT and --inference-model DIR")
-    if os.path.isdir(args.output):
-        raise ConverterError(f"--output {args.output} is a folder; name the config file to write")
+    _check_output(args)
     raw = build(args)
     text = ("# Written by ocrnet-convert init; validated on load by converter/config.py.\n"
             + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=110, default_flow_style=None))

@@ -31,7 +31,9 @@ def _file_facts(path, role, data=None):
 def from_checkpoint(path):
     """{backbone, num_classes, file}: the family member whose keys and shapes
     the checkpoint has (read without running it), or a CheckpointError."""
-    from converter.family import identify, state_shapes
+    import numpy as np
+
+    from converter.family import identify, nearest
     from converter.weights.checkpoint import read_state_dict
 
     if not os.path.isfile(path):
@@ -40,12 +42,13 @@ def from_checkpoint(path):
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     found = identify(shapes)
     if found is None:
-        near = state_shapes("hrnet_w48", 19)
-        missing = [k for k in near if k not in shapes]
-        what = (f"it lacks {len(missing)} of the family's keys (first: {missing[0]})" if missing
-                else "its shapes are those of no family member")
         raise CheckpointError(f"{path}: not an OCRNet-HRNet of PaddleSeg release-2.3's family "
-                              f"(W18_Small_V1/V2, W18-W64): {what}")
+                              f"(W18_Small_V1/V2, W18-W64): {nearest(shapes)}")
+    # what export refuses (a silent cast would change the model), init refuses too
+    wrong = [f"{k} is {v.dtype.name}" for k, v in state.items() if k.startswith(("backbone.", "head."))
+             and v.dtype.newbyteorder("=") != np.float32]
+    if wrong:
+        raise CheckpointError(f"{path}: {len(wrong)} parameter(s) not float32 (export would refuse them): {wrong[0]}")
     file = dict(_file_facts(path, "checkpoint", b""), sha384=sha384, size=os.path.getsize(path))
     return {"backbone": found[0], "num_classes": found[1], "file": file}
 
@@ -54,9 +57,10 @@ def _read_yaml(path, what):
     import yaml
 
     from converter.util.fsutil import InputRefused, read_limited
+    from converter.util.yaml_bounded import safe_load
 
     try:
-        raw = yaml.safe_load(read_limited(path, MAX_YAML_BYTES, what))
+        raw = safe_load(read_limited(path, MAX_YAML_BYTES, what))
     except InputRefused as exc:
         raise ConverterError(f"{path}: {exc}") from None
     except OSError as exc:

@@ -234,10 +234,41 @@ def _check_set(files, manifest, sums):
     return len(listed), checked
 
 
-def verify(archive):
-    """A one-line verdict, or ChecksumError (exit 5) naming what is wrong."""
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def trusted_sha256(value):
+    """The archive's sha256 the user trusts: 64 hex digits, or the first
+    word of a file of at most 4 KiB (the .sha256 that package publishes)."""
+    from converter.util.fsutil import InputRefused, read_limited
+
+    text = value.strip().lower()
+    if not _HEX64.match(text):
+        try:
+            words = read_limited(value, 4096, "sha256 file").decode("ascii", "replace").split()
+        except (InputRefused, OSError) as exc:
+            raise ConverterError(f"--sha256 {value}: neither 64 hex digits nor a readable .sha256 file "
+                                 f"({getattr(exc, 'strerror', None) or exc})") from None
+        text = words[0].lower() if words else ""
+        if not _HEX64.match(text):
+            raise ConverterError(f"--sha256 {value}: its first word is not a sha256 (64 hex digits)")
+    return text
+
+
+def verify(archive, trusted=None):
+    """A one-line verdict, or ChecksumError (exit 5) naming what is wrong.
+
+    Without `trusted` this proves only that the archive agrees with itself:
+    anyone who edits a member can recompute MANIFEST.json and SHA256SUMS. With
+    it (the sha256 published beside the archive, from a source the user
+    trusts), the archive must be exactly those bytes."""
+    from converter.util.fsutil import file_digest
+
     if not os.path.isfile(archive):
         raise ConverterError(f"{archive}: not a file")
+    if trusted is not None and file_digest(archive) != trusted:
+        raise ChecksumError(f"{archive}: its sha256 is not the one you trust ({trusted[:12]}...): "
+                            "not the published archive")
     try:
         with open(archive, "rb") as fh:
             files, manifest, kept = _read(_Stream(fh))
@@ -251,4 +282,6 @@ def verify(archive):
     except (EOFError, OSError, zlib.error) as exc:
         raise ChecksumError(f"{archive}: not a readable .tar.gz ({type(exc).__name__})") from None
     return (f"OK: {os.path.basename(archive)}: {count} members match SHA256SUMS, "
-            f"{checked} of them MANIFEST.json")
+            f"{checked} of them MANIFEST.json" + ("; the archive is the one whose sha256 you trust" if trusted
+                                                  else " (consistent with itself; --sha256 checks it is the "
+                                                       "published one)"))

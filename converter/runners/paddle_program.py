@@ -87,6 +87,15 @@ def _io(op, slot, side="inputs"):
     return [a for v in getattr(op, side) if v.parameter == slot for a in v.arguments]
 
 
+def _one(op, slot, where, side="inputs"):
+    """The variable an op reads (or writes) in slot; a crafted op without it is one ConverterError."""
+    found = _io(op, slot, side)
+    if not found:
+        raise ConverterError(f"{where}: its {op.type!r} op has no {'input' if side == 'inputs' else 'output'} "
+                             f"{slot!r} (not a program paddle writes)")
+    return found[0]
+
+
 def _attr(op, name):
     for a in op.attrs:
         if a.name == name:
@@ -105,7 +114,7 @@ def _dims(block, name):
     return None, None
 
 
-def _through_identity(producers, name):
+def _through_identity(producers, name, where):
     """The variable an output really is: jit.save's identity scale ops skipped."""
     for _ in range(8):
         op = producers.get(name)
@@ -114,8 +123,14 @@ def _through_identity(producers, name):
         scale, bias = _attr(op, "scale"), _attr(op, "bias")
         if not (scale and scale.f == 1.0 and bias and bias.f == 0.0):
             return name
-        name = _io(op, "X")[0]
+        name = _one(op, "X", where)
     return name
+
+
+def _free_name(taken):
+    """A variable name the program does not use (for an argmax added)."""
+    preferred = ("argmax_0.tmp_0", "class_map", "class_map_0", "class_map_1")
+    return next(n for n in (*preferred, *(f"class_map_{i}" for i in range(2, len(taken) + 3))) if n not in taken)
 
 
 def describe(desc, where):
@@ -125,29 +140,34 @@ def describe(desc, where):
     `classes` its channel count (None when the program leaves it dynamic);
     `free_name` a variable name the program does not use, for an argmax added."""
     block = desc.blocks[0]
-    feeds = [_io(op, "Out", "outputs")[0] for op in block.ops if op.type == "feed"]
-    fetches = [_io(op, "X")[0] for op in block.ops if op.type == "fetch"]
+    feeds = [_one(op, "Out", where, "outputs") for op in block.ops if op.type == "feed"]
+    fetches = [_one(op, "X", where) for op in block.ops if op.type == "fetch"]
     if len(feeds) != 1 or len(fetches) != 1:
         raise ConverterError(f"{where}: expected one input and one output, found {len(feeds)} and {len(fetches)}")
     producers = _producers(block)
     output = fetches[0]
-    real = _through_identity(producers, output)
+    real = _through_identity(producers, output, where)
     op = producers.get(real)
     kind = {"arg_max": "argmax", "softmax": "softmax"}.get(op.type if op else "", "none")
-    logits = _io(op, "X")[0] if kind == "argmax" else real
+    logits = _one(op, "X", where) if kind == "argmax" else real
     if kind == "softmax" and (_attr(op, "axis") is None or _attr(op, "axis").i not in (1, -3)):
         kind, logits = "none", real   # a softmax over another axis is not class probabilities
     if kind == "argmax" and (_attr(op, "axis") is None or _attr(op, "axis").l != 1):
-        raise ConverterError(f"{where}: its output is an argmax over axis {_attr(op, 'axis').l}, not the classes")
+        axis = "no axis" if _attr(op, "axis") is None else f"axis {_attr(op, 'axis').l}"
+        raise ConverterError(f"{where}: its output is an argmax over {axis}, not over the classes (axis 1)")
     in_dims, _ = _dims(block, feeds[0])
     dims, dtype = _dims(block, logits)
     if not in_dims or len(in_dims) != 4 or in_dims[1] not in (3, -1):
         raise ConverterError(f"{where}: its input {feeds[0]!r} is {in_dims}, not an image batch [N, 3, H, W]")
     if not dims or len(dims) != 4:
         raise ConverterError(f"{where}: its class scores {logits!r} are {dims}, not [N, classes, H, W]")
+    from converter.config_model import MAX_CLASSES
+
+    if dims[1] > MAX_CLASSES:
+        raise ConverterError(f"{where}: its class scores {logits!r} have {dims[1]} channels, more than the "
+                             f"{MAX_CLASSES} classes an 8-bit class map holds")
     _, out_type = _dims(block, output)
-    taken = {v.name for v in block.vars}
-    free = next(n for n in ("argmax_0.tmp_0", "class_map", "class_map_0", "class_map_1") if n not in taken)
+    free = _free_name({v.name for v in block.vars})
     return {"input": feeds[0], "free_name": free, "input_dims": in_dims, "output": output, "output_op": kind, "logits": logits,
             "classes": dims[1] if dims[1] > 0 else None,
             "dtype": {2: "int32", 3: "int64"}.get(out_type, "int32") if kind == "argmax" else "int32"}
@@ -222,6 +242,38 @@ def bias_adds(desc):
         if op.type != "elementwise_add":
             continue
         x, y = _io(op, "X"), _io(op, "Y")
-        if x and y and x[0] in convs and y[0] in constant:
-            out[x[0]] = _io(op, "Out", "outputs")[0]
+        outs = _io(op, "Out", "outputs")
+        if x and y and outs and x[0] in convs and y[0] in constant:
+            out[x[0]] = outs[0]
     return out
+
+
+def with_static_input(desc, shape, where):
+    """desc's bytes with its one input fixed to `shape` and every variable's
+    shape inferred from it, op by op, by Paddle's own InferShape.
+
+    PaddleSeg exports a dynamic [-1, 3, -1, -1] input; paddle2onnx then maps
+    an adaptive pool with no input size (PP-LiteSeg: AveragePool with strides
+    0, Paddle2ONNX#1139), and the ONNX fails shape inference. The converted
+    model has a static shape anyway, so paddle2onnx can be given one."""
+    from converter.util.paddle_env import import_paddle
+
+    paddle = import_paddle()
+    feeds = [_one(op, "Out", where, "outputs") for op in desc.blocks[0].ops if op.type == "feed"]
+    paddle.enable_static()
+    try:
+        program = paddle.static.Program.parse_from_string(desc.SerializeToString())
+        block = program.global_block()
+        block.var(feeds[0]).desc.set_shape(list(shape))
+        for op in block.ops:
+            if op.type in ("feed", "fetch"):
+                continue
+            try:
+                op.desc.infer_shape(block.desc)
+            except Exception as exc:   # Paddle raises its own types for a shape it cannot infer
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConverterError(f"{where}: Paddle cannot infer the shapes of its {op.type!r} op at the static "
+                                     f"input {list(shape)}: {first[:200]}") from None
+        return program.desc.serialize_to_string()
+    finally:
+        paddle.disable_static()

@@ -89,32 +89,77 @@ def prepend_preprocessing(model, shape, pre):
     reorder = "channel reversal" if list(pre["order"]) == [2, 1, 0] else "channel order"
     graph.doc_string = (f"Input {pre['input']}: float32 NCHW, {pre['color']}, 0..255; {reorder} and "
                         f"{pre['normalisation']} are inside the graph.")
-    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception as exc:   # onnx raises InferenceError, and others from its C++ checker
+        raise ShapeInferenceFailed(_first_node_error(exc)) from None
 
 
-def convert_to_onnx(paddle_dir, shape, opset, pre):
-    from converter.util.paddle_env import import_paddle
-    from converter.runners.paddle import check_program
+class ShapeInferenceFailed(StageError):
+    """paddle2onnx's graph fails ONNX's strict shape inference; the message names the op and node."""
 
-    import_paddle()
-    check_program(os.path.join(paddle_dir, "model.pdmodel"))
+
+def _first_node_error(exc):
+    """'AveragePool node AveragePool.4: Attribute strides must only contain positive values' from onnx's
+    multi-line report, whose first lines are often only a consequence of a later one."""
+    import re
+
+    text = str(exc)
+    found = re.findall(r"\(op_type:([^,]+), node name: ([^)]*)\): \[(\w+)\] ([^\n]*)", text)
+    real = [f for f in found if "expected to have type but instead is null" not in f[3]] or found
+    if not real:
+        return f"ONNX shape inference failed on paddle2onnx's output: {text.strip().splitlines()[0][:200]}"
+    op, node, kind, message = real[0]
+    return f"ONNX shape inference failed on paddle2onnx's output at {op} node {node!r}: {message[:200]} ({kind})"
+
+
+def _paddle2onnx(program_path, params_path, opset):
     with no_runtime_installs():
-        import onnx
         import paddle2onnx
 
         try:
-            raw = paddle2onnx.export(
-                os.path.join(paddle_dir, "model.pdmodel"), os.path.join(paddle_dir, "model.pdiparams"),
-                save_file=None, opset_version=opset, auto_upgrade_opset=False, verbose=False,
-                enable_onnx_checker=True, enable_experimental_op=False, enable_optimize=True)
+            return paddle2onnx.export(program_path, params_path, save_file=None, opset_version=opset,
+                                      auto_upgrade_opset=False, verbose=False, enable_onnx_checker=True,
+                                      enable_experimental_op=False, enable_optimize=True)
         except Exception as exc:
-            raise StageError(f"paddle2onnx failed: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StageError(f"paddle2onnx 1.3.1 failed: {first[:300]}") from None
+
+
+def _onnx_from(raw, paddle_dir, shape, pre):
+    import onnx
+
     model = onnx.load_from_string(raw)
     if len(model.graph.input) != 1 or len(model.graph.output) != 1:
         raise StageError(f"paddle2onnx produced a graph with {len(model.graph.input)} inputs and "
                          f"{len(model.graph.output)} outputs from {paddle_dir}; expected one of each")
     model.producer_name = "ocrnet-convert (paddle2onnx 1.3.1)"
     return prepend_preprocessing(model, shape, pre)
+
+
+def convert_to_onnx(paddle_dir, shape, opset, pre):
+    """(ONNX model, how the program was given to paddle2onnx): as exported,
+    or, when that graph fails shape inference, with its input fixed to the
+    static shape (runners.paddle_program.with_static_input)."""
+    import tempfile
+
+    from converter.util.paddle_env import import_paddle
+    from converter.runners.paddle import check_program
+    from converter.runners.paddle_program import with_static_input
+
+    import_paddle()
+    program_path, params_path = (os.path.join(paddle_dir, n) for n in ("model.pdmodel", "model.pdiparams"))
+    desc = check_program(program_path)
+    try:
+        return _onnx_from(_paddle2onnx(program_path, params_path, opset), paddle_dir, shape, pre), "as exported"
+    except ShapeInferenceFailed as exc:
+        info(f"onnx: {exc}; converting again with the program's input fixed to {list(shape)}")
+    with tempfile.TemporaryDirectory(prefix="ocrnet-static-") as tmp:
+        static = os.path.join(tmp, "model.pdmodel")
+        with open(static, "wb") as fh:
+            fh.write(with_static_input(desc, shape, program_path))
+        raw = _paddle2onnx(static, params_path, opset)
+    return _onnx_from(raw, paddle_dir, shape, pre), f"input fixed to {list(shape)}"
 
 
 def _text(values):
@@ -138,7 +183,7 @@ def run(config, workdir, shape=None, force=False):
 
     info(f"onnx: converting {paddle_dir} with paddle2onnx (opset {config.onnx_opset}), input {list(shape)}...")
     pre = dict(config.baked(), color=config.converted_input.color, normalisation=config.normalisation_text())
-    model = convert_to_onnx(paddle_dir, shape, config.onnx_opset, pre)
+    model, program_input = convert_to_onnx(paddle_dir, shape, config.onnx_opset, pre)
     with staging_dir(out_dir, record="onnx.json") as tmp:
         onnx_name = os.path.basename(onnx_path(config.name))
         path = os.path.join(tmp, onnx_name)
@@ -157,7 +202,7 @@ def run(config, workdir, shape=None, force=False):
                "color": config.converted_input.color, "range": "0..255"},
         output={"name": model.graph.output[0].name, "dtype": "int32", "shape": [shape[0], shape[2], shape[3]]},
         seconds=round(time.perf_counter() - start, 1),
-        params={"opset": config.onnx_opset, "input_shape": list(shape),
+        params={"opset": config.onnx_opset, "input_shape": list(shape), "paddle_program": program_input,
                 "preprocessing": f"Gather{pre['order']} axis 1, Sub {_text(pre['mean'])}, Div {_text(pre['scale'])}"})
     write_record(out_dir, record)
     return StageResult("onnx", [os.path.join(out_dir, onnx_name)], record, seconds=record.seconds)

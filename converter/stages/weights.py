@@ -89,7 +89,7 @@ def _resolve(config, choice, seed, cache_dir, mirror, allow_unverified):
         fetch.verify(path, config.checkpoint, delete_bad=False)
     except ChecksumError as exc:
         if not allow_unverified:
-            raise CheckpointError(f"{path}: {exc} (pass --allow-unverified to load it anyway)") from None
+            raise ChecksumError(f"{path}: {exc} (pass --allow-unverified to load it anyway)") from None
         info(f"warning: {exc}; loading it anyway because of --allow-unverified")
         return _real(path, config, fetch.file_sha384(path), verified=False)
     return _real(path, config, config.checkpoint.sha384)
