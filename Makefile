@@ -45,13 +45,15 @@ package: $(STAMP)
 	archive=$$($(CLI) package --workdir $(WORKDIR) --output $(DIST)) && $(CLI) package --verify "$$archive"
 
 # Three tiers (README: Development). `make test`: every behaviour that the
-# lite model or a 256x512 input shows (at most 10 minutes here); test-slow:
-# what needs W48, a second NNCF run or a Ray cluster; test-e2e: full size,
-# `make convert` and diagnose held to their memory bounds. .ci/run runs all three.
+# lite model or a 256x512 input shows (at most 10 minutes here), on two
+# workers, a test file each (most of its time is process start-up and model
+# loads, not arithmetic); test-slow: what needs W48, a second NNCF run or a
+# Ray cluster; test-e2e: full size, `make convert` and diagnose held to their
+# memory bounds, one process at a time. .ci/run runs all three.
 PYTEST := $(BIN)/python -m pytest -q -ra --durations=25
 
 test: $(STAMP)
-	$(PYTEST)
+	$(PYTEST) -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(PYTEST) -m slow

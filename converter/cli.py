@@ -309,10 +309,14 @@ COMMANDS = {"convert": _cmd_convert, "fetch": _cmd_fetch, "export": _cmd_export,
 # The folder each command locks, and how: writers exclusively, readers shared.
 READERS = ("predict", "evaluate", "package", "validate", "diagnose")
 # Commands whose own process loads paddle (the others load it in worker
-# processes only). They import it first, while the process has one thread:
-# only then does holding SIGTERM during the import hold it everywhere
-# (util/paddle_env.py tells why that matters).
-LOADS_PADDLE = ("convert", "export", "onnx", "diagnose", "init")
+# processes only; init only to read an inference model's program). They
+# import it first, while the process has one thread: only then does holding
+# SIGTERM during the import hold it everywhere (util/paddle_env.py says why).
+LOADS_PADDLE = ("convert", "export", "onnx", "diagnose")
+
+
+def _loads_paddle(args):
+    return args.command in LOADS_PADDLE or (args.command == "init" and args.inference_model)
 
 
 def _lock_folder(args):
@@ -342,7 +346,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        if args.command in LOADS_PADDLE:
+        if _loads_paddle(args):
             from converter.util.paddle_env import import_paddle
             import_paddle()
         from converter.config import load_config
@@ -373,4 +377,14 @@ def main(argv=None):
         print(f"error: {what}" + (f": {shown(exc.filename)}" if exc.filename else ""), file=sys.stderr)
         return DiskFullError.exit_code
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if argv is None:
+            # The run is over (its outputs written or cleaned up): a SIGTERM or
+            # SIGINT from now on must not turn its exit code into death by the
+            # signal. Python's finalization puts the default action back for
+            # signals that have a Python handler, and tearing down paddle,
+            # OpenVINO and their threads takes a while; ignored signals it
+            # leaves ignored.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGTERM, previous)

@@ -161,23 +161,29 @@ def corpus(tmp_path_factory):
 
 
 def test_every_hostile_checkpoint_is_refused_in_one_line(corpus, tmp_path):
-    """Each file through the real CLI, under an address-space limit: one
+    """Each file through the real CLI entry point (converter.cli.main, all in
+    one process: tests/cli_batch.py), under an address-space limit: one
     `error:` line, the expected exit code, no traceback, nothing written."""
+    import json
+
     from tests.support import ROOT
     folder, cases = corpus
+    argvs = [["export", "--weights", str(folder / f"{name}.pdparams"), "--allow-unverified", "--output",
+              str(tmp_path / name)] for name, _, _ in cases]
+    proc = subprocess.run([sys.executable, "-m", "tests.cli_batch"], input=json.dumps(argvs), capture_output=True,
+                          text=True, cwd=ROOT, timeout=600, preexec_fn=_limited(),
+                          env=dict(os.environ, OCRNET_CONVERT_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]   # a crash of any case ends the batch
+    results = json.loads(proc.stdout)
+    assert len(results) == len(cases)
     failures = []
-    for name, _, code in cases:
-        out = tmp_path / name
-        proc = subprocess.run([sys.executable, "-m", "converter", "export", "--weights",
-                               str(folder / f"{name}.pdparams"), "--allow-unverified", "--output", str(out)],
-                              capture_output=True, text=True, cwd=ROOT, timeout=120, preexec_fn=_limited(),
-                              env=dict(os.environ, OCRNET_CONVERT_OFFLINE="1"))
-        lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("warning:")
+    for (name, _, code), result in zip(cases, results):
+        lines = [ln for ln in result["stderr"].strip().splitlines() if not ln.startswith("warning:")
                  and not ln.startswith("export: reading")]
-        ok = (proc.returncode == code and len(lines) == 1 and lines[0].startswith("error: ")
-              and "Traceback" not in proc.stderr and not out.exists())
+        ok = (result["code"] == code and len(lines) == 1 and lines[0].startswith("error: ")
+              and "Traceback" not in result["stderr"] and not (tmp_path / name).exists())
         if not ok:
-            failures.append(f"{name}: exit {proc.returncode} (want {code}): {proc.stderr.strip()[-300:]}")
+            failures.append(f"{name}: exit {result['code']} (want {code}): {result['stderr'].strip()[-300:]}")
     assert not failures, "\n".join(failures)
 
 

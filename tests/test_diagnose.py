@@ -202,7 +202,7 @@ def test_two_images_with_one_stem_get_a_report_each(lite_build, tmp_path):
         (tmp_path / folder).mkdir()
         Image.open(sample).save(tmp_path / folder / f"x.{ext}")
     out = tmp_path / "d"
-    proc = lite_cli("diagnose", "--workdir", str(lite_build), "--backend", "onnxruntime", "--output", str(out),
+    proc = lite_cli("diagnose", "--workdir", str(lite_build), "--backend", "openvino-fp32-f32", "--output", str(out),
                     "--input-shape", QUARTER, "--images", str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.jpg"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     images = {p.parent.name: json.loads(p.read_text())["image"] for p in out.glob("*/diagnose.json")}

@@ -22,6 +22,7 @@ def test_parameter_count(model, fixture_state):
     assert trainable == fixture_state["totals"]["trainable"]
 
 
+@pytest.mark.slow   # W48's paddle.flops at 512x1024 (42 s); test_family counts W48 at 128x256
 def test_flops_match_model_card(model, fixture_state):
     import paddle
     flops = paddle.flops(model, [1, 3, 512, 1024], print_detail=False)

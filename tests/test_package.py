@@ -4,9 +4,12 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.support import ROOT
 
 
+@pytest.mark.slow   # a wheel built and installed into a fresh folder: 73 s
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     dist, site, elsewhere = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -117,7 +117,7 @@ def _int8(work):
     return work / "openvino" / "INT8"
 
 
-def test_quantize_writes_a_recorded_reproducible_int8_ir(lite_int8, tmp_path):
+def test_quantize_writes_a_recorded_int8_ir_and_skips_when_up_to_date(lite_int8, tmp_path):
     record = json.loads((_int8(lite_int8) / "quantize.json").read_text())
     assert record["stage"] == "quantize" and record["input_shape"] == [1, 3, 256, 512]
     assert record["calibration"]["tiles"] == 12 and record["calibration"]["tile"] == [128, 256]
@@ -126,11 +126,17 @@ def test_quantize_writes_a_recorded_reproducible_int8_ir(lite_int8, tmp_path):
     assert record["error_profile"]["tile"] == [128, 256]   # the calibration tile: parity measures it again
     fp32 = lite_int8 / "openvino" / "FP32" / "ocrnet-lite.bin"
     assert os.path.getsize(_int8(lite_int8) / "ocrnet-lite.bin") < 0.4 * os.path.getsize(fp32)
-    # up to date: skipped; forced: the same bytes again (on a copy: the shared build stays as it is)
+    # up to date: skipped (on a copy: the shared build stays as it is)
     work = linked_build(lite_int8, tmp_path / "w", link=("paddle", "onnx"))
     proc = lite_cli("quantize", "--workdir", str(work), "--calibration-tile", TILE)
     assert proc.returncode == 0 and "skipped" in proc.stderr
+
+
+@pytest.mark.slow   # a second NNCF run
+def test_quantize_again_gives_the_same_bytes(lite_int8, tmp_path):
+    record = json.loads((_int8(lite_int8) / "quantize.json").read_text())
     before = {n: record["files"][n]["sha256"] for n in record["files"]}
+    work = linked_build(lite_int8, tmp_path / "w", link=("paddle", "onnx"))
     proc = lite_cli("quantize", "--workdir", str(work), "--calibration-tile", TILE, "--force")
     assert proc.returncode == 0, proc.stderr
     again = json.loads((_int8(work) / "quantize.json").read_text())
@@ -312,6 +318,7 @@ def test_a_stale_int8_is_left_out_of_default_parity_but_refused_by_name(lite_int
     assert "no longer there" in report["not_built"]["openvino-int8-default"]
 
 
+@pytest.mark.slow   # a second NNCF run
 def test_quantize_with_accuracy_control_on_labelled_scenes(lite_build, tmp_path):
     import subprocess
     import sys
@@ -354,6 +361,7 @@ def test_quantize_with_accuracy_control_on_labelled_scenes(lite_build, tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: no images under")
 
 
+@pytest.mark.slow   # a second NNCF run
 def test_ignored_tensors_keep_the_ops_that_compute_with_them_in_float(lite_int8, tmp_path):
     """`--ignored-scope hrnet-fusion,TENSOR`: the convolution that reads the
     tensor through its ReLU loses its input FakeQuantize, and nothing else

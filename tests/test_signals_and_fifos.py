@@ -30,11 +30,12 @@ def _terminate(argv, after, cwd=ROOT):
     return proc.returncode, out, err, time.time() - start
 
 
+# every sample image: work enough that the signal comes while the run is busy
 COMMANDS = {
     "diagnose": lambda work, out: ("diagnose", "--workdir", str(work), "--backend", "openvino-fp32-f32",
-                                   "--output", str(out)),
-    "parity": lambda work, out: ("parity", "--workdir", str(work), "--images", SAMPLE),
-    "validate": lambda work, out: ("validate", "--workdir", str(work), "--images", SAMPLE, "--output", str(out)),
+                                   "--output", str(out), "--images", SAMPLES),
+    "parity": lambda work, out: ("parity", "--workdir", str(work), "--images", SAMPLES),
+    "validate": lambda work, out: ("validate", "--workdir", str(work), "--images", SAMPLES, "--output", str(out)),
     "convert": lambda work, out: ("convert", "--weights", "synthetic", "--workdir", str(work), "--input-shape",
                                   "1,3,256,512", "--images", SAMPLE),
 }

@@ -72,28 +72,58 @@ def _verify(config, files, allow_unverified):
     return out
 
 
-def _program(config, path, params_path):
-    """The program to write, and what was changed in it."""
+def _program(config, path, params_path, where):
+    """The program to write (None: the copy as it is), and what was changed in it;
+    `where` names the user's file in messages."""
     from converter.runners.paddle_program import check_parameters_file, describe, read_program, with_argmax
 
     desc = read_program(path)
-    program = describe(desc, path)
+    program = describe(desc, where)
     check_parameters_file(desc, params_path)
     if program["output_op"] != config.output_op:
-        raise StageError(f"{path}: its output is {program['output_op']}, the config says {config.output_op} "
+        raise StageError(f"{where}: its output is {program['output_op']}, the config says {config.output_op} "
                          "(model.output_op): run init again")
     if program["classes"] not in (None, config.num_classes):
-        raise StageError(f"{path}: {program['classes']} classes, the config {config.num_classes} (model.num_classes)")
+        raise StageError(f"{where}: {program['classes']} classes, the config {config.num_classes} (model.num_classes)")
     if program["input"] != config.original_input.name:
-        raise StageError(f"{path}: its input is {program['input']!r}, the config says "
+        raise StageError(f"{where}: its input is {program['input']!r}, the config says "
                          f"{config.original_input.name!r} (original.input.name)")
     if program["output_op"] == "argmax":
         if program["output"] != config.original_output.name:
-            raise StageError(f"{path}: its output is {program['output']!r}, the config says "
+            raise StageError(f"{where}: its output is {program['output']!r}, the config says "
                              f"{config.original_output.name!r} (original.output.name)")
         return None, "none"
     desc = with_argmax(desc, program["logits"], config.original_output.name)
     return desc.SerializeToString(deterministic=True), f"arg_max over axis 1 of {program['logits']} appended"
+
+
+STAGED = {"inference-model": "model.pdmodel", "inference-params": "model.pdiparams", "deploy-config": "deploy.yaml"}
+
+
+def _stage_copies(config, files, provenance, tmp):
+    """Copy the user's files into tmp, check the copies' sha384 against what
+    was verified (a file swapped between the check and the copy is caught:
+    only the bytes checked are used), then append the argmax to the copied
+    program if the config asks for one. Returns what was changed."""
+    from converter.stages.fetch import file_sha384
+
+    for role, name in STAGED.items():
+        if role not in files:
+            continue
+        copy = os.path.join(tmp, name)
+        shutil.copyfile(files[role], copy)
+        if file_sha384(copy) != provenance[role]["sha384"]:
+            raise StageError(f"{files[role]}: changed while it was being copied (its bytes are not the ones "
+                             "just verified); run again")
+    program, change = _program(config, os.path.join(tmp, "model.pdmodel"), os.path.join(tmp, "model.pdiparams"),
+                               files["inference-model"])
+    info(f"export: taking the inference model {os.path.dirname(files['inference-model'])}"
+         + (f" ({change})" if program else ""))
+    if program is not None:
+        os.unlink(os.path.join(tmp, "model.pdmodel"))
+        with open(os.path.join(tmp, "model.pdmodel"), "wb") as fh:
+            fh.write(program)
+    return change
 
 
 def run(config, workdir, folder=None, allow_unverified=False, force=False):
@@ -109,18 +139,8 @@ def run(config, workdir, folder=None, allow_unverified=False, force=False):
     skipped = up_to_date("export", out_dir, key, force, "same inference model")
     if skipped:
         return skipped
-    program, change = _program(config, files["inference-model"], files["inference-params"])
-    info(f"export: taking the inference model {os.path.dirname(files['inference-model'])}"
-         + (f" ({change})" if program else ""))
     with staging_dir(out_dir, record="export.json") as tmp:
-        if program is None:
-            shutil.copyfile(files["inference-model"], os.path.join(tmp, "model.pdmodel"))
-        else:
-            with open(os.path.join(tmp, "model.pdmodel"), "wb") as fh:
-                fh.write(program)
-        shutil.copyfile(files["inference-params"], os.path.join(tmp, "model.pdiparams"))
-        if "deploy-config" in files:
-            shutil.copyfile(files["deploy-config"], os.path.join(tmp, "deploy.yaml"))
+        change = _stage_copies(config, files, provenance, tmp)
         written = describe_files(tmp, sorted(os.listdir(tmp)))
     weights = {"kind": "inference-model", "files": provenance, "output_op": config.output_op, "changed": change,
                "verified": all(p["verified"] for p in provenance.values())}
