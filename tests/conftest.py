@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from tests.support import (FIXTURE, ROOT, SMALL_SHAPE, linked_build, lite_cli, run_cli,
+from tests.support import (FIXTURE, LITE, ROOT, SMALL_SHAPE, linked_build, lite_cli, run_cli,
                            tree_digest)
 
 if not os.path.exists(FIXTURE):  # CI's clone has shared/ beside it, like the workspace
@@ -47,15 +47,20 @@ def fixture_state():
 
 # --- the lite model: every mechanism is tested on it ---------------------------
 
+def _synthetic_export(root, *config):
+    """An export with synthetic weights (seed 0, dynamic shape) into root/paddle,
+    its logits variant into root/paddle-logits; config: ("--config", PATH) or none."""
+    proc = run_cli("export", *config, "--weights", "synthetic", "--output", str(root / "paddle"),
+                   "--logits-output", str(root / "paddle-logits"))
+    assert proc.returncode == 0, proc.stderr
+    return root / "paddle"
+
+
 @pytest.fixture(scope="session")
 def lite_export(tmp_path_factory):
     """The lite model exported with synthetic weights (dynamic shape); its
     logits variant lies beside it in paddle-logits/."""
-    root = tmp_path_factory.mktemp("lite")
-    proc = lite_cli("export", "--weights", "synthetic", "--output", str(root / "paddle"),
-                    "--logits-output", str(root / "paddle-logits"))
-    assert proc.returncode == 0, proc.stderr
-    return root / "paddle"
+    return _synthetic_export(tmp_path_factory.mktemp("lite"), "--config", LITE)
 
 
 @pytest.fixture(scope="session")
@@ -127,11 +132,7 @@ def no_reverse_build(lite_build, tmp_path_factory):
 @pytest.fixture(scope="session")
 def w48_export(tmp_path_factory):
     """The shipped config's W48 exported with synthetic weights (seed 0), with its logits variant."""
-    root = tmp_path_factory.mktemp("w48")
-    proc = run_cli("export", "--weights", "synthetic", "--output", str(root / "paddle"),
-                   "--logits-output", str(root / "paddle-logits"))
-    assert proc.returncode == 0, proc.stderr
-    return root / "paddle"
+    return _synthetic_export(tmp_path_factory.mktemp("w48"))
 
 
 @pytest.fixture(scope="session")
