@@ -339,6 +339,29 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _interruption(exc):
+    """The SIGINT or SIGTERM (KeyboardInterrupt, Terminated) that `exc` was
+    raised while handling, if any. A C extension whose initialisation a
+    signal interrupts reports "ImportError: initialization failed" with the
+    signal's exception as its cause, and a converter's error can wrap that
+    in turn; the run was stopped by the signal all the same."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _stopped(exc):
+    if isinstance(exc, Terminated):
+        print("error: terminated", file=sys.stderr)
+        return 143
+    print("error: interrupted", file=sys.stderr)
+    return 130
+
+
 def main(argv=None):
     # Paddle and numpy spawn one OpenMP thread per core by default, which
     # oversubscribes small machines; keep it explicit and overridable.
@@ -362,21 +385,22 @@ def main(argv=None):
         with lock:
             return COMMANDS[args.command](args, config)
     except ConverterError as exc:
+        if _interruption(exc):
+            return _stopped(_interruption(exc))
         print(f"error: {shown(exc)}", file=sys.stderr)
         return exc.exit_code
-    except Terminated:
-        print("error: terminated", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:   # Terminated too
+        return _stopped(exc)
     except OSError as exc:
         # A user-caused I/O failure outside the stages' own checks: a full
         # disk, a read-only or unwritable folder, a path that is a file.
         what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         print(f"error: {what}" + (f": {shown(exc.filename)}" if exc.filename else ""), file=sys.stderr)
         return DiskFullError.exit_code
-    finally:
+    except Exception as exc:   # a library's own exception, raised because a signal interrupted it
+        if _interruption(exc):
+            return _stopped(_interruption(exc))
+        raise
         if argv is None:
             # The run is over (its outputs written or cleaned up): a SIGTERM or
             # SIGINT from now on must not turn its exit code into death by the

@@ -118,3 +118,24 @@ def test_a_fifo_or_folder_as_the_results_key_is_one_line(lite_build, tmp_path):
         line = one_line_error(proc, 2, "results.key", why)
         assert ": 4" not in line
         (os.rmdir if key.is_dir() else os.unlink)(key)
+
+
+def test_a_signal_inside_an_extensions_import_is_still_the_signal():
+    """SIGTERM while a C extension initialised (onnxruntime's, during
+    convert's export) came out as "ImportError: initialization failed" with
+    a traceback, exit 1; a converter error can wrap that again (from None)."""
+    from converter.cli import Terminated, _interruption
+    from converter.errors import StageError
+
+    def wrapped():
+        try:
+            try:
+                raise Terminated()
+            except Terminated as signal_exc:
+                raise ImportError("initialization failed") from signal_exc
+        except ImportError:
+            raise StageError("paddle2onnx 1.3.1 failed: initialization failed") from None
+    with pytest.raises(StageError) as err:
+        wrapped()
+    assert isinstance(_interruption(err.value), Terminated)
+    assert _interruption(StageError("a plain failure")) is None   # the control
