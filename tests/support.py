@@ -49,10 +49,6 @@ def ir(work, precision="FP32", name=LITE_NAME, ext="xml"):
     return work / "openvino" / precision / f"{name}.{ext}"
 
 
-def onnx_model(work, name=LITE_NAME):
-    return work / "onnx" / f"{name}.onnx"
-
-
 # --- builds a test may change ---------------------------------------------------
 
 LINK_ABOVE = 1 << 20

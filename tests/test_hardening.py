@@ -17,13 +17,13 @@ import pytest
 import yaml
 
 from converter.config import DEFAULT_CONFIG
-from tests.support import ROOT, SMALL_SHAPE, linked_build, lite_cli, one_line_error, lite_command
+from tests.support import ROOT, SMALL_SHAPE, linked_build, lite_cli, lite_command, one_line_error, replace_file
 
 
 @pytest.fixture
 def workdir(lite_build, tmp_path):
     """The lite build (export, onnx, openvino at 256x512) as a linked_build of
-    its own: tests change a model file only through _replace, which breaks the link."""
+    its own: tests change a model file only through replace_file, which breaks the link."""
     work = tmp_path / "w"
     work.mkdir()
     for name in ("paddle", "onnx", "openvino"):
@@ -31,16 +31,10 @@ def workdir(lite_build, tmp_path):
     return work
 
 
-def _replace(path, data):
-    """New bytes under path, as a new file (never through a shared inode)."""
-    path.unlink()
-    path.write_bytes(data)
-
-
 def _flip_byte(path, offset=-100):
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF
-    _replace(path, bytes(data))
+    replace_file(path, bytes(data))
 
 
 # --- chain of custody: each stage checks its inputs ---------------------------
@@ -97,7 +91,7 @@ def test_garbage_model_with_a_matching_record_is_a_one_line_error(workdir, tmp_p
     from converter.util.fsutil import describe_files
     folder = workdir / "openvino" / "FP32"
     binary = folder / "ocrnet-lite.bin"
-    _replace(binary, binary.read_bytes()[:1000])
+    replace_file(binary, binary.read_bytes()[:1000])
     record = json.loads((workdir / "openvino" / "openvino.json").read_text())
     record["files"]["FP32"] = describe_files(str(folder), list(record["files"]["FP32"]))
     (workdir / "openvino" / "openvino.json").write_text(json.dumps(record))
