@@ -401,6 +401,7 @@ def main(argv=None):
         if _interruption(exc):
             return _stopped(_interruption(exc))
         raise
+    finally:
         if argv is None:
             # The run is over (its outputs written or cleaned up): a SIGTERM or
             # SIGINT from now on must not turn its exit code into death by the

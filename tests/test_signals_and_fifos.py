@@ -139,3 +139,30 @@ def test_a_signal_inside_an_extensions_import_is_still_the_signal():
         wrapped()
     assert isinstance(_interruption(err.value), Terminated)
     assert _interruption(StageError("a plain failure")) is None   # the control
+
+
+def test_main_puts_back_the_callers_sigterm_handler_and_as_the_program_ignores_late_signals():
+    """In-process (argv given) main restores the caller's SIGTERM handler on
+    every way out; as the program (argv None) it leaves SIGTERM and SIGINT
+    ignored, so that a signal during interpreter teardown cannot turn the
+    run's exit code into death by the signal. The `finally` that does both
+    was once lost in an edit, unnoticed by the signal tests' timing."""
+    import sys
+    from unittest import mock
+
+    from converter.cli import main
+
+    def mine(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGTERM, mine)
+    previous_int = signal.getsignal(signal.SIGINT)
+    try:
+        assert main(["fetch", "--config", os.path.join(ROOT, "no-such.yaml")]) == 3  # an error's way out
+        assert signal.getsignal(signal.SIGTERM) is mine
+        with mock.patch.object(sys, "argv", ["ocrnet-convert", "fetch", "--config", "/no-such.yaml"]):
+            assert main() == 3
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
