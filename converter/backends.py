@@ -9,40 +9,42 @@ reported only. Adding a backend (an INT8 IR, say) is one entry.
 """
 import os
 from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from converter.errors import ConverterError
-from converter.records import StaleBuild, check_built_from, check_classes, ir_path, onnx_path, record_path, verified_record, verify_build
+from converter.errors import ConverterError, StaleBuild
+from converter.layout import Workdir, WorkdirLike, ir_path, onnx_path
+from converter.records import check_built_from, check_classes, verified_record, verify_build
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
     runtime: str           # converter.runners: paddle | onnxruntime | openvino
-    stage: str             # the stage whose output it loads (records.STAGES)
+    stage: str             # the stage whose output it loads (layout.STAGES)
     artifact: str          # that output: "paddle" (the export's folder), "onnx", or an IR's "FP32", "FP16", "INT8"
     side: str              # "original" or "converted": what it is fed
-    precision: str = None  # OpenVINO's INFERENCE_PRECISION_HINT; None: the CPU's default
+    precision: Optional[str] = None  # OpenVINO's INFERENCE_PRECISION_HINT; None: the CPU's default
     role: str = "reported"  # "reference", "gated" or "reported"
     title: str = ""
     # the gate that applies: "f32" (tie-aware agreement) or a reduced
     # precision whose numeric budget is in the config (parity.budgets)
-    budget: str = None
+    budget: Optional[str] = None
     optional: bool = False  # built by a separate step (make quantize): parity skips it when absent
 
     @property
     def gated(self):
         return self.role == "gated"
 
-    def model(self, config):
+    def model(self, config) -> str:
         """Its model, relative to the workdir (named after the config's model)."""
         if self.artifact == "paddle":
             return "paddle"
         return onnx_path(config.name) if self.artifact == "onnx" else ir_path(self.artifact, config.name)
 
-    def model_path(self, workdir, config):
-        return os.path.join(workdir, self.model(config))
+    def model_path(self, workdir: WorkdirLike, config) -> str:
+        return Workdir.of(workdir).file(self.model(config))
 
-    def output_name(self, config):
+    def output_name(self, config) -> str:
         """The name of the class-map output of the model this backend loads."""
         return (config.original_output if self.side == "original" else config.converted_output).name
 
@@ -50,33 +52,33 @@ class Backend:
 # The CPU's default precision is bf16 on AVX512-BF16/AMX CPUs and f32
 # elsewhere; the bf16 budget holds a fortiori for f32.
 BACKENDS = (
-    Backend("paddle", "paddle", "export", "paddle", "original", None, "reference",
-            "Paddle Inference on the exported original"),
-    Backend("onnxruntime", "onnxruntime", "onnx", "onnx", "converted", None, "gated",
-            "ONNX Runtime, CPU", budget="f32"),
-    Backend("openvino-fp32-f32", "openvino", "openvino", "FP32", "converted", "f32", "gated",
-            "FP32 IR at INFERENCE_PRECISION_HINT f32", budget="f32"),
-    Backend("openvino-fp32-default", "openvino", "openvino", "FP32", "converted", None, "gated",
-            "FP32 IR at the CPU's default precision (bf16 on AVX512-BF16/AMX)", budget="bf16"),
-    Backend("openvino-fp16-default", "openvino", "openvino", "FP16", "converted", None, "gated",
-            "FP16 IR at the CPU's default precision", budget="fp16"),
-    Backend("openvino-int8-default", "openvino", "quantize", "INT8", "converted", None, "gated",
-            "INT8 IR (NNCF post-training quantization) at the CPU's default precision", budget="int8",
-            optional=True),
+    Backend(name="paddle", runtime="paddle", stage="export", artifact="paddle", side="original",
+            role="reference", title="Paddle Inference on the exported original"),
+    Backend(name="onnxruntime", runtime="onnxruntime", stage="onnx", artifact="onnx", side="converted",
+            role="gated", title="ONNX Runtime, CPU", budget="f32"),
+    Backend(name="openvino-fp32-f32", runtime="openvino", stage="openvino", artifact="FP32", side="converted",
+            precision="f32", role="gated", title="FP32 IR at INFERENCE_PRECISION_HINT f32", budget="f32"),
+    Backend(name="openvino-fp32-default", runtime="openvino", stage="openvino", artifact="FP32", side="converted",
+            role="gated", title="FP32 IR at the CPU's default precision (bf16 on AVX512-BF16/AMX)", budget="bf16"),
+    Backend(name="openvino-fp16-default", runtime="openvino", stage="openvino", artifact="FP16", side="converted",
+            role="gated", title="FP16 IR at the CPU's default precision", budget="fp16"),
+    Backend(name="openvino-int8-default", runtime="openvino", stage="quantize", artifact="INT8", side="converted",
+            role="gated", title="INT8 IR (NNCF post-training quantization) at the CPU's default precision",
+            budget="int8", optional=True),
 )
 NAMES = tuple(b.name for b in BACKENDS)
 DEFAULT = "openvino-fp32-f32"  # predict's and evaluate's: the FP32 IR at f32
 REFERENCE = next(b for b in BACKENDS if b.role == "reference")
 
 
-def get(name):
+def get(name: str) -> Backend:
     for backend in BACKENDS:
         if backend.name == name:
             return backend
     raise ConverterError(f"unknown backend '{name}' (choose from {', '.join(NAMES)})")
 
 
-def select(names=None, with_reference=False):
+def select(names: Optional[Sequence[str]] = None, with_reference: bool = False) -> List[Backend]:
     """The named backends in registry order (all when names is empty;
     check_artifacts then leaves out optional ones not built)."""
     chosen = {get(n).name for n in names or NAMES}
@@ -85,7 +87,8 @@ def select(names=None, with_reference=False):
     return [b for b in BACKENDS if b.name in chosen]
 
 
-def check_artifacts(workdir, config, selected, named=True):
+def check_artifacts(workdir: WorkdirLike, config, selected: List[Backend],
+                    named: bool = True) -> Tuple[List[Backend], Dict[str, str], dict]:
     """Every model the selected backends load, verified against its stage's
     record, and the build's class count against the config's; returns (the
     backends to run, {left-out backend: why}, {stage: its verified record}
@@ -100,7 +103,7 @@ def check_artifacts(workdir, config, selected, named=True):
     left_out, records = {}, {}
     if not named:
         for b in [b for b in selected if b.optional]:
-            if not os.path.lexists(record_path(workdir, b.stage)):
+            if not os.path.lexists(Workdir.of(workdir).record(b.stage)):
                 left_out[b.name] = f"no {b.stage} record: run `ocrnet-convert {b.stage}`"
                 continue
             record = verified_record(workdir, b.stage)
@@ -116,7 +119,7 @@ def check_artifacts(workdir, config, selected, named=True):
     return kept, left_out, records
 
 
-def open_backend(backend, workdir, config, threads=2, logits=False, **options):
+def open_backend(backend: Backend, workdir: WorkdirLike, config, threads: int = 2, logits: bool = False, **options):
     """The backend's runner on the workdir's artifact."""
     from converter.runners import make_runner
 

@@ -11,7 +11,7 @@ import signal
 import sys
 
 from converter.cli_parser import _output_folder, build_parser
-from converter.errors import ConverterError, DiskFullError, GuardMissed, ParityFailure
+from converter.errors import ConverterError, DiskFullError, GateFailure, GuardMissed
 from converter.util.text import shown
 
 
@@ -43,15 +43,14 @@ def _cmd_bench(args, config):
 
     if args.runs < 1:
         raise ConverterError("--runs must be at least 1")
-    paths, record = run_bench(config, args.workdir, args.input_shape, args.runs, args.threads, args.backends,
-                              args.engine, args.engine_images)
-    print(markdown(record))
-    print(f"bench: {shown(paths[0])}")
-    guards = (record.get("engine") or {}).get("guards", {})
+    result = run_bench(config, args.workdir, shape=args.input_shape, runs=args.runs, threads=args.threads,
+                       backends=args.backends, engine=args.engine, engine_images=args.engine_images)
+    print(markdown(result.record))
+    print(f"bench: {shown(result.paths[0])}")
+    guards = (result.record.get("engine") or {}).get("guards", {})
     missed = [name for name, g in guards.items() if not g["met"]]
     if missed:
-        print(f"FAILED: the engine missed its guard(s): {', '.join(missed)} (see {shown(paths[1])})")
-        return GuardMissed.exit_code
+        raise GuardMissed(f"the engine missed its guard(s): {', '.join(missed)} (see {shown(result.paths[1])})")
     return 0
 
 
@@ -94,21 +93,23 @@ def _cmd_manifest(args, config):
 def _cmd_predict(args, config):
     from converter.commands.predict import run_predict
 
-    paths, _ = run_predict(config, args.workdir, args.images, args.backend, args.output, args.threads)
-    print(f"predict: wrote {len(paths)} files to {shown(args.output)}", file=sys.stderr)
+    result = run_predict(config, args.workdir, images=args.images, backend=args.backend, output_dir=args.output,
+                         threads=args.threads)
+    print(f"predict: wrote {len(result.paths)} files to {shown(args.output)}", file=sys.stderr)
     return 0
 
 
 def _cmd_evaluate(args, config):
     from converter.commands.evaluate import run_evaluate
 
-    paths, result = run_evaluate(config, args.workdir, args.cityscapes, args.split, args.backend,
-                                 args.output, args.limit, args.workers, args.threads)
     from converter.commands.evaluate import number_text
 
-    ref = f" (reference {config.reference['miou']:.4f})" if config.reference else ""
-    print(shown(f"mIoU {number_text(result['miou'])}{ref}, pixel accuracy {number_text(result['pixel_accuracy'])} over "
-                f"{result['images']} images; {paths[0]}"))
+    result = run_evaluate(config, args.workdir, root=args.cityscapes, split=args.split, backend=args.backend,
+                          output=args.output, limit=args.limit, workers=args.workers, threads=args.threads)
+    metrics = result.record
+    ref = (f" (published {config.published_accuracy['miou']:.4f})" if config.published_accuracy else "")
+    print(shown(f"mIoU {number_text(metrics['miou'])}{ref}, pixel accuracy {number_text(metrics['pixel_accuracy'])} "
+                f"over {metrics['images']} images; {result.paths[0]}"))
     return 0
 
 
@@ -118,8 +119,9 @@ def _cmd_quantize(args, config):
     options = quantize.options_from(
         config, subset_size=args.subset_size, calibration_tile=args.calibration_tile,
         **{key: getattr(args, key) for key in quantize.CHOICES})
-    result = quantize.run(config, args.workdir, args.images, options, args.cityscapes, args.split,
-                          args.max_drop, args.max_iterations, args.force)
+    result = quantize.run(config, args.workdir, images=args.images, options=options,
+                          cityscapes=args.cityscapes, split=args.split, max_drop=args.max_drop,
+                          max_iterations=args.max_iterations, force=args.force)
     rec = result.record
     _print_result(result, f", {rec.params['fake_quantize_nodes']} FakeQuantize nodes, "
                           f"peak RSS {rec.params['peak_rss_mb']} MB")
@@ -135,10 +137,10 @@ def _cmd_package(args, config):
     if args.verify:
         print(shown(verify(args.verify, trusted_sha256(args.sha256) if args.sha256 else None)))
         return 0
-    result = run_package(config, args.workdir, args.output, args.allow_unverified)
-    print(shown(result["archive"]))
-    print(f"package: {', '.join(result['precisions'])} in {args.output}/ovms and {args.output}/omz; "
-          f"archive sha256 {result['sha256']}" + (" (UNVERIFIED)" if result["unverified"] else ""), file=sys.stderr)
+    package = run_package(config, args.workdir, dist=args.output, allow_unverified=args.allow_unverified).record
+    print(shown(package["archive"]))
+    print(f"package: {', '.join(package['precisions'])} in {args.output}/ovms and {args.output}/omz; "
+          f"archive sha256 {package['sha256']}" + (" (UNVERIFIED)" if package["unverified"] else ""), file=sys.stderr)
     return 0
 
 
@@ -149,12 +151,8 @@ def _cmd_parity(args, config):
         raise ConverterError(f"--cityscapes {args.cityscapes}: not a folder")
     if (args.limit or args.split != "val") and not args.cityscapes:
         raise ConverterError("--split and --limit go with --cityscapes")
-    try:
-        result = parity.run(config, args.workdir, args.images, args.threads, args.backends,
-                            cityscapes=args.cityscapes, split=args.split, limit=args.limit, workers=args.workers)
-    except ParityFailure as exc:
-        print(f"FAILED: {shown(exc)}")
-        return exc.exit_code
+    result = parity.run(config, args.workdir, images=args.images, threads=args.threads, backends=args.backends,
+                        cityscapes=args.cityscapes, split=args.split, limit=args.limit, workers=args.workers)
     print(f"report: {shown(result.paths[1])}")
     _print_parity_verdict(result.record)
     return 0
@@ -163,25 +161,21 @@ def _cmd_parity(args, config):
 def _cmd_onnx(args, config):
     from converter.stages import onnx
 
-    _print_result(onnx.run(config, args.workdir, args.input_shape, args.force))
+    _print_result(onnx.run(config, args.workdir, shape=args.input_shape, force=args.force))
     return 0
 
 
 def _cmd_openvino(args, config):
     from converter.stages import openvino
 
-    _print_result(openvino.run(config, args.workdir, args.input_shape, args.source, args.force))
+    _print_result(openvino.run(config, args.workdir, shape=args.input_shape, source=args.source, force=args.force))
     return 0
 
 
 def _cmd_model_api(args, config):
     from converter.stages import model_api
 
-    try:
-        result = model_api.run(config, args.workdir, args.threads, args.force)
-    except ParityFailure as exc:
-        print(f"FAILED: {shown(exc)}")
-        return exc.exit_code
+    result = model_api.run(config, args.workdir, threads=args.threads, force=args.force)
     checks = result.record.params["check"]["results"]
     _print_result(result, ", argmax vs parent: " + ", ".join(f"{p} {c['agreement_min']:.4%}"
                                                               for p, c in checks.items()))
@@ -191,16 +185,15 @@ def _cmd_model_api(args, config):
 def _cmd_validate(args, config):
     from converter.commands.validate import run_validate
 
-    try:
-        paths, doc = run_validate(config, args.workdir, args.output, args.images, args.cityscapes, args.split,
-                                  args.backends, args.limit, args.executor, args.ray_address, args.workers,
-                                  args.threads, args.trust_unsealed, chunk=args.chunk)
-    except ParityFailure as exc:
-        print(f"FAILED: {shown(exc)}")
-        return exc.exit_code
-    for path in paths:
+    from converter.engine.scheduler import EngineOptions
+
+    options = EngineOptions(executor=args.executor, address=args.ray_address, workers=args.workers,
+                            threads=args.threads, chunk=args.chunk, trust_unsealed=args.trust_unsealed)
+    result = run_validate(config, args.workdir, args.output, images=args.images, cityscapes=args.cityscapes,
+                          split=args.split, backends=args.backends, limit=args.limit, options=options)
+    for path in result.paths:
         print(shown(path))
-    run = doc["run"]
+    run = result.record["run"]
     print(f"validate: PASSED on {run['images']} image(s) ({run['computed']} computed, {run['reused']} reused) "
           f"in {run['seconds']} s", file=sys.stderr)
     return 0
@@ -209,10 +202,11 @@ def _cmd_validate(args, config):
 def _cmd_diagnose(args, config):
     from converter.commands.diagnose import run
 
-    for paths, doc in run(config, args.workdir, args.backend, args.images, args.output, args.input_shape,
-                          args.threads, args.first_only, args.window_mb):
-        first = doc["first_divergence"]
-        print(shown(paths[1]))
+    for result in run(config, args.workdir, backend_name=args.backend, images=args.images, output=args.output,
+                      shape=args.input_shape, threads=args.threads, first_only=args.first_only,
+                      window_mb=args.window_mb):
+        doc, first = result.record, result.record["first_divergence"]
+        print(shown(result.paths[1]))
         print(shown(f"diagnose: {doc['backend']} on {os.path.basename(doc['image'])}: "
                     + ("no tensor over the budget" if first is None else
                        f"first divergence at {first['tensor']} ({first['op']}), rel. p99 {first['rel_p99']:.3g}")
@@ -237,8 +231,9 @@ def _cmd_fetch(args, config):
     mode = "json" if args.json else "quiet" if args.quiet or not sys.stderr.isatty() else "bar"
     if args.mirror:
         fetch.check_url(args.mirror)
-    result = fetch.run(config, None, args.output, args.cache_dir, args.mirror, args.from_dir, mode,
-                       roles=args.only, timeouts=(args.connect_timeout, args.read_timeout), retries=args.retries)
+    result = fetch.run(config, None, output=args.output, cache_dir=args.cache_dir, mirror=args.mirror,
+                       from_dir=args.from_dir, progress_mode=mode, roles=args.only,
+                       timeouts=(args.connect_timeout, args.read_timeout), retries=args.retries)
     if args.json:
         print(json.dumps({"event": "summary", **result.record}, sort_keys=True))
     elif not args.quiet:
@@ -276,10 +271,11 @@ def _cmd_export(args, config):
     if choice is None:
         if args.without_argmax or args.logits_output or args.output:
             raise ConverterError("--without-argmax, --logits-output and --output are for our own model's export")
-        result = first_stage(config, args.workdir, None, args.inference_model, args.allow_unverified, args.force)
+        result = first_stage(config, args.workdir, inference_dir=args.inference_model,
+                             allow_unverified=args.allow_unverified, force=args.force)
     else:
-        result = export.run(config, args.workdir, choice, args.without_argmax, args.logits_output,
-                            args.force, output=args.output)
+        result = export.run(config, args.workdir, choice, without_argmax=args.without_argmax,
+                            logits_output=args.logits_output, force=args.force, output=args.output)
     _print_result(result, _weights_detail(result.record))
     return 0
 
@@ -292,18 +288,16 @@ def _cmd_convert(args, config):
             _print_manifest(result)
         elif result.stage != "parity":
             _print_result(result, _weights_detail(result.record) if result.stage == "export" else "")
-    try:
-        results = convert(config, args.workdir, _weights(args, config), args.input_shape, args.images,
-                          args.threads, args.force, report, args.inference_model, args.allow_unverified)
-    except ParityFailure as exc:
-        print(f"FAILED: {shown(exc)}")
-        return exc.exit_code
+    results = convert(config, args.workdir, _weights(args, config), shape=args.input_shape, images=args.images,
+                      threads=args.threads, force=args.force, report=report, inference_dir=args.inference_model,
+                      allow_unverified=args.allow_unverified)
     _print_parity_verdict(next(r for r in results if r.stage == "parity").record)
     return 0
 
 
 COMMANDS = {"convert": _cmd_convert, "fetch": _cmd_fetch, "export": _cmd_export, "onnx": _cmd_onnx,
-            "openvino": _cmd_openvino, "model-api": _cmd_model_api, "quantize": _cmd_quantize, "parity": _cmd_parity, "predict": _cmd_predict, "evaluate": _cmd_evaluate,
+            "openvino": _cmd_openvino, "model-api": _cmd_model_api, "quantize": _cmd_quantize, "parity": _cmd_parity,
+            "predict": _cmd_predict, "evaluate": _cmd_evaluate,
             "validate": _cmd_validate, "init": _cmd_init, "diagnose": _cmd_diagnose,
             "manifest": _cmd_manifest, "package": _cmd_package, "bench": _cmd_bench}
 # The folder each command locks, and how: writers exclusively, readers shared.
@@ -384,6 +378,9 @@ def main(argv=None):
         lock = workdir_lock(folder, shared=args.command in READERS, log=info) if folder else contextlib.nullcontext()
         with lock:
             return COMMANDS[args.command](args, config)
+    except GateFailure as exc:   # a failed gate: its verdict on stdout, where PASSED goes
+        print(f"FAILED: {shown(exc)}")
+        return exc.exit_code
     except ConverterError as exc:
         if _interruption(exc):
             return _stopped(_interruption(exc))

@@ -9,6 +9,7 @@ import os
 import re
 import reprlib
 from dataclasses import dataclass, field
+from typing import Optional
 
 from converter.errors import ConfigError
 
@@ -62,7 +63,7 @@ class ModelConfig:
     converted_input: TensorSpec
     converted_output: TensorSpec
     onnx_opset: int
-    reference: dict              # the published accuracy, or None
+    published_accuracy: Optional[dict]  # the accuracy its publisher reports (mIoU, per class), or None
     min_agreement: float
     tie_margin: float
     class_names: tuple = ()
@@ -72,7 +73,7 @@ class ModelConfig:
     quantize: dict = field(default_factory=dict)  # the quantize stage's defaults
     model_api: dict = field(default_factory=dict)  # the model_api stage's output name and check tile
     arch: str = "ocrnet"          # config_model.ARCHS
-    backbone: str = None          # converter.family.BACKBONES, for arch ocrnet
+    backbone: Optional[str] = None  # converter.family.BACKBONES, for arch ocrnet
     output_op: str = "argmax"     # what a paddle-inference model outputs: argmax, softmax or none
     raw: dict = field(repr=False, default_factory=dict)
 
@@ -208,7 +209,7 @@ def validate(raw, path="<config>", digest=""):
     converted = _get(raw, "converted", "", dict)
     num_classes = model["num_classes"]
     class_names, palette = _classes(raw, num_classes)
-    reference = _reference(raw, class_names)
+    published_accuracy = _published_accuracy(raw, class_names)
     parity = _get(raw, "parity", "", dict)
     min_agreement = _get(parity, "min_agreement", "parity", float)
     if not 0 < min_agreement <= 1:
@@ -235,7 +236,7 @@ def validate(raw, path="<config>", digest=""):
         converted_input=_tensor(_get(converted, "input", "converted", dict), "converted.input"),
         converted_output=_tensor(_get(converted, "output", "converted", dict), "converted.output"),
         onnx_opset=opset,
-        reference=reference,
+        published_accuracy=published_accuracy,
         min_agreement=min_agreement, tie_margin=tie_margin, class_names=class_names, palette=palette,
         budgets=budgets, max_miou_drop=max_drop, quantize=_quantize(_get(raw, "quantize", "", dict), model["arch"]),
         model_api=_model_api(_get(raw, "model_api", "", dict)), raw=raw))
@@ -269,22 +270,31 @@ def _model_name(raw):
     return name
 
 
-def _reference(raw, class_names):
-    """The published accuracy (optional: a user's own model has none)."""
-    if "reference" not in raw:
+def _published_accuracy(raw, class_names):
+    """The accuracy the model's publisher reports (optional: a user's own
+    model has none). Its old key, `reference`, is read for one release, with
+    a notice: "reference" is the Paddle backend parity compares with."""
+    key = "published_accuracy"
+    if "reference" in raw and key not in raw:
+        from converter.util.log import info
+
+        info("notice: the config's 'reference' section is now 'published_accuracy'; the old name goes in the "
+             "next release")
+        key = "reference"
+    if key not in raw:
         return None
-    reference = _get(raw, "reference", "", dict)
-    miou = _get(reference, "miou", "reference", float)
+    published = _get(raw, key, "", dict)
+    miou = _get(published, "miou", key, float)
     if not 0 <= miou <= 1:
-        raise ConfigError("reference.miou: expected a number in [0, 1]")
-    per_class = _get(reference, "per_class_iou", "reference", dict)
+        raise ConfigError(f"{key}.miou: expected a number in [0, 1]")
+    per_class = _get(published, "per_class_iou", key, dict)
     if set(per_class) != set(class_names):
-        raise ConfigError("reference.per_class_iou: expected one entry for each of the classes' names")
+        raise ConfigError(f"{key}.per_class_iou: expected one entry for each of the classes' names")
     per_class = {name: per_class[name] for name in class_names}  # a mapping's order is not data
     for cls, iou in per_class.items():
         if not isinstance(iou, (int, float)) or isinstance(iou, bool) or not 0 <= iou <= 1:
-            raise ConfigError(f"reference.per_class_iou.{cls}: expected a number in [0, 1]")
-    dataset = reference.get("dataset", "")
+            raise ConfigError(f"{key}.per_class_iou.{cls}: expected a number in [0, 1]")
+    dataset = published.get("dataset", "")
     return {"miou": miou, "per_class_iou": per_class, "dataset": dataset if isinstance(dataset, str) else ""}
 
 
@@ -340,7 +350,8 @@ def load_config(path=None):
     import yaml
 
     path = path or DEFAULT_CONFIG
-    from converter.util.fsutil import InputRefused, read_limited
+    from converter.errors import InputRefused
+    from converter.util.fsutil import read_limited
 
     try:
         data = read_limited(path, MAX_CONFIG_BYTES, "config")

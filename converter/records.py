@@ -11,50 +11,18 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple, cast
 
-from converter.errors import StageError
-from converter.util.fsutil import InputRefused, file_digest, read_limited
+from converter.errors import InputRefused, StageError, StaleBuild
+from converter.layout import STAGES, Workdir, WorkdirLike
+from converter.util.fsutil import file_digest, read_limited
 
-# Converted model files are named after the config's `name` (their stem),
-# relative to the workdir.
-
-# stage -> (folder in the workdir, record file name, whether `files` is
-# grouped by subfolder, as openvino's {FP32: {...}, FP16: {...}})
-STAGES = {
-    "export": ("paddle", "export.json", False),
-    "onnx": ("onnx", "onnx.json", False),
-    "openvino": ("openvino", "openvino.json", True),
-    # the INT8 IR sits beside FP32 and FP16, with its own record: `make
-    # quantize` is a separate step from `make convert`
-    "quantize": (os.path.join("openvino", "INT8"), "quantize.json", False),
-    # the Model API flavour of each IR above ({FP32: ..., FP16: ..., INT8: ...})
-    "model_api": (os.path.join("openvino", "model_api"), "model_api.json", True),
-}
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_RECORD_BYTES = 16 << 20
 
 
-def onnx_path(stem):
-    return os.path.join("onnx", stem + ".onnx")
-
-
-def ir_path(precision, stem):
-    """The IR's .xml for "FP32", "FP16" or "INT8"."""
-    return os.path.join("openvino", precision, stem + ".xml")
-
-
-def flavour_path(precision, stem):
-    """The Model API flavour's .xml of the IR of that precision."""
-    return os.path.join(STAGES["model_api"][0], precision, stem + ".xml")
-
-
-def record_path(workdir, stage):
-    folder, name, _ = STAGES[stage]
-    return os.path.join(workdir, folder, name)
-
-
-def read_json(path, what="record"):
+def read_json(path: str, what: str = "record") -> dict:
     """A JSON object from path, or a one-line StageError naming the file."""
     try:
         data = read_limited(path, MAX_RECORD_BYTES, what)
@@ -98,9 +66,9 @@ class StageRecord:
     stage: str
     files: dict                 # {name: {size, sha256}}, or {precision: {...}} for openvino
     key: str = ""               # the incremental key of inputs and parameters
-    weights: dict = None        # the export's provenance, carried along
-    input: dict = None
-    output: dict = None
+    weights: Optional[dict] = None        # the export's provenance, carried along
+    input: Optional[dict] = None
+    output: Optional[dict] = None
     seconds: float = 0.0
     params: dict = field(default_factory=dict)  # the stage's own: input_shape, opset, source, ...
 
@@ -114,10 +82,10 @@ class StageRecord:
         return tuple(self.params["input_shape"]) if "input_shape" in self.params else None
 
 
-def write_record(folder, record):
+def write_record(folder: str, record: StageRecord) -> None:
     from converter.util.fsutil import write_json_atomic
 
-    write_json_atomic(os.path.join(folder, STAGES[record.stage][1]), record.to_json())
+    write_json_atomic(os.path.join(folder, STAGES[record.stage].record), record.to_json())
 
 
 def _typed(obj, path, key, kinds):
@@ -127,7 +95,7 @@ def _typed(obj, path, key, kinds):
     return value
 
 
-def load_record(path, stage):
+def load_record(path: str, stage: str) -> StageRecord:
     """The record at path as a StageRecord, checked for form (not yet against its files)."""
     try:
         record = read_json(path)
@@ -138,8 +106,8 @@ def load_record(path, stage):
         raise
     if record.get("stage") != stage:
         raise StageError(f"{path}: not a {stage} record (stage is {str(record.get('stage'))[:40]!r})")
-    files = record.get("files")
-    if STAGES[stage][2]:
+    files = cast(dict, record.get("files"))  # checked just below
+    if STAGES[stage].grouped:
         if not isinstance(files, dict) or not files:
             raise StageError(f"{path}: 'files' must map each precision to its files")
         for group, entries in files.items():
@@ -156,28 +124,28 @@ def load_record(path, stage):
     if shape is not None and not (isinstance(shape, list) and len(shape) == 4
                                   and all(type(d) is int and d > 0 for d in shape)):
         raise StageError(f"{path}: 'input_shape' must be four positive integers")
-    return StageRecord(stage, files, _typed(record, path, "key", (str,)) or "",
-                       _typed(record, path, "weights", (dict,)), _typed(record, path, "input", (dict,)),
-                       _typed(record, path, "output", (dict,)),
-                       _typed(record, path, "seconds", (int, float)) or 0.0, params)
+    return StageRecord(stage=stage, files=files, key=_typed(record, path, "key", (str,)) or "",
+                       weights=_typed(record, path, "weights", (dict,)), input=_typed(record, path, "input", (dict,)),
+                       output=_typed(record, path, "output", (dict,)),
+                       seconds=_typed(record, path, "seconds", (int, float)) or 0.0, params=params)
 
 
 _COMMON = ("schema", "stage", "key", "files", "weights", "input", "output", "seconds")
 
 
-def read_record(workdir, stage):
-    return load_record(record_path(workdir, stage), stage)
+def read_record(workdir: WorkdirLike, stage: str) -> StageRecord:
+    return load_record(Workdir.of(workdir).record(stage), stage)
 
 
-def record_files(folder, stage, record):
+def record_files(folder: str, stage: str, record: StageRecord) -> List[Tuple[str, dict]]:
     """[(path, meta)] of every file a record lists, under the stage's folder."""
     files = record.files
-    if STAGES[stage][2]:
+    if STAGES[stage].grouped:
         return [(os.path.join(folder, g, n), m) for g, entries in files.items() for n, m in entries.items()]
     return [(os.path.join(folder, n), m) for n, m in files.items()]
 
 
-def files_match(folder, stage, record):
+def files_match(folder: str, stage: str, record: StageRecord) -> Optional[Tuple[str, str]]:
     """The first listed file that differs from the record, as (path, why), or None."""
     for path, meta in record_files(folder, stage, record):
         size = os.path.getsize(path) if os.path.isfile(path) and not os.path.islink(path) else None
@@ -190,38 +158,36 @@ def files_match(folder, stage, record):
     return None
 
 
-def verified_record(workdir, stage, folder=None):
+def verified_record(workdir: Optional[WorkdirLike], stage: str, folder: Optional[str] = None) -> StageRecord:
     """The stage's record after checking every file it lists; a StageError
     naming the first file that is missing or differs (tampered, or left by
     an interrupted run). folder: the stage's folder, when not the layout's."""
-    folder = folder or os.path.join(workdir, STAGES[stage][0])
-    record = load_record(os.path.join(folder, STAGES[stage][1]), stage)
+    if folder is None:
+        if workdir is None:
+            raise ValueError("verified_record needs a workdir or the stage's folder")
+        folder = Workdir.of(workdir).stage_folder(stage)
+    record = load_record(os.path.join(folder, STAGES[stage].record), stage)
     bad = files_match(folder, stage, record)
     if bad:
         raise StageError(f"{bad[0]} {bad[1]}: refusing to use it (rerun the {stage} stage with --force)")
     return record
 
 
-class StaleBuild(StageError):
-    """A build whose own files are intact but which was made from inputs
-    that have changed since (an INT8 IR of an FP32 IR rebuilt since)."""
-
-
-def check_built_from(workdir, stage, record):
+def check_built_from(workdir: WorkdirLike, stage: str, record: StageRecord) -> None:
     """A record's `built_from` ({path in the workdir: sha256}) must match the
     files there now; else StaleBuild."""
     built_from = record.params.get("built_from") or {}
     if not isinstance(built_from, dict):
-        raise StageError(f"{record_path(workdir, stage)}: 'built_from' must be an object")
+        raise StageError(f"{Workdir.of(workdir).record(stage)}: 'built_from' must be an object")
     for rel, sha in sorted(built_from.items()):
-        path = os.path.join(workdir, str(rel))
+        path = Workdir.of(workdir).file(str(rel))
         if ".." in str(rel).split("/") or os.path.isabs(str(rel)) or not os.path.isfile(path) \
                 or file_digest(path) != sha:
-            raise StaleBuild(f"{record_path(workdir, stage)}: built from a {rel} that is no longer "
+            raise StaleBuild(f"{Workdir.of(workdir).record(stage)}: built from a {rel} that is no longer "
                              f"there (rebuilt or changed); rerun the {stage} stage")
 
 
-def verify_build(workdir, stages):
+def verify_build(workdir: WorkdirLike, stages: List[str]) -> Dict[str, StageRecord]:
     """{stage: record} for each stage, every file verified (see verified_record)
     and not stale (check_built_from)."""
     records = {stage: verified_record(workdir, stage) for stage in stages}
@@ -230,37 +196,37 @@ def verify_build(workdir, stages):
     return records
 
 
-def converted_input_shape(workdir, config=None, required=False):
+def converted_input_shape(workdir: WorkdirLike, config=None, required: bool = False) -> Tuple[int, ...]:
     """The static [N,C,H,W] the converted models were built for, from the
     openvino or onnx record; else the config's converted shape (or a
     StageError when required)."""
     for stage in ("openvino", "onnx"):
-        path = record_path(workdir, stage)
+        path = Workdir.of(workdir).record(stage)
         if os.path.lexists(path):
             shape = read_record(workdir, stage).input_shape
             if shape is None:
                 raise StageError(f"{path}: no 'input_shape'")
             return shape
     if required or config is None:
-        raise StageError(f"missing {record_path(workdir, 'openvino')}: run make convert first")
+        raise StageError(f"missing {Workdir.of(workdir).record('openvino')}: run make convert first")
     return config.converted_shape
 
 
-def check_classes(workdir, config):
+def check_classes(workdir: WorkdirLike, config) -> None:
     """The build's class count (its export record's) must be the config's: a
     19-class build read with a 20-class config would be reported with the
     wrong names, an 18-class one fail deep in a worker."""
     record = read_record(workdir, "export")
     built = record.params.get("num_classes")
     if type(built) is not int:
-        raise StageError(f"{record_path(workdir, 'export')} does not say how many classes the build has "
+        raise StageError(f"{Workdir.of(workdir).record('export')} does not say how many classes the build has "
                          "(a build of an older version): rerun the export stage with --force")
     if built != config.num_classes:
         raise StageError(f"the build in {workdir} has {built} classes, the config {config.path} "
                          f"{config.num_classes} (model.num_classes): use the config it was built with")
 
 
-def weights_summary(weights):
+def weights_summary(weights: Optional[dict]) -> str:
     """Which weights a build carries, in a few words (a model card's first line)."""
     weights = weights or {}
     kind = weights.get("kind")
@@ -274,8 +240,18 @@ def weights_summary(weights):
     return f"the user's checkpoint {os.path.basename(str(weights.get('file', '')))}"
 
 
-def export_weights(workdir):
+def export_weights(workdir: WorkdirLike) -> Optional[dict]:
     """The weights' provenance recorded by the export stage, or None."""
-    if not os.path.lexists(record_path(workdir, "export")):
+    if not os.path.lexists(Workdir.of(workdir).record("export")):
         return None
     return read_record(workdir, "export").weights
+
+
+def current_record(folder: str, stage: str, key: str) -> Optional[StageRecord]:
+    """The stage's record in folder if the stage is up to date (same key,
+    every listed output unchanged), else None."""
+    try:
+        record = verified_record(None, stage, folder)
+    except StageError:
+        return None
+    return record if record.key == key else None

@@ -1,6 +1,6 @@
 """The suite's session: its own cache, the tiers, and every heavy build made once.
 
-Tiers (README: Development): a test marked `slow` runs in `make test-slow`,
+Tiers (docs/development.md): a test marked `slow` runs in `make test-slow`,
 one marked `e2e` in `make test-e2e`, every other in `make test`; pyproject's
 addopts select the default tier, and a test may carry at most one tier mark.
 """

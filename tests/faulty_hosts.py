@@ -3,12 +3,12 @@ suite, not of the installed tool (the engine takes a host class only from
 code that calls it, never from the environment)."""
 import os
 
-from converter.validate.host import Host
+from converter.engine.worker import Worker
 
 MARKER = "FAULTY_HOST_MARKER"   # read by these test hosts only
 
 
-class CrashOnce(Host):
+class CrashOnce(Worker):
     """Its first compare() kills its own process, once per marker file: the
     marker records the pid that died."""
 
@@ -28,11 +28,13 @@ def main(workdir, data, out, executor):
 
     from converter.commands.validate import run_validate
     from converter.errors import ConverterError
+    from converter.engine.scheduler import EngineOptions
     from tests.support import lite_config
 
     try:
-        run_validate(lite_config(), workdir, out, cityscapes=data, limit=2, executor=executor, chunk=1,
-                     backends=["onnxruntime", "openvino-fp32-f32", "openvino-fp16-default"], host_class=CrashOnce)
+        run_validate(lite_config(), workdir, out, cityscapes=data, limit=2,
+                     options=EngineOptions(executor=executor, chunk=1),
+                     backends=["onnxruntime", "openvino-fp32-f32", "openvino-fp16-default"], worker_class=CrashOnce)
     except ConverterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

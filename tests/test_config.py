@@ -23,6 +23,19 @@ def test_bundled_config_is_valid():
     assert cfg.converted_output.name == "argmax_0.tmp_0"
 
 
+def test_the_old_name_of_the_published_accuracy_still_reads_with_a_notice(raw, capsys):
+    """`reference:` became `published_accuracy:` (parity's reference is the Paddle backend); one release of both."""
+    assert validate(copy.deepcopy(raw)).published_accuracy["miou"] == 0.821492
+    assert capsys.readouterr().err == ""
+    old = copy.deepcopy(raw)
+    old["reference"] = old.pop("published_accuracy")
+    assert validate(old).published_accuracy == validate(copy.deepcopy(raw)).published_accuracy
+    assert capsys.readouterr().err.startswith("notice: the config's 'reference' section is now 'published_accuracy'")
+    old["reference"]["miou"] = 2.0
+    with pytest.raises(ConfigError, match=r"^reference.miou: expected a number in \[0, 1\]"):
+        validate(old)
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda r: r["files"][0].pop("sha384"), "files[0].sha384: missing"),
     (lambda r: r["files"][1].update(sha384="abc"), "files[1].sha384: expected 96 hex digits"),
@@ -31,7 +44,8 @@ def test_bundled_config_is_valid():
     (lambda r: r["files"][0].update(name="../evil"), "files[0].name: not a plain file name"),
     (lambda r: r["converted"]["input"].update(dtype="float64"), "converted.input.dtype: unsupported 'float64'"),
     (lambda r: r["parity"].update(min_agreement=1.5), "parity.min_agreement"),
-    (lambda r: r["reference"]["per_class_iou"].pop("road"), "reference.per_class_iou: expected one entry for each"),
+    (lambda r: r["published_accuracy"]["per_class_iou"].pop("road"),
+     "published_accuracy.per_class_iou: expected one entry for each"),
     (lambda r: r.pop("parity"), "parity: missing"),
 ])
 def test_errors_name_the_field(raw, mutate, message):

@@ -104,14 +104,30 @@ def test_ir_from_onnx_equals_ir_from_paddle(lite_build, tmp_path, reference_maps
     work.mkdir()
     for name in ("paddle", "onnx"):
         os.symlink(lite_build / name, work / name)
-    proc = lite_cli("openvino", "--workdir", str(work), "--input-shape", SHAPE, "--from", "onnx")
+    proc = lite_cli("openvino", "--workdir", str(work), "--input-shape", SHAPE, "--read-from", "onnx")
     assert proc.returncode == 0, proc.stderr
+    assert "notice" not in proc.stderr
     from converter.runners import make_runner
     assert _agreement(make_runner("openvino", str(work / IR32)), reference_maps) >= 0.9999
 
 
+def test_the_old_spelling_of_read_from_still_works_with_a_notice(capsys):
+    """openvino --from became --read-from (fetch --from is a folder); the old spelling stays one release."""
+    from converter.cli_parser import build_parser
+
+    old = build_parser().parse_args(["openvino", "--from", "onnx"])
+    assert capsys.readouterr().err == "notice: --from is now --read-from; the old spelling goes in the next release\n"
+    new = build_parser().parse_args(["openvino", "--read-from", "onnx"])
+    assert capsys.readouterr().err == ""
+    assert old.source == new.source == "onnx"
+    assert build_parser().parse_args(["openvino"]).source == "paddle"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["openvino", "--from", "tflite"])   # still checked against the choices
+
+
 def test_guard_refuses_pip_inside_conversion():
-    from converter.util.no_install import RuntimeInstallBlocked, no_runtime_installs
+    from converter.errors import RuntimeInstallBlocked
+    from converter.util.no_install import no_runtime_installs
     with no_runtime_installs():
         assert os.environ["POLYGRAPHY_AUTOINSTALL_DEPS"] == "0"
         with pytest.raises(RuntimeInstallBlocked):

@@ -126,19 +126,19 @@ def test_the_int8_gate_fails_a_broken_fake_quantize_at_any_depth(lite_int8, tmp_
     first, middle and last third, fails, with that tensor first."""
     from tests.support import lite_config
     from converter.records import read_record
-    from converter.validate.int8_profile import failures
+    from converter.engine.int8_profile import failures
 
     config = lite_config()
     profile = read_record(str(lite_int8), "quantize").params["error_profile"]
     assert len(profile["tensors"]) > 80 and profile["precision_hint"] == "f32"
     fp32 = str(lite_int8 / IR)
-    assert failures("int8", profile, config, fp32, str(lite_int8 / INT8), (256, 512)) == []
+    assert failures("int8", profile, config, fp32_xml=fp32, int8_xml=str(lite_int8 / INT8), full_hw=(256, 512)) == []
     # a profile that misses a quantized tensor (another IR, an older version) does not pass
     off_grid = dict(profile, tile=[100, 256])   # no tile of the input: not measured on a guess
-    assert "tile" in failures("int8", off_grid, config, fp32, str(lite_int8 / INT8), (256, 512))[0]
+    assert "tile" in failures("int8", off_grid, config, fp32_xml=fp32, int8_xml=str(lite_int8 / INT8), full_hw=(256, 512))[0]
     trimmed = dict(profile, tensors=dict(list(profile["tensors"].items())[1:]))
     assert any("not in the recorded profile" in f and "--force" in f
-               for f in failures("int8", trimmed, config, fp32, str(lite_int8 / INT8), (256, 512)))
+               for f in failures("int8", trimmed, config, fp32_xml=fp32, int8_xml=str(lite_int8 / INT8), full_hw=(256, 512)))
     for fraction in (0.1, 0.5, 0.9):
         for how in ("range-x4", "zero-point"):
             xml = tmp_path / f"{how}-{fraction}" / "m.xml"
@@ -146,7 +146,7 @@ def test_the_int8_gate_fails_a_broken_fake_quantize_at_any_depth(lite_int8, tmp_
             shutil.copy(lite_int8 / INT8, xml)
             shutil.copy(str(lite_int8 / INT8)[:-4] + ".bin", str(xml)[:-4] + ".bin")
             broken = _break_fq(xml, fraction, how)
-            found = failures("int8", profile, config, fp32, str(xml), (256, 512))
+            found = failures("int8", profile, config, fp32_xml=fp32, int8_xml=str(xml), full_hw=(256, 512))
             assert found and broken in found[0], (how, fraction, broken, found[:3])   # the first in network order
 
 
@@ -168,7 +168,7 @@ def _baseline_peak_mb(work):
     diagnose configures them (with taps: Paddle without its fusion passes),
     returning one small tensor each."""
     code = (f"import sys; sys.path.insert(0, {ROOT!r})\n"
-            "import numpy as np\nfrom converter.runners import make_runner\nfrom converter.runners.worker import peak_rss_mb\n"
+            "import numpy as np\nfrom converter.runners import make_runner\nfrom converter.util.memory import peak_rss_mb\n"
             f"x = np.zeros((1, 3, 128, 256), np.float32)\n"
             f"make_runner('paddle', {str(work / 'paddle')!r}, taps=['batch_norm_0.tmp_2']).infer(x)\n"
             f"make_runner('openvino', {str(work / IR)!r}, shape=[1, 3, 128, 256], taps=['batch_norm_0.tmp_2']).infer(x)\n"

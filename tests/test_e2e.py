@@ -1,4 +1,4 @@
-"""Full size, 1x3x1024x2048, W48 (make test-e2e): the README's memory bounds,
+"""Full size, 1x3x1024x2048, W48 (make test-e2e): the memory bounds of docs/measurements.md,
 checked where they are promised.
 
 - `make convert` as a user runs it: every process of the run (export, the
@@ -17,8 +17,8 @@ from tests.support import ROOT, W48_NAME, ir, linked_build, rerecord
 
 pytestmark = pytest.mark.e2e
 
-# README (Benchmark, validate): every process at most 6 GB (make convert measured 3.7 GB at most);
-# diagnose (README: diagnose) under 8 GB with its default 1024 MB windows (measured 6.4 GB).
+# docs/validate.md and docs/measurements.md: every process at most 6 GB (make convert measured 3.7 GB at most);
+# diagnose (docs/diagnose.md) under 8 GB with its default 1024 MB windows (measured 6.4 GB).
 MAX_PROCESS_MB = 6144
 MAX_DIAGNOSE_MB = 8192
 FULL = (1, 3, 1024, 2048)

@@ -141,5 +141,5 @@ def test_unverified_local_checkpoint_is_refused_without_flag(tmp_path):
     bogus = tmp_path / "model.pdparams"
     bogus.write_bytes(b"not the checkpoint")
     proc = run_cli("export", "--weights", str(bogus), "--output", str(tmp_path / "o"))
-    assert proc.returncode == 5   # a checksum or size mismatch, as for an inference model's files (README: exit codes)
+    assert proc.returncode == 5   # a checksum or size mismatch, as for an inference model's files (docs/cli.md: exit codes)
     assert "size mismatch for model.pdparams" in proc.stderr and "--allow-unverified" in proc.stderr

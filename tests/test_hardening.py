@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from converter.config import DEFAULT_CONFIG
-from tests.support import ROOT, SMALL_SHAPE, linked_build, lite_cli, lite_command, one_line_error, replace_file
+from tests.support import ROOT, SAMPLES, SMALL_SHAPE, linked_build, lite_cli, lite_command, one_line_error, replace_file
 
 
 @pytest.fixture
@@ -128,9 +128,17 @@ def _children(pid):
         return []
 
 
-def _start_parity(workdir, tmp):
+def _start_parity(workdir, tmp, images):
+    """parity on 24 images: long enough (tens of seconds at 256x512) that a
+    signal sent once its worker is up lands mid-run even on a loaded machine;
+    on the 3 samples the run could be over first (a late signal is ignored
+    by design, cli.main)."""
+    images.mkdir()
+    for i in range(8):
+        for name in ("street_1.jpg", "street_2.jpg", "street_3.jpg"):
+            os.symlink(os.path.join(SAMPLES, name), images / f"{i}-{name}")
     env = dict(os.environ, TMPDIR=str(tmp))
-    return subprocess.Popen(lite_command("parity", "--workdir", str(workdir)),
+    return subprocess.Popen(lite_command("parity", "--workdir", str(workdir), "--images", str(images)),
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -157,11 +165,12 @@ def _wait_for_worker(proc, deadline=120):
 def test_stopping_parity_stops_its_worker_and_leaves_no_temporary_files(workdir, tmp_path, sig, code):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    proc = _start_parity(workdir, tmp)
+    proc = _start_parity(workdir, tmp, tmp_path / "images")
     worker = _wait_for_worker(proc)
     assert worker.is_running()   # the control: it was there to be stopped
     proc.send_signal(sig)  # to the parent only, as `kill` or a supervisor does
     _, err = proc.communicate(timeout=60)
+    assert '"done": 24' not in err, "the run was over before the signal: nothing was tested"
     assert proc.returncode == code, err
     assert err.strip().splitlines()[-1].startswith("error: ")
     end = time.time() + 15
@@ -172,7 +181,7 @@ def test_stopping_parity_stops_its_worker_and_leaves_no_temporary_files(workdir,
 
 
 def test_sigkill_of_parity_takes_its_worker_down(workdir, tmp_path):
-    proc = _start_parity(workdir, tmp_path)
+    proc = _start_parity(workdir, tmp_path, tmp_path / "images")
     worker = _wait_for_worker(proc)
     assert worker.is_running()   # the control: there is a worker to take down
     proc.kill()
@@ -269,7 +278,7 @@ def test_parity_judges_two_images_with_one_file_name(workdir, tmp_path):
     b.mkdir()
     shutil.copy(os.path.join(ROOT, "converter", "samples", "street_1.jpg"), a / "scene.jpg")
     shutil.copy(os.path.join(ROOT, "converter", "samples", "street_2.jpg"), b / "scene.jpg")
-    _, record = run_parity(lite_config(), str(workdir), [str(a / "scene.jpg"), str(b / "scene.jpg")],
+    _, record = run_parity(lite_config(), str(workdir), images=[str(a / "scene.jpg"), str(b / "scene.jpg")],
                            backends=["onnxruntime"])
     keys = sorted(record["results"]["onnxruntime"]["images"])
     assert len(keys) == 2 and all(k.startswith("scene~") for k in keys)

@@ -132,7 +132,7 @@ def test_a_fifo_at_a_stored_results_path_is_recomputed_not_waited_on(lite_build,
 
 def test_the_results_schema_refuses_every_forged_field():
     """Each field of a sealed result, broken on its own (the unit view of the CLI test above)."""
-    from converter.validate import results
+    from converter.engine import results
 
     num, size = 3, [4, 2]
     conf = [[6, 1, 0], [0, 1, 0], [0, 0, 0]]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.support import lite_config
-from converter.validate.gates import class_iou, compare, gate, top2_margin
+from converter.engine.gates import class_iou, compare, gate, top2_margin
 from tests.support import SAMPLES, ir, linked_build, lite_cli, rerecord
 
 

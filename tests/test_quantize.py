@@ -14,7 +14,7 @@ import pytest
 
 from converter.config import ConfigError, validate
 from tests.support import lite_config
-from converter.validate.gates import gate, task_result
+from converter.engine.gates import gate, task_result
 from converter.data.images import SAMPLES_DIR
 from tests.support import INT8_TILE as TILE   # 4 tiles per 256x512 input, 12 from the 3 samples
 from tests.support import ir, linked_build, lite_cli, rerecord, save_over

@@ -1,5 +1,5 @@
 """Hostile use, third pass: SIGTERM once paddle is loaded, and FIFOs where a
-file is read. Each case failed before its fix (README: Hardening)."""
+file is read. Each case failed before its fix (docs/hardening.md)."""
 import os
 import signal
 import subprocess

@@ -16,18 +16,17 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from converter.errors import ConverterError
+from converter.layout import Workdir
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
-from converter.data.images import load_rgb, resize_rgb, sample_images
+from converter.data.images import sample_images
 from converter.util.log import info
 from converter.backends import check_artifacts, select
 from converter.records import converted_input_shape
-from converter.runners.process import run_worker
 
 F32_IR = "openvino-fp32-f32"
 TARGETS = {"openvino-int8-default": 1 / 3}  # latency, at most this fraction of F32_IR's
@@ -95,10 +94,59 @@ def markdown(record):
     return text
 
 
-def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None, engine=False, engine_images=2):
+def _call(executor, method, *args):
+    """One call on the executor's only worker, waited for."""
+    handle = executor.submit(0, method, *args)
+    while True:
+        for done, value in executor.wait():
+            if done == handle:
+                return value
+
+
+def _measure(backend, *, spec, item, runs):
+    """One backend in a worker process of its own (the engine's worker), so
+    that its memory and threads are its own: loaded, run once, then `runs`
+    steady runs on the same input. Its load seconds, run seconds, runner
+    info, peak RSS and wall seconds."""
+    from converter.errors import WorkerCallFailed, StageError, WorkerLost
+    from converter.engine.executors import LocalExecutor
+
+    start = time.perf_counter()
+    try:
+        executor = LocalExecutor([spec])
+    except (WorkerCallFailed, WorkerLost) as exc:
+        raise StageError(f"{backend.name} backend failed: {exc}") from None
+    try:
+        _call(executor, "begin", 0, item)
+        load = _call(executor, "load", backend.name)
+        seconds = _call(executor, "time", 0, 1 + runs)
+        described = _call(executor, "describe")
+    except (WorkerCallFailed, WorkerLost) as exc:
+        executor.close(kill=True)
+        raise StageError(f"{backend.name} backend failed: {exc}") from None
+    except BaseException:
+        executor.close(kill=True)
+        raise
+    executor.close()
+    return {"load_seconds": load["load_seconds"], "seconds": seconds, "info": described["info"][backend.name],
+            "peak_rss_mb": described["peak_rss_mb"], "wall_seconds": round(time.perf_counter() - start, 1)}
+
+
+def _spec(backend, *, workdir, config, records, shape, threads):
+    """The engine worker's spec for one backend, as bench runs it: class map only, the runner's steady options."""
+    from converter.engine.scheduler import backend_spec
+
+    one = dict(backend_spec(backend, workdir, config, records), logits=False,
+               options=RUNNER_OPTIONS.get(backend.runtime, {}))
+    return {"backends": {backend.name: one}, "threads": threads, "size": [shape[3], shape[2]],
+            "num_classes": config.num_classes, "keep_maps": False}
+
+
+def run_bench(config, workdir, *, shape=None, runs=5, threads=2, backends=None, engine=False, engine_images=2):
     """engine: also run the validate engine on the same backends (the
     reference among them) and hold it to these figures (bench_engine)."""
-    chosen, left_out, _ = check_artifacts(workdir, config, select(backends, with_reference=engine), named=bool(backends))
+    chosen, left_out, records = check_artifacts(workdir, config, select(backends, with_reference=engine),
+                                                named=bool(backends))
     for name, why in left_out.items():
         info(f"bench: {name} left out: {why}")
     static = converted_input_shape(workdir, required=True)
@@ -110,23 +158,22 @@ def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None, eng
     sgemm = sgemm_gflops(threads)
     flops = model_flops(config, shape)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        image = os.path.join(tmp, "input.npy")
-        np.save(image, resize_rgb(load_rgb(sample_images()[0]), shape[3], shape[2]))
-        for backend in chosen:
-            name = backend.name
-            info(f"bench: {name}...")
-            # One first run, then the steady runs, on the same input.
-            r = run_worker(backend, workdir, config, [image], tmp, threads, repeat=1 + runs,
-                           options=RUNNER_OPTIONS.get(backend.runtime))
-            times = r.pop("seconds")[0]
-            r.update(first_seconds=times[0], steady_seconds=times[1:],
-                     median_seconds=round(float(np.median(times[1:])), 3))
-            r["gflops"] = flops / r["median_seconds"] / 1e9 if flops else None
-            r["roofline_fraction"] = r["gflops"] / sgemm["gflops"] if flops else None
-            results[name] = r
-            info(f"bench: {name}: first {r['first_seconds']} s, median {r['median_seconds']} s, "
-                 f"{_num(r['roofline_fraction'], '.2f')} of roofline, peak RSS {r['peak_rss_mb']} MB")
+    sample = sample_images()[0]
+    with open(sample, "rb") as fh:
+        item = {"id": os.path.basename(sample), "name": sample, "image": fh.read(), "label": None}
+    for backend in chosen:
+        name = backend.name
+        info(f"bench: {name}...")
+        # One first run, then the steady runs, on the same input.
+        r = _measure(backend, spec=_spec(backend, workdir=workdir, config=config, records=records, shape=shape,
+                                         threads=threads), item=item, runs=runs)
+        times = r.pop("seconds")
+        r.update(first_seconds=times[0], steady_seconds=times[1:], median_seconds=round(float(np.median(times[1:])), 3))
+        r["gflops"] = flops / r["median_seconds"] / 1e9 if flops else None
+        r["roofline_fraction"] = r["gflops"] / sgemm["gflops"] if flops else None
+        results[name] = r
+        info(f"bench: {name}: first {r['first_seconds']} s, median {r['median_seconds']} s, "
+             f"{_num(r['roofline_fraction'], '.2f')} of roofline, peak RSS {r['peak_rss_mb']} MB")
     base = results.get(F32_IR)
     targets = {}
     for name, r in results.items():
@@ -145,8 +192,11 @@ def run_bench(config, workdir, shape=None, runs=5, threads=2, backends=None, eng
         from converter.commands.bench_engine import engine_figures
 
         record["engine"] = engine_figures(config, workdir, record, chosen, engine_images, threads)
-    out_dir = os.path.join(workdir, "bench")
-    os.makedirs(out_dir, exist_ok=True)
-    write_json_atomic(os.path.join(out_dir, "bench.json"), record)
-    write_bytes_atomic(os.path.join(out_dir, "bench.md"), markdown(record).encode())
-    return [os.path.join(out_dir, "bench.json"), os.path.join(out_dir, "bench.md")], record
+    workdir = Workdir.of(workdir)
+    os.makedirs(workdir.bench, exist_ok=True)
+    markdown_path = workdir.bench_markdown
+    write_json_atomic(workdir.bench_record, record)
+    write_bytes_atomic(markdown_path, markdown(record).encode())
+    from converter.stages import StageResult
+
+    return StageResult("bench", [workdir.bench_record, markdown_path], record)

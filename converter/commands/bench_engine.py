@@ -34,13 +34,15 @@ def engine_figures(config, workdir, bench, chosen, images=2, threads=2):
     from converter.backends import REFERENCE, check_artifacts
     from converter.data.images import sample_images
     from converter.util.log import info
-    from converter.validate.items import make_items
-    from converter.validate.run import run_engine
+    from converter.engine.items import make_items
+    from converter.engine.scheduler import EngineOptions
+    from converter.engine.run import run_engine
 
     selected, _, records = check_artifacts(workdir, config, chosen, named=True)
     items = make_items(sample_images()[:images])
     info(f"bench: the engine on {len(items)} image(s) with {', '.join(b.name for b in selected)}...")
-    results, run, _ = run_engine(config, workdir, records, items, selected, REFERENCE.name, None, threads=threads)
+    results, run, _ = run_engine(config, workdir, records=records, items=items, selected=selected,
+                                 reference=REFERENCE.name, options=EngineOptions(threads=threads))
     backends, infer_sum = {}, 0.0
     for b in selected:
         entries = [r["reference"] if b is REFERENCE else r["backends"][b.name] for r in results]

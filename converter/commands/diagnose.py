@@ -3,7 +3,7 @@
     ocrnet-convert diagnose --workdir W --backend NAME [--images FILE ...] [--output OUT]
                             [--input-shape 1,3,H,W] [--threads N] [--first-only]
 
-OUT/diagnose.json (schema in the README), OUT/diagnose.md (the verdict, then
+OUT/diagnose.json (schema in docs/diagnose.md), OUT/diagnose.md (the verdict, then
 the table) and OUT/diagnose.png (each tensor's relative error against its
 place in the network, log scale, with the budget and the first divergence).
 With several images, OUT/<image stem>/ holds each one's.
@@ -43,7 +43,8 @@ def markdown(doc):
                                              for u in doc["unmatched"][:300]]
         if len(doc["unmatched"]) > 300:
             lines.append(f"- ... and {len(doc['unmatched']) - 300} more (diagnose.json lists them all)")
-    lines += ["", f"{doc['seconds']} s, peak RSS {doc['peak_rss_mb']} MB, input {'x'.join(map(str, doc['input_shape']))}."]
+    lines += ["", f"{doc['seconds']} s, peak RSS {doc['peak_rss_mb']} MB, "
+                  f"input {'x'.join(map(str, doc['input_shape']))}."]
     return "\n".join(lines) + "\n"
 
 
@@ -114,16 +115,19 @@ def unique_stems(paths):
     return names
 
 
-def run(config, workdir, backend_name, images, output, shape=None, threads=2, first_only=False, window_mb=None):
+def run(config, workdir, *, backend_name, images, output, shape=None, threads=2, first_only=False, window_mb=None):
     from converter.backends import get
     from converter.data.images import expand_image_args, sample_images
-    from converter.validate.diagnose import run_diagnose
+    from converter.engine.layer_report import layer_report
 
     backend = get(backend_name)
     paths = expand_image_args(images) if images else sample_images()[:1]
     folders = [output] if len(paths) == 1 else [os.path.join(output, n) for n in unique_stems(paths)]
-    out = []
+    from converter.stages import StageResult
+
+    out = []   # one result per image
     for path, folder in zip(paths, folders):
-        doc = run_diagnose(config, workdir, backend, path, shape, threads, first_only, window_mb)
-        out.append((write(doc, folder), doc))
+        doc = layer_report(config, workdir, backend, path, shape=shape, threads=threads, first_only=first_only,
+                           window_mb=window_mb)
+        out.append(StageResult("diagnose", write(doc, folder), doc))
     return out

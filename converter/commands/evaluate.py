@@ -7,7 +7,7 @@ matrix is accumulated over all images; a class's IoU is TP / (TP + FP + FN),
 null when the class occurs in neither ground truth nor prediction, and mIoU is
 the mean over the non-null classes. Predictions are made at the model's input
 size and brought back to the ground truth's size with nearest-neighbour. The images go through the validate engine
-(converter.validate) with this one backend and no reference.
+(converter.engine) with this one backend and no reference.
 """
 import os
 import time
@@ -47,19 +47,21 @@ def markdown(result, reference, class_names):
     return "\n".join(lines) + "\n"
 
 
-def run_evaluate(config, workdir, root, split, backend, output, limit=None, workers=1, threads=None):
+def run_evaluate(config, workdir, *, root, split, backend, output, limit=None, workers=1, threads=None):
     """validate with one backend against ground truth, no reference: the
     same engine, with --workers workers each holding the backend."""
     from converter.backends import check_artifacts, get
     from converter.util.progress import progress_printer
-    from converter.validate.items import collect_items
-    from converter.validate.run import run_engine
+    from converter.engine.items import collect_items
+    from converter.engine.scheduler import EngineOptions
+    from converter.engine.run import run_engine
 
     selected, _, records = check_artifacts(workdir, config, [get(backend)], named=True)
     items = collect_items(cityscapes=root, split=split, limit=limit)
     start = time.perf_counter()
-    results, _, _ = run_engine(config, workdir, records, items, selected, None, None, workers=workers,
-                               threads=threads, progress=progress_printer(f"evaluate ({backend})"))
+    results, _, _ = run_engine(config, workdir, records=records, items=items, selected=selected, reference=None,
+                               options=EngineOptions(workers=workers, threads=threads),
+                               progress=progress_printer(f"evaluate ({backend})"))
     num = config.num_classes
     conf = np.zeros((num, num), np.int64)
     for r in results:
@@ -69,10 +71,13 @@ def run_evaluate(config, workdir, root, split, backend, output, limit=None, work
                   weights=export_weights(workdir),
                   seconds=round(seconds, 1), seconds_per_image=round(seconds / len(items), 2),
                   confusion=conf.tolist(),
-                  reference=({"miou": config.reference["miou"], "per_class_iou": config.reference["per_class_iou"]}
-                             if config.reference else None))
+                  reference=({"miou": config.published_accuracy["miou"],
+                              "per_class_iou": config.published_accuracy["per_class_iou"]}
+                             if config.published_accuracy else None))
     os.makedirs(output, exist_ok=True)
-    text = markdown(result, config.reference, config.class_names)
+    text = markdown(result, config.published_accuracy, config.class_names)
     write_json_atomic(os.path.join(output, "metrics.json"), result)
     write_bytes_atomic(os.path.join(output, "metrics.md"), text.encode())
-    return [os.path.join(output, "metrics.json"), os.path.join(output, "metrics.md")], result
+    from converter.stages import StageResult
+
+    return StageResult("evaluate", [os.path.join(output, "metrics.json"), os.path.join(output, "metrics.md")], result)

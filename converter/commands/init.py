@@ -39,7 +39,8 @@ def _palette(num_classes):
 
 
 def _read_labels(path):
-    from converter.util.fsutil import InputRefused, read_limited
+    from converter.errors import InputRefused
+    from converter.util.fsutil import read_limited
 
     try:
         text = read_limited(path, 1 << 20, "labels file").decode("utf-8-sig")   # a BOM is no part of a name
@@ -142,7 +143,8 @@ def build(args):
                + " (config written by ocrnet-convert init).",
                license="as the model's owner licenses it", files=files, model=model,
                classes=[{"name": n, "color": c} for n, c in zip(names, _palette(model["num_classes"]))])
-    raw.pop("reference", None)
+    raw.pop("published_accuracy", None)
+    raw.pop("reference", None)   # its old name
     raw["original"] = {"input": {"name": inp, "shape": [-1, 3, -1, -1], "dtype": "float32", "layout": "NCHW",
                                  "color": "RGB"},
                        "output": {"name": out, "shape": [-1, -1, -1], "dtype": dtype},

@@ -56,7 +56,9 @@ def from_checkpoint(path):
 def _read_yaml(path, what):
     import yaml
 
-    from converter.util.fsutil import InputRefused, read_limited
+    from converter.errors import InputRefused
+
+    from converter.util.fsutil import read_limited
     from converter.util.yaml_bounded import safe_load
 
     try:

@@ -24,9 +24,9 @@ import shutil
 import tarfile
 
 from converter import __version__
-from converter.errors import ParityFailure, StageError
-from converter.records import (STAGES, flavour_path, ir_path, onnx_path, read_json, record_files, record_path,
-                               verify_build)
+from converter.errors import GateNotPassed, StageError
+from converter.layout import Workdir, flavour_path, onnx_path
+from converter.records import read_json, record_files, verify_build
 from converter.util.fsutil import file_digest, scratch_dir
 
 # precision -> (its OMZ folder name, the record stage that built it)
@@ -43,7 +43,7 @@ def _license_text():
 
 
 def notice(config, weights, unverified):
-    published = config.reference is not None
+    published = config.published_accuracy is not None
     lines = [f"{config.name} {__version__}", "",
              ("The model architecture and the published weights come from PaddleSeg" if published else
               f"The model ({config.architecture}) and its weights are its owner's; PaddleSeg"),
@@ -60,29 +60,29 @@ def notice(config, weights, unverified):
 
 def _check_build(workdir, allow_unverified):
     """(records, manifest, problems): problems are what --allow-unverified waives."""
-    problems = []
+    problems, workdir = [], Workdir.of(workdir)
     built = [s for s in ("export", "onnx", "openvino", "quantize", "model_api")
-             if os.path.lexists(record_path(workdir, s))]
+             if os.path.lexists(workdir.record(s))]
     for stage in ("openvino", "model_api"):
         if stage not in built:
-            raise StageError(f"missing {record_path(workdir, stage)}: run make convert first")
+            raise StageError(f"missing {workdir.record(stage)}: run make convert first")
     records = verify_build(workdir, built)
     flavours = set(records["model_api"].files)
     irs = {p for p, (_, stage) in PRECISIONS.items() if stage in records}
     if flavours != irs:
         raise StageError(f"the Model API flavours ({', '.join(sorted(flavours))}) are not those of the IRs "
                          f"({', '.join(sorted(irs))}): run ocrnet-convert model-api")
-    manifest = read_json(os.path.join(workdir, "MANIFEST.json"), "manifest")
+    manifest = read_json(workdir.manifest, "manifest")
     listed = {f.get("path"): f for f in manifest.get("files", []) if isinstance(f, dict)}
     for stage in [s for s in built if s != "export"]:   # what goes into the package
         # verify_build has just checked these files against their records' sha256
-        for path, meta in record_files(os.path.join(workdir, STAGES[stage][0]), stage, records[stage]):
+        for path, meta in record_files(workdir.stage_folder(stage), stage, records[stage]):
             rel = os.path.relpath(path, workdir)
             if listed.get(rel, {}).get("sha256") != meta["sha256"]:
                 problems.append(f"{rel} does not match MANIFEST.json (rerun the manifest stage)")
-    report = os.path.join(workdir, "parity", "report.json")
+    report = workdir.parity_report
     for rel in ("parity/report.json", "parity/report.md"):
-        path = os.path.join(workdir, rel)
+        path = workdir.file(rel)
         if os.path.isfile(path) and listed.get(rel, {}).get("sha256") != file_digest(path):
             problems.append(f"{rel} does not match MANIFEST.json (rerun the manifest stage)")
     parity = read_json(report, "parity report") if os.path.lexists(report) else None
@@ -91,7 +91,7 @@ def _check_build(workdir, allow_unverified):
     if problems and not allow_unverified:
         first = problems[0]
         if first.startswith("the parity gate"):
-            raise ParityFailure(f"refusing to package: {first} (see {report}); --allow-unverified overrides")
+            raise GateNotPassed(f"refusing to package: {first} (see {report}); --allow-unverified overrides")
         raise StageError(f"refusing to package: {first}; --allow-unverified overrides")
     return records, manifest, parity, problems
 
@@ -135,21 +135,21 @@ def _parents(folder):
 
 def _members(config, workdir, records, precisions, problems):
     """{archive path: bytes or the file to take them from}."""
-    model = config.name
+    model, workdir = config.name, Workdir.of(workdir)
     members = {}
     for p in precisions:
-        xml = os.path.join(workdir, ir_path(p, model))
+        xml = workdir.ir(p, model)
         members[f"openvino/{p}/{model}.xml"] = xml
         members[f"openvino/{p}/{model}.bin"] = xml[:-4] + ".bin"
         # at its workdir path, so that --verify checks it against the MANIFEST too
-        xml = os.path.join(workdir, flavour_path(p, model))
+        xml = workdir.flavour(p, model)
         members[flavour_path(p, model)] = xml
         members[flavour_path(p, model)[:-4] + ".bin"] = xml[:-4] + ".bin"
     if "onnx" in records:
-        members[onnx_path(model)] = os.path.join(workdir, onnx_path(model))
+        members[onnx_path(model)] = workdir.onnx(model)
     for rel in ("MANIFEST.json", "README.md", "parity/report.json", "parity/report.md"):
-        if os.path.isfile(os.path.join(workdir, rel)):
-            members[rel] = os.path.join(workdir, rel)
+        if os.path.isfile(workdir.file(rel)):
+            members[rel] = workdir.file(rel)
     members["LICENSE"] = _license_text()
     members["NOTICE"] = notice(config, records["openvino"].weights, bool(problems))
     if problems:
@@ -226,5 +226,9 @@ def run_package(config, workdir, dist, allow_unverified=False):
         with open(os.path.join(staged, archive_name + ".sha256"), "w") as fh:
             fh.write(f"{digest}  {archive_name}\n")
         _publish(staged, dist, LAYOUTS + (archive_name, archive_name + ".sha256"))
-    return {"archive": os.path.join(dist, archive_name), "sha256": digest, "precisions": precisions,
-            "members": sorted(members) + ["SHA256SUMS"], "unverified": problems}
+    from converter.stages import StageResult
+
+    archive = os.path.join(dist, archive_name)
+    return StageResult("package", [archive, archive + ".sha256"],
+                       {"archive": archive, "sha256": digest, "precisions": precisions,
+                        "members": sorted(members) + ["SHA256SUMS"], "unverified": problems})

@@ -77,7 +77,7 @@ def class_shares(classes, class_names):
     return {class_names[i]: float(c / classes.size) for i, c in enumerate(counts) if c}
 
 
-def run_predict(config, workdir, images, backend, output_dir, threads=2, log=print):
+def run_predict(config, workdir, *, images, backend, output_dir, threads=2, log=print):
     from converter.data.images import expand_image_args, load_rgb
 
     paths = expand_image_args(images)
@@ -96,4 +96,6 @@ def run_predict(config, workdir, images, backend, output_dir, threads=2, log=pri
         shares[os.path.basename(path)] = class_shares(classes, config.class_names)
         top = sorted(shares[os.path.basename(path)].items(), key=lambda kv: -kv[1])
         log(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}): " + ", ".join(f"{k} {v:.1%}" for k, v in top))
-    return written, {"stage": "predict", "backend": backend, "shares": shares}
+    from converter.stages import StageResult
+
+    return StageResult("predict", written, {"stage": "predict", "backend": backend, "shares": shares})

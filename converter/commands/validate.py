@@ -4,7 +4,7 @@
         --workdir W --output OUT [--backends NAME ...] [--limit N]
         [--executor local|ray] [--ray-address HOST:PORT] [--workers N] [--threads N]
 
-OUT/images/<key>.json   each image's small results (resumable: see validate.engine)
+OUT/images/<key>.json   each image's small results (resumable: see engine.scheduler)
 OUT/images/<key>.<backend>.png   where that backend's map differs from the original's
 OUT/worst/<backend>-<rank>.png   the 5 images with the lowest agreement, drawn
 OUT/validate.json, validate.md   the metrics per backend and the gates; exit 10 when one fails
@@ -16,32 +16,33 @@ from converter.errors import ConverterError, ParityFailure
 SCHEMA = "ocrnet-convert/validate/1"
 
 
-def run_validate(config, workdir, output, images=None, cityscapes=None, split="val", backends=None, limit=None,
-                 executor="local", address=None, workers=1, threads=None, trust_unsealed=False, host_class=None,
-                 chunk=None):
+def run_validate(config, workdir, output, *, images=None, cityscapes=None, split="val", backends=None, limit=None,
+                 options=None, worker_class=None):
     """validate.json/.md for the images; raises ParityFailure when a gate
-    fails. host_class: the engine's Host (tests pass faulty ones)."""
+    fails. options: engine.scheduler.EngineOptions; worker_class: the engine's
+    Worker (tests pass faulty ones)."""
     from converter.backends import REFERENCE, check_artifacts, select
     from converter.records import export_weights
     from converter.util.fsutil import write_bytes_atomic, write_json_atomic
     from converter.util.progress import progress_printer
-    from converter.validate.aggregate import aggregate, draw_worst, markdown, timing
-    from converter.validate.items import collect_items
-    from converter.validate.run import run_engine
+    from converter.engine.aggregate import aggregate, draw_worst, markdown, timing
+    from converter.engine.items import collect_items
+    from converter.engine.scheduler import EngineOptions
+    from converter.engine.run import run_engine
 
-    if address and executor != "ray":
+    options = options or EngineOptions()
+    if options.address and options.executor != "ray":
         raise ConverterError("--ray-address goes with --executor ray")
-    if address:
-        from converter.validate.ray_address import parse
+    if options.address:
+        from converter.engine.ray_address import parse
 
-        parse(address)   # a malformed address is refused even when every result is reused
+        parse(options.address)   # a malformed address is refused even when every result is reused
     selected, left_out, records = check_artifacts(workdir, config, select(backends, with_reference=True),
                                                   named=bool(backends))
     items = collect_items(images, cityscapes, split, limit)
-    results, run, size = run_engine(config, workdir, records, items, selected, REFERENCE.name,
-                                    os.path.join(output, "images"), executor, address, workers, threads,
-                                    progress=progress_printer("validate"), host_class=host_class,
-                                    trust_unsealed=trust_unsealed, chunk=chunk)
+    results, run, size = run_engine(config, workdir, records=records, items=items, selected=selected,
+                                    reference=REFERENCE.name, out_images=os.path.join(output, "images"),
+                                    options=options, progress=progress_printer("validate"), worker_class=worker_class)
     compared = [b for b in selected if b is not REFERENCE]
     summary = aggregate(results, config, compared, REFERENCE.name)
     draw_worst(summary, results, output, size)
@@ -55,4 +56,6 @@ def run_validate(config, workdir, output, images=None, cityscapes=None, split="v
     if not summary["passed"]:
         raise ParityFailure(f"{len(summary['failures'])} gate failure(s); first: {summary['failures'][0]}; "
                             f"report: {md_path}")
-    return [json_path, md_path], doc
+    from converter.stages import StageResult
+
+    return StageResult("validate", [json_path, md_path], doc)

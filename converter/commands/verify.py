@@ -240,7 +240,8 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 def trusted_sha256(value):
     """The archive's sha256 the user trusts: 64 hex digits, or the first
     word of a file of at most 4 KiB (the .sha256 that package publishes)."""
-    from converter.util.fsutil import InputRefused, read_limited
+    from converter.errors import InputRefused
+    from converter.util.fsutil import read_limited
 
     text = value.strip().lower()
     if not _HEX64.match(text):

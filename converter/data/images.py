@@ -113,7 +113,8 @@ def load_rgb(path, data=None):
     except FileNotFoundError:
         raise ConverterError(f"image not found: {path}") from None
     except Exception as exc:
-        raise ConverterError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        why = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConverterError(f"{path}: not a readable image ({type(exc).__name__}: {why})") from None
 
 
 def resize_rgb(rgb, width, height):

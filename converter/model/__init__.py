@@ -1,8 +1,8 @@
 """Our own Paddle implementation of PaddleSeg release-2.3 OCRNet on its HRNets."""
 from converter.util.paddle_env import import_paddle
 
-import_paddle()
-from converter.model.ocrnet import NUM_CLASSES, InferenceWrapper, OCRNet
+import_paddle()   # before paddle's first import below: signals held (util/paddle_env)
+from converter.model.ocrnet import NUM_CLASSES, InferenceWrapper, OCRNet  # noqa: E402
 
 
 def build_model(num_classes=NUM_CLASSES, eval_mode=True, backbone="hrnet_w48"):

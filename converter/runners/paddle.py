@@ -76,7 +76,7 @@ def tap_names(model_dir):
 class PaddleRunner(Runner):
     runtime = "paddle"
 
-    def __init__(self, model_dir, threads=2, logits=False, precision=None, mkldnn=True, fuse_residual_add=False,
+    def __init__(self, model_dir, *, threads=2, logits=False, precision=None, mkldnn=True, fuse_residual_add=False,
                  taps=()):
         """model_dir: the export's folder. precision: Paddle Inference on CPU
         computes in f32. fuse_residual_add: see RESIDUAL_FUSE_PASS. taps:

@@ -34,7 +34,9 @@ def read_program(model_path):
     """The parsed ProgramDesc of model.pdmodel; a StageError for anything else."""
     from google.protobuf.message import DecodeError
 
-    from converter.util.fsutil import InputRefused, read_limited
+    from converter.errors import InputRefused
+
+    from converter.util.fsutil import read_limited
     from converter.util.paddle_env import import_paddle
 
     if model_path.endswith(".json"):
@@ -168,7 +170,8 @@ def describe(desc, where):
                              f"{MAX_CLASSES} classes an 8-bit class map holds")
     _, out_type = _dims(block, output)
     free = _free_name({v.name for v in block.vars})
-    return {"input": feeds[0], "free_name": free, "input_dims": in_dims, "output": output, "output_op": kind, "logits": logits,
+    return {"input": feeds[0], "free_name": free, "input_dims": in_dims, "output": output, "output_op": kind,
+            "logits": logits,
             "classes": dims[1] if dims[1] > 0 else None,
             "dtype": {2: "int32", 3: "int64"}.get(out_type, "int32") if kind == "argmax" else "int32"}
 

@@ -8,6 +8,7 @@ import time
 
 from converter.config import package_path
 from converter.errors import ConverterError, StageError
+from converter.layout import STAGES, Workdir
 from converter.records import StageRecord, write_record
 from converter.stages import StageResult
 from converter.util.fsutil import describe_files, staging_dir
@@ -170,7 +171,7 @@ def run_export(config, output_dir, choice, without_argmax=False, logits_output=N
     itself); loading the weights once serves both. Skipped when every output
     is up to date.
     """
-    from converter.util.incremental import current_record
+    from converter.records import current_record
 
     start = time.perf_counter()
     for folder in (output_dir, logits_output):
@@ -187,13 +188,16 @@ def run_export(config, output_dir, choice, without_argmax=False, logits_output=N
         return StageResult("export", [os.path.join(output_dir, f) for f in record.files], record, skipped=True)
     model = build_weighted_model(config, choice)
     if logits_output:
-        run_export_model(config, model, logits_output, choice, True, start, keys[logits_output])
-    return run_export_model(config, model, output_dir, choice, without_argmax, start, keys[output_dir])
+        run_export_model(config, model, logits_output, choice=choice, without_argmax=True, start=start,
+                         key=keys[logits_output])
+    return run_export_model(config, model, output_dir, choice=choice, without_argmax=without_argmax, start=start,
+                            key=keys[output_dir])
 
 
-def run_export_model(config, model, output_dir, choice, without_argmax, start, key=None):
-    with staging_dir(output_dir, record="export.json") as tmp:
-        info(f"export: tracing and saving the inference model{' (logits)' if without_argmax else ''} to {output_dir}...")
+def run_export_model(config, model, output_dir, *, choice, without_argmax, start, key=None):
+    with staging_dir(output_dir, record=STAGES["export"].record) as tmp:
+        what = "the inference model" + (" (logits)" if without_argmax else "")
+        info(f"export: tracing and saving {what} to {output_dir}...")
         save_inference_model(config, model, tmp, without_argmax)
         files = describe_files(tmp, [f for f in MODEL_FILES if os.path.exists(os.path.join(tmp, f))])
     record = StageRecord(
@@ -210,7 +214,7 @@ def run_export_model(config, model, output_dir, choice, without_argmax, start, k
     return StageResult("export", [os.path.join(output_dir, f) for f in files], record, seconds=record.seconds)
 
 
-def run(config, workdir, choice, without_argmax=False, logits_output=None, force=False, output=None):
+def run(config, workdir, choice, *, without_argmax=False, logits_output=None, force=False, output=None):
     """The export stage into workdir/paddle (or output)."""
-    return run_export(config, output or os.path.join(workdir, "paddle"), choice, without_argmax,
+    return run_export(config, output or Workdir.of(workdir).paddle, choice, without_argmax,
                       logits_output, force)

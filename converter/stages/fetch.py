@@ -153,9 +153,80 @@ def _open(url, offset, timeouts, redirects=5):
     raise FetchError(f"too many redirects for {url}")
 
 
-def _download(url, part, spec, progress, timeouts, retries, sleep=time.sleep):
+def _check_status(resp, url, offset, part):
+    """The response's offset to write from: a retry for what may pass, a FetchError for what will not."""
+    if resp.status in RETRY_STATUSES:
+        delay = resp.getheader("Retry-After")
+        raise _Retry(f"HTTP {resp.status} {resp.reason} from {url}" + (f" (retry after {delay}s)" if delay else ""))
+    if resp.status == 416 and offset:
+        os.unlink(part)  # our .part is not a prefix the server knows
+        raise _Retry("server rejected the resume range; starting over")
+    if resp.status not in (200, 206):
+        raise FetchError(f"HTTP {resp.status} {resp.reason} for {url}")
+    return 0 if resp.status == 200 else offset   # a 200 to a Range request sends the whole file
+
+
+def _stream(resp, url, *, part, offset, spec, progress, timeouts, received):
+    """Append the response's body to part, counting every block in received[0]
+    (a retry keeps what an attempt got); returns the size of part after."""
+    done = offset
+    with _open_for_write(part, append=bool(offset)) as fh:
+        while True:
+            try:
+                # read1: what has arrived, so a stall loses nothing already received
+                block = resp.read1(CHUNK)
+            except (socket.timeout, TimeoutError):
+                raise _Retry(f"read from {url} timed out after {timeouts[1]}s") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Retry(f"connection lost while reading {url}: {exc}") from None
+            if not block:
+                return done
+            if done + len(block) > spec.size:
+                raise ChecksumError(f"size mismatch for {spec.name}: server sent more than "
+                                    f"the expected {spec.size} bytes")
+            fh.write(block)
+            done += len(block)
+            received[0] += len(block)
+            progress.update(spec.name, done, spec.size, len(block))
+
+
+def _attempt(url, part, *, offset, spec, progress, timeouts, received):
+    """One request from offset, or _Retry."""
+    resp, conn = _open(url, offset, timeouts)
+    try:
+        offset = _check_status(resp, url, offset, part)
+        progress.start(spec.name, spec.size, offset)
+        done = _stream(resp, url, part=part, offset=offset, spec=spec, progress=progress, timeouts=timeouts,
+                       received=received)
+        progress.close()
+        if done < spec.size:
+            length = resp.getheader("Content-Length")
+            if not (length is not None and length.strip().isdigit() and offset + int(length) == done):
+                raise _Retry(f"connection closed after {done} of {spec.size} bytes")
+            # else the server's file is shorter: verify() will say so
+    finally:
+        progress.close()
+        conn.close()
+
+
+def _back_off(why, attempt, *, spec, progress, retries, sleep):
+    """Wait before the next attempt, or give up with a FetchError."""
+    if attempt > retries:
+        reason = str(why)
+        if reason.startswith(CONNECT_FAILURES):
+            # never reached the server: most likely no network at all
+            raise FetchError(f"{reason}: {NO_NETWORK_HINT}") from None
+        raise FetchError(f"giving up on {spec.name} after {retries} retries: {reason}") from None
+    delay = min(0.5 * 2 ** (attempt - 1), 30.0)
+    progress.emit(event="retry", file=spec.name, attempt=attempt, reason=str(why), delay=delay)
+    if progress.mode == "bar":
+        print(f"{spec.name}: {why}; retrying in {delay:.1f}s", file=sys.stderr)
+    sleep(delay)
+
+
+def _download(url, part, spec, *, progress, timeouts, retries, sleep=time.sleep):
     """Stream url into part, resuming; return the number of bytes received."""
-    received = 0
+    received = [0]
     attempt = 0
     while True:
         offset = _regular_size(part)
@@ -163,64 +234,13 @@ def _download(url, part, spec, progress, timeouts, retries, sleep=time.sleep):
             os.unlink(part)
             offset = 0
         if offset == spec.size:
-            return received
+            return received[0]
         try:
-            resp, conn = _open(url, offset, timeouts)
-            try:
-                if resp.status in RETRY_STATUSES:
-                    delay = resp.getheader("Retry-After")
-                    raise _Retry(f"HTTP {resp.status} {resp.reason} from {url}"
-                                 + (f" (retry after {delay}s)" if delay else ""))
-                if resp.status == 416 and offset:
-                    os.unlink(part)  # our .part is not a prefix the server knows
-                    raise _Retry("server rejected the resume range; starting over")
-                if resp.status not in (200, 206):
-                    raise FetchError(f"HTTP {resp.status} {resp.reason} for {url}")
-                if offset and resp.status == 200:
-                    offset = 0  # the server ignored Range: it sends the whole file
-                progress.start(spec.name, spec.size, offset)
-                done = offset
-                with _open_for_write(part, append=bool(offset)) as fh:
-                    while True:
-                        try:
-                            # read1: what has arrived, so a stall loses nothing already received
-                            block = resp.read1(CHUNK)
-                        except (socket.timeout, TimeoutError):
-                            raise _Retry(f"read from {url} timed out after {timeouts[1]}s") from None
-                        except (OSError, http.client.HTTPException) as exc:
-                            raise _Retry(f"connection lost while reading {url}: {exc}") from None
-                        if not block:
-                            break
-                        if done + len(block) > spec.size:
-                            raise ChecksumError(f"size mismatch for {spec.name}: server sent more than "
-                                                f"the expected {spec.size} bytes")
-                        fh.write(block)
-                        done += len(block)
-                        received += len(block)
-                        progress.update(spec.name, done, spec.size, len(block))
-                progress.close()
-                if done < spec.size:
-                    length = resp.getheader("Content-Length")
-                    if length is not None and length.strip().isdigit() and offset + int(length) == done:
-                        return received  # the server's file is shorter: verify() will say so
-                    raise _Retry(f"connection closed after {done} of {spec.size} bytes")
-                return received
-            finally:
-                progress.close()
-                conn.close()
+            _attempt(url, part, offset=offset, spec=spec, progress=progress, timeouts=timeouts, received=received)
+            return received[0]
         except _Retry as why:
             attempt += 1
-            if attempt > retries:
-                reason = str(why)
-                if reason.startswith(CONNECT_FAILURES):
-                    # never reached the server: most likely no network at all
-                    raise FetchError(f"{reason}: {NO_NETWORK_HINT}") from None
-                raise FetchError(f"giving up on {spec.name} after {retries} retries: {reason}") from None
-            delay = min(0.5 * 2 ** (attempt - 1), 30.0)
-            progress.emit(event="retry", file=spec.name, attempt=attempt, reason=str(why), delay=delay)
-            if progress.mode == "bar":
-                print(f"{spec.name}: {why}; retrying in {delay:.1f}s", file=sys.stderr)
-            sleep(delay)
+            _back_off(why, attempt, spec=spec, progress=progress, retries=retries, sleep=sleep)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise FetchError(f"disk full while writing {part} ({spec.size} bytes needed)") from None
@@ -271,7 +291,7 @@ def _to_cache(path, spec, cache_dir):
         pass  # a cache that cannot be written is not a reason to fail the fetch
 
 
-def fetch_file(spec, output_dir, cache_dir=None, mirror=None, from_dir=None, progress=None,
+def fetch_file(spec, output_dir, cache_dir=None, *, mirror=None, from_dir=None, progress=None,
                timeouts=(10.0, 30.0), retries=4, sleep=time.sleep):
     """Make output_dir/spec.name a verified copy; return (path, record)."""
     progress = progress or Progress("quiet")
@@ -318,7 +338,7 @@ def fetch_file(spec, output_dir, cache_dir=None, mirror=None, from_dir=None, pro
     check_url(url)
     have = _regular_size(part)
     _check_space(output_dir, max(spec.size - have, 0))
-    received = _download(url, part, spec, progress, timeouts, retries, sleep)
+    received = _download(url, part, spec, progress=progress, timeouts=timeouts, retries=retries, sleep=sleep)
     verify(part, spec)
     _to_cache(part, spec, cache_dir)
     _place(part, final, move=True)
@@ -333,7 +353,7 @@ def local_source(spec):
     return urllib.parse.unquote(urllib.parse.urlparse(spec.source).path)
 
 
-def run_fetch(config, output_dir, cache_dir=None, mirror=None, from_dir=None, progress_mode="quiet",
+def run_fetch(config, output_dir, cache_dir=None, *, mirror=None, from_dir=None, progress_mode="quiet",
               roles=None, timeouts=(10.0, 30.0), retries=4):
     """Fetch every file of the config (or those with the given roles)."""
     progress = Progress(progress_mode)
@@ -341,7 +361,8 @@ def run_fetch(config, output_dir, cache_dir=None, mirror=None, from_dir=None, pr
     for spec in config.files:
         if roles and spec.role not in roles:
             continue
-        _, rec = fetch_file(spec, output_dir, cache_dir, mirror, from_dir, progress, timeouts, retries)
+        _, rec = fetch_file(spec, output_dir, cache_dir, mirror=mirror, from_dir=from_dir, progress=progress,
+                            timeouts=timeouts, retries=retries)
         records.append(rec)
     paths = [os.path.join(output_dir, r["file"]) for r in records]
     return paths, {"stage": "fetch", "files": records}
@@ -378,11 +399,13 @@ def check_url(url):
 
 
 
-def run(config, workdir, output=None, cache_dir=None, mirror=None, from_dir=None, progress_mode="quiet",
+def run(config, workdir, *, output=None, cache_dir=None, mirror=None, from_dir=None, progress_mode="quiet",
         roles=None, timeouts=(10.0, 30.0), retries=4):
     """The fetch stage into workdir/download (or output)."""
+    from converter.layout import Workdir
     from converter.stages import StageResult
 
-    paths, record = run_fetch(config, output or os.path.join(workdir, "download"), cache_dir or default_cache_dir(),
-                              mirror, from_dir, progress_mode, roles, timeouts, retries)
+    paths, record = run_fetch(config, output or Workdir.of(workdir).download, cache_dir or default_cache_dir(),
+                              mirror=mirror, from_dir=from_dir, progress_mode=progress_mode, roles=roles,
+                              timeouts=timeouts, retries=retries)
     return StageResult("fetch", paths, record)

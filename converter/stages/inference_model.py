@@ -18,6 +18,7 @@ import shutil
 import time
 
 from converter.errors import ChecksumError, ConverterError, StageError
+from converter.layout import STAGES, Workdir
 from converter.records import StageRecord, write_record
 from converter.stages import StageResult, up_to_date
 from converter.util.fsutil import describe_files, staging_dir
@@ -126,20 +127,20 @@ def _stage_copies(config, files, provenance, tmp):
     return change
 
 
-def run(config, workdir, folder=None, allow_unverified=False, force=False):
+def run(config, workdir, *, folder=None, allow_unverified=False, force=False):
     from converter.util.incremental import stage_key, tool_versions
 
     start = time.perf_counter()
     files = source_files(config, folder)
     provenance = _verify(config, files, allow_unverified)
-    out_dir = os.path.join(workdir, "paddle")
+    out_dir = Workdir.of(workdir).paddle
     key = stage_key({"stage": "export", "arch": config.arch, "output_op": config.output_op,
                      "interface": [config.original_input.name, config.original_output.name, config.num_classes],
                      "tools": tool_versions("paddlepaddle")}, [files[r] for r in sorted(files)])
     skipped = up_to_date("export", out_dir, key, force, "same inference model")
     if skipped:
         return skipped
-    with staging_dir(out_dir, record="export.json") as tmp:
+    with staging_dir(out_dir, record=STAGES["export"].record) as tmp:
         change = _stage_copies(config, files, provenance, tmp)
         written = describe_files(tmp, sorted(os.listdir(tmp)))
     weights = {"kind": "inference-model", "files": provenance, "output_op": config.output_op, "changed": change,

@@ -10,13 +10,14 @@ import stat
 
 from converter.errors import StageError
 from converter.util.fsutil import file_digest, write_bytes_atomic, write_json_atomic
-from converter.util.text import md_cell
-from converter.records import STAGES, read_json, record_files, record_path, verify_build, weights_summary
-from converter.validate.gates import backend_failed
+from converter.util.text import md_cell, md_table_head
+from converter.layout import STAGES, Workdir
+from converter.records import read_json, record_files, verify_build, weights_summary
+from converter.engine.gates import backend_failed
 from converter.stages.parity_report import system_info
 
-MODEL_DIRS = tuple(folder for folder, _, _ in STAGES.values()) + ("paddle-logits",)
-RECORD_NAMES = tuple(name for _, name, _ in STAGES.values()) + ("report.json", "metrics.json", "bench.json")
+MODEL_DIRS = tuple(stage.folder for stage in STAGES.values()) + ("paddle-logits",)
+RECORD_NAMES = tuple(stage.record for stage in STAGES.values()) + ("report.json", "metrics.json", "bench.json")
 
 
 def workdir_files(workdir):
@@ -38,13 +39,14 @@ def build_manifest(config, workdir, parity, records):
     records: {stage: verified record} of the stages that ran."""
     # The files the records list were verified against their sha256 a moment
     # ago (verify_build); only the others are hashed here.
+    workdir = Workdir.of(workdir)
     known = {os.path.relpath(path, workdir): meta for stage, record in records.items()
-             for path, meta in record_files(os.path.join(workdir, STAGES[stage][0]), stage, record)}
+             for path, meta in record_files(workdir.stage_folder(stage), stage, record)}
     files = []
     for rel in workdir_files(workdir):
         if rel in ("MANIFEST.json", "README.md"):
             continue
-        path = os.path.join(workdir, rel)
+        path = workdir.file(rel)
         meta = known.get(rel) or {"size": os.path.getsize(path), "sha256": file_digest(path)}
         files.append({"path": rel, "size": meta["size"], "sha256": meta["sha256"],
                       "model_file": rel.split(os.sep)[0] in MODEL_DIRS
@@ -108,7 +110,7 @@ def _bench_lines(bench):
         return ["Not measured (run `make bench`)."]
     lines = [f"Input {'x'.join(map(str, bench['input_shape']))}, {bench['threads']} threads, median of "
              f"{bench['runs']} runs, measured {bench.get('timestamp', '')}.", "",
-             "| backend | median s | speed-up over the FP32 IR at f32 | peak RSS MB | computes in |", "|---|---|---|---|---|"]
+             *md_table_head("backend", "median s", "speed-up over the FP32 IR at f32", "peak RSS MB", "computes in")]
     for name, r in bench["backends"].items():
         speed = f"{r['speedup_over_f32_ir']:.2f}x" if r.get("speedup_over_f32_ir") else "-"
         lines.append(f"| {name} | {r['median_seconds']} | {speed} | {r['peak_rss_mb']} | "
@@ -144,7 +146,7 @@ def model_card(config, manifest, parity, bench=None):
     description = (config.raw.get("description") or "").strip()
     gflops = (f"{config.flops_512x1024 / 1e9:.2f} (paddle.flops at 1x3x512x1024: multiply-accumulates of conv and BN)"
               if config.flops_512x1024 else "unknown")
-    reference = config.reference
+    reference = config.published_accuracy
     lines += [
         (md_cell(description) + " " if description else "") + f"{config.architecture[0].upper()}"
         f"{config.architecture[1:]}: semantic segmentation into {config.num_classes} classes "
@@ -180,7 +182,7 @@ def model_card(config, manifest, parity, bench=None):
         "## Licence", "", f"{md_cell(config.license)}. " + ("The model and its weights come from PaddleSeg "
                                                               "(https://github.com/PaddlePaddle/PaddleSeg), "
                                                               "licensed under the Apache License 2.0."
-                                                              if config.reference else
+                                                              if config.published_accuracy else
                                                               "The model is its owner's; PaddleSeg "
                                                               "(https://github.com/PaddlePaddle/PaddleSeg) is "
                                                               "licensed under the Apache License 2.0."), ""]
@@ -188,22 +190,23 @@ def model_card(config, manifest, parity, bench=None):
 
 
 def run_manifest(config, workdir):
-    if not os.path.lexists(record_path(workdir, "export")):
-        raise StageError(f"{workdir} holds no build (no {record_path(workdir, 'export')}): run make convert first")
-    records = verify_build(workdir, [s for s in STAGES if os.path.lexists(record_path(workdir, s))])
-    report = os.path.join(workdir, "parity", "report.json")
+    workdir = Workdir.of(workdir)
+    if not os.path.lexists(workdir.record("export")):
+        raise StageError(f"{workdir} holds no build (no {workdir.record('export')}): run make convert first")
+    records = verify_build(workdir, [s for s in STAGES if os.path.lexists(workdir.record(s))])
+    report = workdir.parity_report
     parity = read_json(report, "parity report") if os.path.lexists(report) else None
     try:
         manifest = build_manifest(config, workdir, parity, records)
-        bench_path = os.path.join(workdir, "bench", "bench.json")
+        bench_path = workdir.bench_record
         bench = read_json(bench_path, "bench record") if os.path.lexists(bench_path) else None
         card_text = model_card(config, manifest, parity, bench)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         # Only the parity report is read unchecked; our own records are verified.
         raise StageError(f"{report} or the bench record: not of this version (missing or malformed fields)") from None
-    card = os.path.join(workdir, "README.md")
+    card = workdir.model_card
     write_bytes_atomic(card, card_text.encode())
-    path = os.path.join(workdir, "MANIFEST.json")
+    path = workdir.manifest
     write_json_atomic(path, manifest)
     return [path, card], manifest
 

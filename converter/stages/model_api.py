@@ -20,14 +20,13 @@ import time
 
 import numpy as np
 
-from converter.errors import ParityFailure, StageError
-from converter.records import (STAGES, StageRecord, StaleBuild, check_built_from, ir_path, record_files, record_path,
-                               verified_record, write_record)
-from converter.stages import StageResult, up_to_date
-from converter.util.fsutil import describe_files, staging_dir
+from converter.errors import ParityFailure, StageError, StaleBuild
+from converter.layout import Workdir, ir_path
+from converter.records import check_built_from, record_files, verified_record
+from converter.stages import Written, run_stage
+from converter.util.fsutil import describe_files
 from converter.util.log import info
 
-FOLDER = STAGES["model_api"][0]
 # ops a class-map output may pass through after the ArgMax (TopK in OpenVINO)
 _TAIL_OPS = ("Convert", "Squeeze", "Reshape", "Unsqueeze")
 SUM_TOLERANCE = 1e-3  # |sum of probabilities - 1|, far above f32 rounding over 19 terms
@@ -79,9 +78,10 @@ def parents(workdir, stem):
     """({precision: parent IR .xml (relative)} for every IR built and current,
     {precision: why it is left out}, {parent file (relative): sha256} as the
     records just verified say, the openvino record)."""
+    workdir = Workdir.of(workdir)
     records = {"openvino": verified_record(workdir, "openvino")}
     found, left_out = {"FP32": ir_path("FP32", stem), "FP16": ir_path("FP16", stem)}, {}
-    if os.path.lexists(record_path(workdir, "quantize")):
+    if os.path.lexists(workdir.record("quantize")):
         # a tampered INT8 build is an error (verified_record); a stale one is left out
         quantized = verified_record(workdir, "quantize")
         try:
@@ -93,7 +93,7 @@ def parents(workdir, stem):
     parent_files = {rel[:-4] + ext for rel in found.values() for ext in (".xml", ".bin")}
     digests = {}
     for stage, record in records.items():
-        for path, meta in record_files(os.path.join(workdir, STAGES[stage][0]), stage, record):
+        for path, meta in record_files(workdir.stage_folder(stage), stage, record):
             if os.path.relpath(path, workdir) in parent_files:
                 digests[os.path.relpath(path, workdir)] = meta["sha256"]
     return found, left_out, digests, records["openvino"]
@@ -115,7 +115,7 @@ def check(config, parent_xml, flavour_model, images, threads=2):
     images (float32 [1,3,h,w] inputs of the converted side). Returns the
     figures; raises ParityFailure when the gate fails."""
     import openvino as ov
-    from converter.validate.gates import compare
+    from converter.engine.gates import compare
 
     core = ov.Core()
     shape = images[0].shape
@@ -155,58 +155,68 @@ def check_images(config):
     return [(os.path.basename(p), prepare(resize_rgb(load_rgb(p), w, h), contract)) for p in sample_images()]
 
 
-def run(config, workdir, threads=None, force=False):
+def _flavour_of(core, parent_xml, rel, *, output, metadata, probabilities):
+    try:
+        return make_flavour(core.read_model(parent_xml), output, metadata, probabilities=probabilities)
+    except StageError:
+        raise
+    except Exception as exc:
+        raise StageError(f"cannot derive the Model API flavour of {rel}: {str(exc).splitlines()[0]}") from None
+
+
+def _build_flavours(config, workdir, tmp, *, found, metadata, threads):
+    """Each parent's flavour, written and gated as written; (files, names, checks, the images)."""
+    import openvino as ov
+
+    images = check_images(config)
+    core, files, checks, names = ov.Core(), {}, {}, []
+    stem_files = [config.name + ".xml", config.name + ".bin"]
+    for precision, rel in found.items():
+        parent_xml = workdir.file(rel)
+        info(f"model_api: {precision}: Softmax flavour of {rel}, checked on {len(images)} samples at "
+             f"{config.model_api['check_tile']}...")
+        flavour = _flavour_of(core, parent_xml, rel, output=config.model_api["output"], metadata=metadata,
+                              probabilities=config.output_op == "softmax")
+        os.makedirs(os.path.join(tmp, precision))
+        xml = os.path.join(tmp, precision, stem_files[0])
+        # the parents' weights are stored as they are (FP16 ones stay f16)
+        ov.save_model(flavour, xml, compress_to_fp16=False)
+        # gate the files as written, not the in-memory graph
+        checks[precision] = check(config, parent_xml, xml, [x for _, x in images], threads)
+        files[precision] = describe_files(os.path.join(tmp, precision), stem_files)
+        names += [os.path.join(precision, n) for n in stem_files]
+    return files, names, checks, images
+
+
+def run(config, workdir, *, threads=None, force=False):
+    """The Model API flavour of every IR built and current, each gated against its parent."""
     from converter.stages.ir_metadata import model_info
     from converter.util.incremental import stage_key, tool_versions
 
     start = time.perf_counter()
+    workdir = Workdir.of(workdir)
     found, left_out, built_from, ov_record = parents(workdir, config.name)
     for precision, why in left_out.items():
         info(f"model_api: {precision} left out: {why}")
     output = config.model_api["output"]
     metadata = model_info(config, probabilities_description(config, output))
-    out_root = os.path.join(workdir, FOLDER)
     # the parents by the sha256 their records hold, verified a moment ago
     key = stage_key({"stage": "model_api", "parents": built_from, "settings": config.model_api,
                      "model_info": metadata, "gate": [config.min_agreement, config.tie_margin],
                      "tools": tool_versions("openvino")})
-    skipped = up_to_date("model_api", out_root, key, force, "same parent IRs and parameters")
-    if skipped:
-        return skipped
-    import openvino as ov
 
-    images = check_images(config)
-    threads = threads or os.cpu_count() or 2
-    core, files, checks, paths = ov.Core(), {}, {}, []
-    with staging_dir(out_root, record=STAGES["model_api"][1]) as tmp:
-        for precision, rel in found.items():
-            parent_xml = os.path.join(workdir, rel)
-            info(f"model_api: {precision}: Softmax flavour of {rel}, checked on {len(images)} samples at "
-                 f"{config.model_api['check_tile']}...")
-            try:
-                flavour = make_flavour(core.read_model(parent_xml), output, metadata,
-                                       probabilities=config.output_op == "softmax")
-            except StageError:
-                raise
-            except Exception as exc:
-                raise StageError(f"cannot derive the Model API flavour of {rel}: {str(exc).splitlines()[0]}") from None
-            os.makedirs(os.path.join(tmp, precision))
-            xml = os.path.join(tmp, precision, config.name + ".xml")
-            # the parents' weights are stored as they are (FP16 ones stay f16)
-            ov.save_model(flavour, xml, compress_to_fp16=False)
-            # gate the files as written, not the in-memory graph
-            checks[precision] = check(config, parent_xml, xml, [x for _, x in images], threads)
-            names = [config.name + ".xml", config.name + ".bin"]
-            files[precision] = describe_files(os.path.join(tmp, precision), names)
-            paths += [os.path.join(out_root, precision, n) for n in names]
-    shape = ov_record.params.get("input_shape")
-    record = StageRecord(
-        "model_api", files, key, ov_record.weights, input=ov_record.input,
-        output={"name": output, "shape": [shape[0], config.num_classes, shape[2], shape[3]], "dtype": "float32"},
-        seconds=round(time.perf_counter() - start, 1),
-        params={"built_from": built_from, "left_out": left_out, "openvino": ov.__version__,
-                "check": {"images": [name for name, _ in images], "tile": config.model_api["check_tile"],
-                          "precision_hint": "f32", "min_agreement": config.min_agreement,
-                          "tie_margin": config.tie_margin, "results": checks}})
-    write_record(out_root, record)
-    return StageResult("model_api", paths, record, seconds=record.seconds)
+    def build(tmp):
+        import openvino as ov
+
+        files, names, checks, images = _build_flavours(config, workdir, tmp, found=found, metadata=metadata,
+                                                       threads=threads or os.cpu_count() or 2)
+        shape = ov_record.params.get("input_shape")
+        return Written(files=files, names=names, fields=dict(
+            weights=ov_record.weights, input=ov_record.input,
+            output={"name": output, "shape": [shape[0], config.num_classes, shape[2], shape[3]], "dtype": "float32"},
+            params={"built_from": built_from, "left_out": left_out, "openvino": ov.__version__,
+                    "check": {"images": [name for name, _ in images], "tile": config.model_api["check_tile"],
+                              "precision_hint": "f32", "min_agreement": config.min_agreement,
+                              "tie_margin": config.tie_margin, "results": checks}}))
+    return run_stage("model_api", workdir.stage_folder("model_api"), key=key, force=force, build=build, start=start,
+                     why="same parent IRs and parameters")

@@ -21,9 +21,9 @@ import time
 import numpy as np
 
 from converter.errors import StageError
-from converter.records import StageRecord, onnx_path, write_record
-from converter.stages import StageResult, up_to_date
-from converter.util.fsutil import describe_files, staging_dir
+from converter.layout import Workdir, onnx_path
+from converter.stages import Written, run_stage
+from converter.util.fsutil import describe_files
 from converter.util.log import info
 from converter.util.no_install import no_runtime_installs
 
@@ -42,13 +42,13 @@ def check_paddle_export(workdir):
     """The export's folder and record, its files verified against it."""
     from converter.records import verified_record
 
-    folder = os.path.join(workdir, "paddle")
+    folder = Workdir.of(workdir).paddle
     record = verified_record(workdir, "export")
     if record.params.get("without_argmax"):
         raise StageError(f"{folder} holds a --without-argmax export; convert an export with argmax")
     for name in ("model.pdmodel", "model.pdiparams"):
         if name not in record.files:
-            raise StageError(f"{os.path.join(folder, 'export.json')} does not list {name}")
+            raise StageError(f"{Workdir.of(workdir).record('export')} does not list {name}")
     return folder, record
 
 
@@ -166,43 +166,46 @@ def _text(values):
     return f"{values[0]:g}" if len(set(values)) == 1 else str(values)
 
 
-def run(config, workdir, shape=None, force=False):
+def _save_checked(model, tmp, stem):
+    """Write the model, then have the checker and ONNX Runtime read the file as written; its name."""
+    import onnx
+
+    onnx_name = os.path.basename(onnx_path(stem))
+    path = os.path.join(tmp, onnx_name)
+    onnx.save_model(model, path)
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise StageError(f"onnx checker rejected the model: {str(exc).splitlines()[0]}") from None
+    import onnxruntime as ort
+
+    ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # loads, or raises
+    return onnx_name
+
+
+def run(config, workdir, *, shape=None, force=False):
+    """The ONNX model, converted from the export by paddle2onnx, its preprocessing baked in."""
     from converter.util.incremental import stage_key, tool_versions
 
     start = time.perf_counter()
     shape = tuple(shape or config.converted_shape)
     paddle_dir, export_record = check_paddle_export(workdir)
-    out_dir = os.path.join(workdir, "onnx")
     key = stage_key({"stage": "onnx", "shape": list(shape), "opset": config.onnx_opset, "pre": config.baked(),
                      "tools": tool_versions("paddlepaddle", "paddle2onnx", "onnx")},
                     [os.path.join(paddle_dir, n) for n in ("model.pdmodel", "model.pdiparams")])
-    skipped = up_to_date("onnx", out_dir, key, force)
-    if skipped:
-        return skipped
-    import onnx
 
-    info(f"onnx: converting {paddle_dir} with paddle2onnx (opset {config.onnx_opset}), input {list(shape)}...")
-    pre = dict(config.baked(), color=config.converted_input.color, normalisation=config.normalisation_text())
-    model, program_input = convert_to_onnx(paddle_dir, shape, config.onnx_opset, pre)
-    with staging_dir(out_dir, record="onnx.json") as tmp:
-        onnx_name = os.path.basename(onnx_path(config.name))
-        path = os.path.join(tmp, onnx_name)
-        onnx.save_model(model, path)
-        try:
-            onnx.checker.check_model(path, full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise StageError(f"onnx checker rejected the model: {str(exc).splitlines()[0]}") from None
-        import onnxruntime as ort
-
-        ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # loads, or raises
-        files = describe_files(tmp, [onnx_name])
-    record = StageRecord(
-        "onnx", files, key, export_record.weights,
-        input={"name": pre["input"], "dtype": "float32", "layout": "NCHW",
-               "color": config.converted_input.color, "range": "0..255"},
-        output={"name": model.graph.output[0].name, "dtype": "int32", "shape": [shape[0], shape[2], shape[3]]},
-        seconds=round(time.perf_counter() - start, 1),
-        params={"opset": config.onnx_opset, "input_shape": list(shape), "paddle_program": program_input,
-                "preprocessing": f"Gather{pre['order']} axis 1, Sub {_text(pre['mean'])}, Div {_text(pre['scale'])}"})
-    write_record(out_dir, record)
-    return StageResult("onnx", [os.path.join(out_dir, onnx_name)], record, seconds=record.seconds)
+    def build(tmp):
+        info(f"onnx: converting {paddle_dir} with paddle2onnx (opset {config.onnx_opset}), input {list(shape)}...")
+        pre = dict(config.baked(), color=config.converted_input.color, normalisation=config.normalisation_text())
+        model, program_input = convert_to_onnx(paddle_dir, shape, config.onnx_opset, pre)
+        onnx_name = _save_checked(model, tmp, config.name)
+        preprocessing = f"Gather{pre['order']} axis 1, Sub {_text(pre['mean'])}, Div {_text(pre['scale'])}"
+        return Written(files=describe_files(tmp, [onnx_name]), names=[onnx_name], fields=dict(
+            weights=export_record.weights,
+            input={"name": pre["input"], "dtype": "float32", "layout": "NCHW",
+                   "color": config.converted_input.color, "range": "0..255"},
+            output={"name": model.graph.output[0].name, "dtype": "int32", "shape": [shape[0], shape[2], shape[3]]},
+            params={"opset": config.onnx_opset, "input_shape": list(shape), "paddle_program": program_input,
+                    "preprocessing": preprocessing}))
+    return run_stage("onnx", Workdir.of(workdir).stage_folder("onnx"), key=key, force=force, build=build,
+                     start=start)

@@ -13,11 +13,12 @@ import os
 import time
 
 from converter.errors import StageError
-from converter.stages import StageResult, up_to_date
-from converter.util.fsutil import describe_files, staging_dir
+from converter.stages import Written, run_stage
+from converter.util.fsutil import describe_files
 from converter.util.log import info
 from converter.stages.onnx import check_paddle_export
-from converter.records import StageRecord, onnx_path, verified_record, write_record
+from converter.layout import Workdir
+from converter.records import verified_record
 
 
 def _per_channel(values):
@@ -56,64 +57,78 @@ def build_ir(source_path, shape, pre, from_onnx=False):
     return model
 
 
-def run(config, workdir, shape=None, source="paddle", force=False):
-    from converter.util.incremental import stage_key, tool_versions
-
-    start = time.perf_counter()
-    shape = tuple(shape or config.converted_shape)
-    pre = config.baked()
+def _source(config, workdir, source):
+    """(the model the IR is read from, the export's record, the input files of the key)."""
     if source == "onnx":
-        src = os.path.join(workdir, onnx_path(config.name))
+        src = workdir.onnx(config.name)
         verified_record(workdir, "onnx")  # its export is checked below, for the weights' provenance
-        export_record, inputs = verified_record(workdir, "export"), [src]
-    else:
-        from converter.runners.paddle import check_program
+        return src, verified_record(workdir, "export"), [src]
+    from converter.runners.paddle import check_program
 
-        folder, export_record = check_paddle_export(workdir)
-        src = os.path.join(folder, "model.pdmodel")
-        check_program(src)
-        inputs = [src, os.path.join(folder, "model.pdiparams")]
-    from converter.stages.ir_metadata import class_map_description, model_info, set_model_info
+    folder, export_record = check_paddle_export(workdir)
+    src = os.path.join(folder, "model.pdmodel")
+    check_program(src)
+    return src, export_record, [src, os.path.join(folder, "model.pdiparams")]
 
-    metadata = model_info(config, class_map_description(config))
-    out_root = os.path.join(workdir, "openvino")
-    key = stage_key({"stage": "openvino", "shape": list(shape), "source": source, "pre": pre, "model_info": metadata,
-                     "tools": tool_versions("openvino")}, inputs)
-    skipped = up_to_date("openvino", out_root, key, force)
-    if skipped:
-        return skipped
-    import openvino as ov
+
+def _convert(src, shape, pre, source, metadata):
+    from converter.stages.ir_metadata import set_model_info
 
     info(f"openvino: converting {src}, input {list(shape)}...")
     try:
-        model = set_model_info(build_ir(src, shape, pre, from_onnx=(source == "onnx")), metadata)
+        return set_model_info(build_ir(src, shape, pre, from_onnx=(source == "onnx")), metadata)
     except StageError:
         raise
     except Exception as exc:
         raise StageError(f"OpenVINO conversion failed: {str(exc).splitlines()[0]}") from None
-    paths, files = [], {}
-    # Both precisions are staged together and published as one step, the
-    # record last: a run killed half-way leaves no record beside a mix of
-    # old and new IRs, and every reader refuses files without their record.
-    with staging_dir(out_root, record="openvino.json") as tmp:
-        names = [config.name + ".xml", config.name + ".bin"]
-        for precision in ("FP32", "FP16"):
-            os.makedirs(os.path.join(tmp, precision))
-            ov.save_model(model, os.path.join(tmp, precision, names[0]),
-                          compress_to_fp16=(precision == "FP16"))
-            files[precision] = describe_files(os.path.join(tmp, precision), names)
-            paths += [os.path.join(out_root, precision, n) for n in names]
-    record = StageRecord(
-        "openvino", files, key, export_record.weights,
+
+
+def _save(model, tmp, stem):
+    """Both precisions, in the one staging folder. Returns (files, names)."""
+    import openvino as ov
+
+    files, names = {}, []
+    stem_files = [stem + ".xml", stem + ".bin"]
+    for precision in ("FP32", "FP16"):
+        os.makedirs(os.path.join(tmp, precision))
+        ov.save_model(model, os.path.join(tmp, precision, stem_files[0]), compress_to_fp16=(precision == "FP16"))
+        files[precision] = describe_files(os.path.join(tmp, precision), stem_files)
+        names += [os.path.join(precision, n) for n in stem_files]
+    return files, names
+
+
+def _fields(config, model, *, export_record, source, shape, pre):
+    import openvino as ov
+
+    return dict(
+        weights=export_record.weights,
         input={"name": pre["input"], "dtype": "float32", "layout": "NCHW",
                "color": config.converted_input.color, "range": "0..255"},
         output={"name": pre["output"], "shape": [shape[0], shape[2], shape[3]],
                 "dtype": str(model.outputs[0].get_element_type().get_type_name())},
-        seconds=round(time.perf_counter() - start, 1),
         params={"source": source, "input_shape": list(shape), "openvino": ov.__version__,
                 "preprocessing": ("baked in the ONNX graph" if source == "onnx"
                                   else f"PrePostProcessor: channel order {pre['order']}, "
                                   f"{config.normalisation_text()}"),
                 "precisions": {"FP32": "weights f32", "FP16": "weights compressed to f16 (compress_to_fp16)"}})
-    write_record(out_root, record)
-    return StageResult("openvino", paths, record, seconds=record.seconds)
+
+
+def run(config, workdir, *, shape=None, source="paddle", force=False):
+    """The FP32 and FP16 IRs, read from the export (source "paddle") or the ONNX model ("onnx")."""
+    from converter.stages.ir_metadata import class_map_description, model_info
+    from converter.util.incremental import stage_key, tool_versions
+
+    start = time.perf_counter()
+    workdir = Workdir.of(workdir)
+    shape, pre = tuple(shape or config.converted_shape), config.baked()
+    src, export_record, inputs = _source(config, workdir, source)
+    metadata = model_info(config, class_map_description(config))
+    key = stage_key({"stage": "openvino", "shape": list(shape), "source": source, "pre": pre, "model_info": metadata,
+                     "tools": tool_versions("openvino")}, inputs)
+
+    def build(tmp):
+        model = _convert(src, shape, pre, source, metadata)
+        files, names = _save(model, tmp, config.name)
+        return Written(files=files, names=names, fields=_fields(config, model, export_record=export_record,
+                                                                source=source, shape=shape, pre=pre))
+    return run_stage("openvino", workdir.stage_folder("openvino"), key=key, force=force, build=build, start=start)

@@ -1,4 +1,4 @@
-"""Parity report: report.json (schema in README), report.md and one PNG per image."""
+"""Parity report: report.json (schema in docs/parity.md), report.md and one PNG per image."""
 import os
 import platform
 
@@ -8,7 +8,8 @@ from converter.backends import REFERENCE
 from converter.data.cityscapes import colorize
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic, write_png_atomic
 from converter.util.incremental import tool_versions
-from converter.util.text import md_cell, shown
+from converter.util.text import md_cell, md_table_head, shown
+from converter.layout import Workdir
 from converter.records import export_weights
 
 PANEL = (512, 256)
@@ -84,35 +85,42 @@ def _gate_text(budget, thresholds):
 
 
 def _verdict(name, failures):
-    from converter.validate.gates import backend_failed
+    from converter.engine.gates import backend_failed
 
     return "FAIL" if backend_failed(name, failures) else "pass"
 
 
-def markdown(record, class_names):
+def _introduction(record):
     th = record["thresholds"]
-    lines = ["# Parity report", "",
-             f"Result: **{'PASSED' if record['passed'] else 'FAILED'}**.", "",
-             "Each gated backend has a gate by precision: f32 backends must agree with the original up to "
-             "near-ties; reduced precisions (bf16, FP16, INT8) must keep their logit error, relative to the "
-             "image's largest original logit, within a budget (agreement is reported, not gated: near-ties "
-             "flip under any rounding)" + (f"; with ground truth, mIoU may drop at most {th['max_miou_drop']} "
-                                          "below the original's." if record.get("labels") else "."), ""]
     w = record.get("weights") or {}
-    lines += [f"Weights: **{w.get('kind', 'unknown')}**" + (f" (seed {w.get('seed')}; outputs are not meaningful)"
-                                                            if w.get("kind") == "synthetic" else
-                                                            f" (sha384 {w.get('sha384')})"),
-              f"Input size: {record['input_size'][0]}x{record['input_size'][1]}, bilinear resize; "
-              f"{record['threads']} threads per backend.", "",
-              "| backend | computes in | gate | verdict |", "|---|---|---|---|"]
+    return ["# Parity report", "",
+            f"Result: **{'PASSED' if record['passed'] else 'FAILED'}**.", "",
+            "Each gated backend has a gate by precision: f32 backends must agree with the original up to "
+            "near-ties; reduced precisions (bf16, FP16, INT8) must keep their logit error, relative to the "
+            "image's largest original logit, within a budget (agreement is reported, not gated: near-ties "
+            "flip under any rounding)" + (f"; with ground truth, mIoU may drop at most {th['max_miou_drop']} "
+                                         "below the original's." if record.get("labels") else "."), "",
+            f"Weights: **{w.get('kind', 'unknown')}**" + (f" (seed {w.get('seed')}; outputs are not meaningful)"
+                                                          if w.get("kind") == "synthetic" else
+                                                          f" (sha384 {w.get('sha384')})"),
+            f"Input size: {record['input_size'][0]}x{record['input_size'][1]}, bilinear resize; "
+            f"{record['threads']} threads per backend.", ""]
+
+
+def _gates(record):
+    lines = md_table_head("backend", "computes in", "gate", "verdict")
     for backend, entry in record["results"].items():
-        gate = _gate_text(entry.get("budget") or "f32", th) if entry["gated"] else "reported only"
+        gate = _gate_text(entry.get("budget") or "f32", record["thresholds"]) if entry["gated"] else "reported only"
         lines.append(f"| {backend} | {entry.get('precision', '')} | {gate} | "
                      f"{_verdict(backend, record['failures']) if entry['gated'] else '-'} |")
     for name, why in (record.get("not_built") or {}).items():
         lines.append(f"| {name} | - | not run: {md_cell(why)} | - |")
-    lines += ["", "| backend | image | agreement | disagreeing px | max flip margin | mean IoU vs original | "
-              "logit abs max | logit rel p99 | logit rel max |", "|---|---|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _images(record):
+    lines = ["", *md_table_head("backend", "image", "agreement", "disagreeing px", "max flip margin",
+                                "mean IoU vs original", "logit abs max", "logit rel p99", "logit rel max")]
     for backend, entry in record["results"].items():
         for image, m in entry["images"].items():
             err = m.get("logit_error", {})
@@ -120,47 +128,70 @@ def markdown(record, class_names):
                          f"{m['disagree']} | {m.get('max_flip_margin', 0):.4g} | {m['mean_iou']:.6f} | "
                          f"{err.get('abs_max', float('nan')):.3g} | {err.get('rel_p99', float('nan')):.3g} | "
                          f"{err.get('rel_max', float('nan')):.3g} |")
-    if record.get("labels"):
-        lines += ["", f"## Against ground truth ({record['labels']['cityscapes']}, {record['labels']['split']})", "",
-                  "| backend | mIoU | original's mIoU | drop | classes that dropped most |", "|---|---|---|---|---|"]
-        for backend, entry in record["results"].items():
-            task = entry.get("task") or {}
-            if task.get("miou") is None:
-                continue
-            worst = sorted(task["per_class"].items(), key=lambda kv: -kv[1]["drop"])[:3]
-            lines.append(f"| {backend} | {task['miou']:.4f} | {task['original_miou']:.4f} | {task['miou_drop']:+.4f} | "
-                         + ", ".join(f"{k} {v['drop']:+.4f}" for k, v in worst) + " |")
-    lines += ["", "## Top flips (original -> converted)", ""]
+    return lines
+
+
+def _ground_truth(record):
+    if not record.get("labels"):
+        return []
+    lines = ["", f"## Against ground truth ({record['labels']['cityscapes']}, {record['labels']['split']})", "",
+             *md_table_head("backend", "mIoU", "original's mIoU", "drop", "classes that dropped most")]
+    for backend, entry in record["results"].items():
+        task = entry.get("task") or {}
+        if task.get("miou") is None:
+            continue
+        worst = sorted(task["per_class"].items(), key=lambda kv: -kv[1]["drop"])[:3]
+        lines.append(f"| {backend} | {task['miou']:.4f} | {task['original_miou']:.4f} | {task['miou_drop']:+.4f} | "
+                     + ", ".join(f"{k} {v['drop']:+.4f}" for k, v in worst) + " |")
+    return lines
+
+
+def _top_flips(record, class_names):
+    lines = ["", "## Top flips (original -> converted)", ""]
     for backend, entry in record["results"].items():
         for image, m in entry["images"].items():
             if m["top_flips"]:
                 flips = ", ".join(f"{class_names[f['from']]}->{class_names[f['to']]} x{f['count']}"
                                   for f in m["top_flips"])
                 lines.append(f"- {backend}, {image}: {flips}")
-    lines += ["", "## Backends", "", "Each worker loads one backend at a time; its peak RSS is that of "
-              "the largest, plus the reference outputs of its chunk of images.", "",
-              "| backend | load s | infer s (per image) | compare s (per image) | wall s | worker peak RSS MB | "
-              "precision |", "|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _backends(record):
+    lines = ["", "## Backends", "", "Each worker loads one backend at a time; its peak RSS is that of "
+             "the largest, plus the reference outputs of its chunk of images.", "",
+             *md_table_head("backend", "load s", "infer s (per image)", "compare s (per image)", "wall s",
+                            "worker peak RSS MB", "precision")]
     for name, run in record["runs"].items():
         prec = run["info"].get("effective_precision", "f32")
         lines.append(f"| {name} | {run['load_seconds']} | {', '.join(map(str, run['infer_seconds']))} | "
                      f"{', '.join(map(str, run.get('compare_seconds', [])))} | "
                      f"{run['wall_seconds']} | {run['peak_rss_mb']} | {prec} |")
+    return lines
+
+
+def _system_and_failures(record):
     sysinfo = record["system"]
-    lines += ["", "## System", "", f"CPU: {sysinfo['cpu']} ({sysinfo['cores']} cores); flags: "
-              + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in sysinfo["cpu_flags"].items()),
-              "", "Versions: " + ", ".join(f"{k} {v}" for k, v in sysinfo["versions"].items()), ""]
+    lines = ["", "## System", "", f"CPU: {sysinfo['cpu']} ({sysinfo['cores']} cores); flags: "
+             + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in sysinfo["cpu_flags"].items()),
+             "", "Versions: " + ", ".join(f"{k} {v}" for k, v in sysinfo["versions"].items()), ""]
     if record["failures"]:
         lines += ["## Failures", ""]
         for name, d in (record.get("diagnose") or {}).items():
             lines += [f"{name} failed (first on {md_cell(d['image'])}). Where it starts to disagree, layer by "
                       "layer:", "", "```", shown(d["command"]), "```", ""]
         lines += [f"- {md_cell(f)}" for f in record["failures"]] + [""]
-    return "\n".join(lines)
+    return lines
+
+
+def markdown(record, class_names):
+    return "\n".join(_introduction(record) + _gates(record) + _images(record) + _ground_truth(record)
+                     + _top_flips(record, class_names) + _backends(record) + _system_and_failures(record))
 
 
 def write_report(config, workdir, record, maps):
-    out = os.path.join(workdir, "parity")
+    workdir = Workdir.of(workdir)
+    out = workdir.parity
     os.makedirs(out, exist_ok=True)
     record["system"] = system_info()
     record["weights"] = export_weights(workdir)
@@ -169,8 +200,8 @@ def write_report(config, workdir, record, maps):
         path = os.path.join(out, os.path.splitext(name)[0] + ".png")
         write_png_atomic(path, image_png(name, image_maps, config), optimize=True)
         paths.append(path)
-    md = os.path.join(out, "report.md")
+    md = workdir.parity_markdown
     write_bytes_atomic(md, markdown(record, config.class_names).encode())
-    js = os.path.join(out, "report.json")
+    js = workdir.parity_report
     write_json_atomic(js, record)
     return [js, md] + paths

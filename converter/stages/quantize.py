@@ -28,14 +28,16 @@ the FP32 IR's.
 import os
 import resource
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from converter.errors import ConverterError, StageError
-from converter.stages import StageResult, up_to_date
-from converter.util.fsutil import describe_files, staging_dir
+from converter.layout import STAGES, Workdir
+from converter.records import verified_record
+from converter.stages import Written, run_stage
+from converter.util.fsutil import describe_files
 from converter.util.log import info
-from converter.records import STAGES, StageRecord, ir_path, verified_record, write_record
 
 from converter.config import QUANTIZE_CHOICES as CHOICES
 
@@ -193,39 +195,52 @@ def options_from(config, **overrides):
     return opts
 
 
-def run(config, workdir, images=None, options=None, cityscapes=None, split="val", max_drop=None,
-        max_iterations=8, force=False):
-    """Quantize the workdir's FP32 IR; returns the StageResult."""
+@dataclass
+class _Plan:
+    """What a quantize run reads and its incremental key, worked out before anything heavy is loaded."""
+    opts: dict
+    shape: list            # the FP32 IR's static input shape
+    fp32_xml: str
+    built_from: dict       # {path in the workdir: sha256} of the FP32 IR
+    paths: list            # calibration images
+    pairs: list            # (image, label) pairs for accuracy control, or None
+    max_drop: float
+    max_iterations: int
+    out_root: str
+    key: str = ""
+
+
+def _plan(config, workdir, *, images, options, cityscapes, split, max_drop, max_iterations):
     from converter.data.images import expand_image_args, sample_images
     from converter.util.incremental import stage_key, tool_versions
 
-    start = time.perf_counter()
-    opts = options or options_from(config)
     ov_record = verified_record(workdir, "openvino")
-    shape = list(ov_record.input_shape)
-    fp32_xml = os.path.join(workdir, ir_path("FP32", config.name))
     if "FP32" not in ov_record.files:
-        raise StageError(f"{os.path.join(workdir, 'openvino', 'openvino.json')} lists no FP32 IR; "
-                         "rerun the openvino stage")
-    # the FP32 IR's sha256, as its record lists them (verified just now)
-    built_from = {os.path.join(STAGES["openvino"][0], "FP32", name): meta["sha256"]
-                  for name, meta in sorted(ov_record.files["FP32"].items())}
-    paths = expand_image_args(images) if images else sample_images()
+        raise StageError(f"{workdir.record('openvino')} lists no FP32 IR; rerun the openvino stage")
     pairs = None
     if cityscapes:
         from converter.data.cityscapes import find_pairs
 
         pairs = find_pairs(cityscapes, split)
-    max_drop = config.max_miou_drop if max_drop is None else max_drop
-    out_root = os.path.join(workdir, STAGES["quantize"][0])
-    key = stage_key({"stage": "quantize", "options": opts, "shape": shape, "built_from": built_from,
-                     "accuracy_control": bool(pairs), "max_drop": max_drop if pairs else None,
-                     "max_iterations": max_iterations if pairs else None,
-                     "tools": tool_versions("openvino", "nncf")},
-                    paths + [p for pair in pairs or () for p in pair])
-    skipped = up_to_date("quantize", out_root, key, force)
-    if skipped:
-        return skipped
+    plan = _Plan(
+        opts=options or options_from(config), shape=list(ov_record.input_shape),
+        fp32_xml=workdir.ir("FP32", config.name),
+        # the FP32 IR's sha256, as its record lists them (verified just now)
+        built_from={os.path.join(STAGES["openvino"].folder, "FP32", name): meta["sha256"]
+                    for name, meta in sorted(ov_record.files["FP32"].items())},
+        paths=expand_image_args(images) if images else sample_images(), pairs=pairs,
+        max_drop=config.max_miou_drop if max_drop is None else max_drop, max_iterations=max_iterations,
+        out_root=workdir.stage_folder("quantize"))
+    plan.key = stage_key({"stage": "quantize", "options": plan.opts, "shape": plan.shape,
+                          "built_from": plan.built_from, "accuracy_control": bool(pairs),
+                          "max_drop": plan.max_drop if pairs else None,
+                          "max_iterations": max_iterations if pairs else None,
+                          "tools": tool_versions("openvino", "nncf")},
+                         plan.paths + [p for pair in pairs or () for p in pair])
+    return plan, ov_record
+
+
+def _import_nncf():
     try:
         import logging
 
@@ -234,81 +249,115 @@ def run(config, workdir, images=None, options=None, cityscapes=None, split="val"
     except ImportError as exc:
         raise StageError(f"quantize needs nncf ({exc}); install the project with its lock file") from None
     nncf.set_log_level(logging.WARNING)  # not one INFO line per node left unquantized
+    return nncf, ov
 
-    tile_hw = tuple(opts["calibration_tile"])
-    _check_readable(paths, pairs)
-    calib = Tiles(config, paths, shape[2:], tile_hw, limit=opts["subset_size"])
-    info(f"quantize: {len(calib.items)} calibration tile(s) of {tile_hw[0]}x{tile_hw[1]} from "
-         f"{calib.images_used} image(s); preset {opts['preset']}, {opts['bias_correction']} bias correction, "
-         f"ignored scope {opts['ignored_scope']}, range estimator {opts['range_estimator']}")
-    model = ov.Core().read_model(fp32_xml)
-    model.reshape({model.inputs[0]: [1, 3, *tile_hw]})
-    fusion = fusion_adds(model) if opts["ignored_scope"] == "hrnet-fusion" else []
-    readers = readers_of(model, opts.get("ignored_tensors") or [])
-    ignored = sorted(set(fusion) | set(readers))
-    kwargs = dict(
+
+def _nncf_arguments(nncf, opts, calib, ignored):
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    return dict(
         preset=getattr(nncf.QuantizationPreset, opts["preset"].upper()),
         subset_size=len(calib.items), fast_bias_correction=opts["bias_correction"] == "fast",
-        ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None)
-    from nncf.quantization.advanced_parameters import (AdvancedAccuracyRestorerParameters,
-                                                       AdvancedQuantizationParameters)
-    advanced = AdvancedQuantizationParameters(
-        activations_range_estimator_params=_range_estimator(opts["range_estimator"]))
-    accuracy = None
+        ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
+        advanced_parameters=AdvancedQuantizationParameters(
+            activations_range_estimator_params=_range_estimator(opts["range_estimator"])))
+
+
+def _with_accuracy_control(nncf, ov, config, model, *, dataset, plan, arguments):
+    """NNCF's accuracy-controlled quantization, and both mIoUs measured for the record."""
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    tile_hw = tuple(plan.opts["calibration_tile"])
+    val = Tiles(config, [p[0] for p in plan.pairs], plan.shape[2:], tile_hw, labels=[p[1] for p in plan.pairs])
+    info(f"quantize: accuracy control on {len(val.items)} labelled tile(s) from {len(plan.pairs)} image(s), "
+         f"max mIoU drop {plan.max_drop}")
+    arguments = dict(arguments, advanced_quantization_parameters=arguments.pop("advanced_parameters"))
+    quantized = nncf.quantize_with_accuracy_control(
+        model, dataset, nncf.Dataset(val.items, lambda item: val.tile(item)[0]),
+        _miou_fn(config.num_classes, val), max_drop=plan.max_drop, drop_type=nncf.DropType.ABSOLUTE,
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            max_num_iterations=plan.max_iterations), **arguments)
+    # NNCF logs but does not return its measurements: measure both on
+    # the same labelled tiles, at the tile shape, for the record
+    miou, core = _miou_fn(config.num_classes, val), ov.Core()
+    before, after = (miou(core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), val.items)
+                     for m in (model, quantized))
+    return quantized, {"images": len(plan.pairs), "tiles": len(val.items), "max_drop": plan.max_drop,
+                       "max_iterations": plan.max_iterations, "miou_fp32_ir": before, "miou_int8_ir": after,
+                       "drop": before - after}
+
+
+def _quantize(nncf, ov, config, model, *, calib, plan, ignored):
+    """(the quantized model, the accuracy-control figures or None); NNCF's own failures as one StageError."""
+    arguments = _nncf_arguments(nncf, plan.opts, calib, ignored)
     try:
         dataset = nncf.Dataset(calib.items, calib.tile)
-        if pairs:
-            val = Tiles(config, [p[0] for p in pairs], shape[2:], tile_hw, labels=[p[1] for p in pairs])
-            info(f"quantize: accuracy control on {len(val.items)} labelled tile(s) from {len(pairs)} image(s), "
-                 f"max mIoU drop {max_drop}")
-            quantized = nncf.quantize_with_accuracy_control(
-                model, dataset, nncf.Dataset(val.items, lambda item: val.tile(item)[0]),
-                _miou_fn(config.num_classes, val),
-                max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced,
-                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                    max_num_iterations=max_iterations), **kwargs)
-            # NNCF logs but does not return its measurements: measure both on
-            # the same labelled tiles, at the tile shape, for the record
-            validate, core = _miou_fn(config.num_classes, val), ov.Core()
-            before, after = (validate(core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), val.items)
-                             for m in (model, quantized))
-            accuracy = {"images": len(pairs), "tiles": len(val.items), "max_drop": max_drop,
-                        "max_iterations": max_iterations, "miou_fp32_ir": before, "miou_int8_ir": after,
-                        "drop": before - after}
-        else:
-            quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **kwargs)
+        if plan.pairs:
+            return _with_accuracy_control(nncf, ov, config, model, dataset=dataset, plan=plan, arguments=arguments)
+        return nncf.quantize(model, dataset, **arguments), None
     except ConverterError:
         raise
     except Exception as exc:
         raise StageError(f"NNCF quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") \
             from None
-    quantized.reshape({quantized.inputs[0]: shape})
+
+
+def _save(ov, config, quantized, plan, tmp):
+    """Write the INT8 IR and its error profile into tmp; returns (files, profile, names)."""
     from converter.stages.ir_metadata import class_map_description, model_info, set_model_info
+    from converter.engine.int8_profile import record as error_profile
 
+    quantized.reshape({quantized.inputs[0]: plan.shape})
     set_model_info(quantized, model_info(config, class_map_description(config)))
-    fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     names = [config.name + ".xml", config.name + ".bin"]
-    with staging_dir(out_root, record=STAGES["quantize"][1]) as tmp:
-        ov.save_model(quantized, os.path.join(tmp, names[0]), compress_to_fp16=False)
-        files = describe_files(tmp, names)
-        del quantized   # its weights are mapped from the file just written
-        from converter.validate.int8_profile import record as error_profile
+    ov.save_model(quantized, os.path.join(tmp, names[0]), compress_to_fp16=False)
+    files = describe_files(tmp, names)
+    del quantized   # its weights are mapped from the file just written
+    info("quantize: recording the error profile of every quantized tensor (the INT8 gate's reference)...")
+    profile = error_profile(config, plan.fp32_xml, os.path.join(tmp, names[0]), plan.shape[2:],
+                            tuple(plan.opts["calibration_tile"]))
+    return files, profile, names
 
-        info("quantize: recording the error profile of every quantized tensor (the INT8 gate's reference)...")
-        profile = error_profile(config, fp32_xml, os.path.join(tmp, names[0]), shape[2:], tile_hw)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    seconds = round(time.perf_counter() - start, 1)
-    record = StageRecord(
-        "quantize", files, key, ov_record.weights, input=ov_record.input,
-        output=dict(ov_record.output or {}), seconds=seconds,
-        params={"input_shape": shape, "built_from": built_from, "options": opts,
-                "calibration": {"images": [os.path.abspath(p) for p in paths[:calib.images_used]],
-                                "tiles": len(calib.items), "tile": list(tile_hw)},
-                "ignored_adds": len(fusion), "ignored_readers": readers, "fake_quantize_nodes": fq,
-                "accuracy_control": accuracy, "nncf": nncf.__version__, "openvino": ov.__version__,
-                "error_profile": profile,
-                "peak_rss_mb": peak_mb})
-    write_record(out_root, record)
-    info(f"quantize: {fq} FakeQuantize node(s), {len(fusion)} fusion Add(s) and {len(readers)} named reader(s) kept in float; "
-         f"{seconds} s, peak RSS {peak_mb} MB")
-    return StageResult("quantize", [os.path.join(out_root, n) for n in names], record, seconds=seconds)
+
+def _calibrate_and_quantize(nncf, ov, config, plan):
+    """(the quantized model, its calibration, the fusion Adds and the named readers kept in float, accuracy)."""
+    opts, tile_hw = plan.opts, tuple(plan.opts["calibration_tile"])
+    _check_readable(plan.paths, plan.pairs)
+    calib = Tiles(config, plan.paths, plan.shape[2:], tile_hw, limit=opts["subset_size"])
+    info(f"quantize: {len(calib.items)} calibration tile(s) of {tile_hw[0]}x{tile_hw[1]} from "
+         f"{calib.images_used} image(s); preset {opts['preset']}, {opts['bias_correction']} bias correction, "
+         f"ignored scope {opts['ignored_scope']}, range estimator {opts['range_estimator']}")
+    model = ov.Core().read_model(plan.fp32_xml)
+    model.reshape({model.inputs[0]: [1, 3, *tile_hw]})
+    fusion = fusion_adds(model) if opts["ignored_scope"] == "hrnet-fusion" else []
+    readers = readers_of(model, opts.get("ignored_tensors") or [])
+    quantized, accuracy = _quantize(nncf, ov, config, model, calib=calib, plan=plan,
+                                    ignored=sorted(set(fusion) | set(readers)))
+    return quantized, calib, fusion, readers, accuracy
+
+
+def run(config, workdir, *, images=None, options=None, cityscapes=None, split="val", max_drop=None,
+        max_iterations=8, force=False):
+    """Quantize the workdir's FP32 IR; returns the StageResult."""
+    start = time.perf_counter()
+    workdir = Workdir.of(workdir)
+    plan, ov_record = _plan(config, workdir, images=images, options=options, cityscapes=cityscapes, split=split,
+                            max_drop=max_drop, max_iterations=max_iterations)
+
+    def build(tmp):
+        nncf, ov = _import_nncf()
+        quantized, calib, fusion, readers, accuracy = _calibrate_and_quantize(nncf, ov, config, plan)
+        fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+        files, profile, names = _save(ov, config, quantized, plan, tmp)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        info(f"quantize: {fq} FakeQuantize node(s), {len(fusion)} fusion Add(s) and {len(readers)} named reader(s) "
+             f"kept in float; {round(time.perf_counter() - start, 1)} s, peak RSS {peak_mb} MB")
+        return Written(files=files, names=names, fields=dict(
+            weights=ov_record.weights, input=ov_record.input, output=dict(ov_record.output or {}),
+            params={"input_shape": plan.shape, "built_from": plan.built_from, "options": plan.opts,
+                    "calibration": {"images": [os.path.abspath(p) for p in plan.paths[:calib.images_used]],
+                                    "tiles": len(calib.items), "tile": list(plan.opts["calibration_tile"])},
+                    "ignored_adds": len(fusion), "ignored_readers": readers, "fake_quantize_nodes": fq,
+                    "accuracy_control": accuracy, "nncf": nncf.__version__, "openvino": ov.__version__,
+                    "error_profile": profile, "peak_rss_mb": peak_mb}))
+    return run_stage("quantize", plan.out_root, key=plan.key, force=force, build=build, start=start)

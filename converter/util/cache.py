@@ -52,7 +52,8 @@ def machine_secret(cache_dir=None):
             fh.write(os.urandom(SECRET_BYTES))
     except FileExistsError:
         pass
-    from converter.util.fsutil import InputRefused, open_regular
+    from converter.errors import InputRefused
+    from converter.util.fsutil import open_regular
 
     try:
         fd, st = open_regular(path, flags)   # a FIFO planted here must not hang validate

@@ -13,6 +13,8 @@ import shutil
 import stat
 import tempfile
 
+from converter.errors import InputRefused
+
 
 def file_digest(path, algo="sha256", chunk=1 << 20):
     h = hashlib.new(algo)
@@ -20,10 +22,6 @@ def file_digest(path, algo="sha256", chunk=1 << 20):
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-class InputRefused(Exception):
-    """A file read_limited will not read; the message says why."""
 
 
 def open_regular(path, flags=os.O_RDONLY):

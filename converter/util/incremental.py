@@ -30,19 +30,6 @@ def source_digest(paths):
     return h.hexdigest()
 
 
-def current_record(folder, stage, key):
-    """The stage's record in folder if the stage is up to date (same key,
-    every listed output unchanged), else None."""
-    from converter.errors import StageError
-    from converter.records import verified_record
-
-    try:
-        record = verified_record(None, stage, folder)
-    except StageError:
-        return None
-    return record if record.key == key else None
-
-
 def tool_versions(*names):
     import importlib.metadata
 

@@ -1,4 +1,4 @@
-"""Giving memory back between runtimes."""
+"""Giving memory back between runtimes, and measuring a process's peak."""
 import gc
 
 
@@ -11,3 +11,18 @@ def release_memory():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def peak_rss_mb():
+    """This process's own peak RSS (VmHWM, reset by exec). The parent's
+    rusage would also count the parent's size at fork time, which is large
+    when `convert` has run the export in-process first."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+

@@ -9,7 +9,7 @@ import contextlib
 import os
 import sys
 
-from converter.errors import StageError
+from converter.errors import RuntimeInstallBlocked
 
 _INSTALLERS = ("pip", "pip3", "ensurepip", "conda", "mamba", "uv", "easy_install")
 _ENV = {
@@ -19,10 +19,6 @@ _ENV = {
 }
 _active = [False]
 _installed = [False]
-
-
-class RuntimeInstallBlocked(StageError):
-    exit_code = 9
 
 
 def _looks_like_installer(argv):

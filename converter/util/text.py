@@ -15,3 +15,8 @@ def shown(text):
 def md_cell(text):
     """shown(), with '|' escaped so that a name cannot open a table column."""
     return shown(text).replace("|", "\\|")
+
+
+def md_table_head(*columns):
+    """The two lines that open a Markdown table with these column titles."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

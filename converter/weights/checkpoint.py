@@ -12,7 +12,8 @@ import hashlib
 import numpy as np
 
 from converter.errors import CheckpointError, UnsafeCheckpointError
-from converter.util.fsutil import InputRefused, read_limited
+from converter.errors import InputRefused
+from converter.util.fsutil import read_limited
 from converter.weights.safe_pickle import loads
 
 # paddle.save adds bookkeeping entries whose keys end with '@@'.

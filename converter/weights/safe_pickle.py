@@ -117,7 +117,8 @@ class _Reader:
 
     def target(self, kind):
         if not self.stack or not isinstance(self.stack[-1], kind):
-            raise _bad(f"{'SETITEM' if kind is dict else 'APPEND'} on a {type(self.stack[-1]).__name__ if self.stack else 'empty stack'}")
+            top = type(self.stack[-1]).__name__ if self.stack else "empty stack"
+            raise _bad(f"{'SETITEM' if kind is dict else 'APPEND'} on a {top}")
         return self.stack[-1]
 
     def memo_get(self, idx):

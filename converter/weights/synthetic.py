@@ -178,7 +178,7 @@ def load_cached(cache_dir, key, shapes, log=print):
 
     from converter.errors import ConverterError
     from converter.util.cache import cache_path
-    from converter.util.fsutil import InputRefused
+    from converter.errors import InputRefused
     from converter.weights.checkpoint import match_state_dict, read_checkpoint
 
     index, blob = _index_path(cache_dir, key), None

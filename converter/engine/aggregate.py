@@ -19,7 +19,7 @@ import numpy as np
 
 from converter.data.cityscapes import metrics as gt_metrics
 from converter.util.text import md_cell
-from converter.validate.gates import backend_failed, gate, miou, task_result
+from converter.engine.gates import backend_failed, gate, miou, task_result
 
 WORST = 5
 
@@ -110,7 +110,7 @@ def draw_worst(summary, results, out_dir, size):
     from converter.data.images import load_rgb, resize_rgb
     from converter.util.fsutil import write_png_atomic
 
-    from converter.validate.results import read_png
+    from converter.engine.results import read_png
 
     by_id = {r["id"]: r for r in results}
     drawn = {}

@@ -1,14 +1,14 @@
-"""Where the hosts run: local worker processes, or Ray actors.
+"""Where the workers run: local worker processes, or Ray actors.
 
 Both executors offer the engine the same calls:
 
-    ex = Executor(specs)              # one host per spec (validate.host.Host)
-    h = ex.submit(i, method, *args)   # queue a call on host i; calls to one host run in order
+    ex = Executor(specs)              # one worker per spec (engine.worker.Worker)
+    h = ex.submit(i, method, *args)   # queue a call on worker i; calls to one worker run in order
     for handle, value in ex.wait(): ...   # blocks until at least one call finished
     ex.close()
 
-A call that fails raises from wait() as HostError (the host's own message
-and exit code); a worker that dies raises WorkerLost, with `host` (its
+A call that fails raises from wait() as WorkerCallFailed (the worker's own message
+and exit code); a worker that dies raises WorkerLost, with `worker` (its
 index) and `restarted` (whether the executor brings up a fresh one, so that
 the engine may give it the lost chunk again). Local workers are not
 restarted: a local worker dies of something that would kill it again (the
@@ -16,7 +16,7 @@ out-of-memory killer, a crash in a runtime), so the run ends with one line
 and a rerun resumes. Ray restarts a dead actor (up to RETRIES times), as a
 lost node is what a cluster is for.
 
-host_class is the Host to build (default validate.host.Host); the engine's
+worker_class is the Worker to build (default engine.worker.Worker); the engine's
 fault-injection tests pass a subclass of their own. Nothing in the
 environment changes it.
 """
@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 
-from converter.errors import ConverterError, HostError, WorkerLost
+from converter.errors import ConverterError, WorkerCallFailed, WorkerLost
 
 RETRIES = 3
 
@@ -38,9 +38,9 @@ def _first_line(exc):
     return f"{type(exc).__name__}: {(lines or [''])[0][:300]}"
 
 
-def _lost(message, host, restarted=False):
+def _lost(message, worker, restarted=False):
     exc = WorkerLost(message)
-    exc.host, exc.restarted = host, restarted
+    exc.worker, exc.restarted = worker, restarted
     return exc
 
 
@@ -49,25 +49,25 @@ def worker_env(specs):
     return {"OMP_NUM_THREADS": str(specs[0]["threads"])} if specs else {}
 
 
-def default_host_class():
-    from converter.validate.host import Host
+def default_worker_class():
+    from converter.engine.worker import Worker
 
-    return Host
+    return Worker
 
 
-def _serve(conn, spec, env, host_class):
-    """A local worker: build the host, then answer calls until told to stop."""
+def _serve(conn, spec, env, worker_class):
+    """A local worker: build the worker, then answer calls until told to stop."""
     import signal
 
     # Ctrl-C reaches the whole process group: the driver handles it and
     # stops the workers; a worker interrupted mid-call would only add noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)
-    from converter.validate.host import die_with_parent
+    from converter.engine.worker import die_with_parent
 
     die_with_parent()   # at once: a driver killed meanwhile takes this worker along
     try:
-        host = host_class(spec)
+        worker = worker_class(spec)
         conn.send(("ready", None, None))
     except BaseException as exc:  # the driver reports it as one line
         conn.send(("failed", None, _first_line(exc)))
@@ -81,7 +81,7 @@ def _serve(conn, spec, env, host_class):
             return
         call_id, method, args = msg
         try:
-            conn.send(("ok", call_id, getattr(host, method)(*args)))
+            conn.send(("ok", call_id, getattr(worker, method)(*args)))
         except KeyboardInterrupt:
             return
         except BaseException as exc:
@@ -100,21 +100,21 @@ def _exit_text(code):
 
 
 class LocalExecutor:
-    """Hosts in worker processes, each behind a pipe. Requests go out through
+    """Workers in worker processes, each behind a pipe. Requests go out through
     one sender thread per worker, so that a large request and a reply
     crossing in one pipe cannot block both ends."""
     name = "local"
 
-    def __init__(self, specs, host_class=None):
+    def __init__(self, specs, worker_class=None):
         ctx = multiprocessing.get_context("spawn")   # no fork of a driver that may hold threads
         self.conns, self.procs, self.pending = [], [], {}
         self.outboxes, self.senders = [], []
         self.ids = itertools.count()
-        env, host_class = worker_env(specs), host_class or default_host_class()
+        env, worker_class = worker_env(specs), worker_class or default_worker_class()
         try:
             for spec in specs:
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_serve, args=(child, spec, env, host_class), daemon=True)
+                proc = ctx.Process(target=_serve, args=(child, spec, env, worker_class), daemon=True)
                 proc.start()
                 child.close()
                 self.conns.append(parent)
@@ -122,7 +122,7 @@ class LocalExecutor:
             for i in range(len(self.conns)):
                 kind, _, value = self._recv(i)
                 if kind != "ready":
-                    raise HostError(f"worker {i}: {value}")
+                    raise WorkerCallFailed(f"worker {i}: {value}")
                 self.outboxes.append(queue.Queue())
                 self.senders.append(threading.Thread(target=self._send_loop, args=(i,), daemon=True))
                 self.senders[-1].start()
@@ -165,7 +165,7 @@ class LocalExecutor:
             kind, call_id, value = self._recv(i)
             self.pending.pop(call_id, None)
             if kind == "error":
-                raise HostError(value[0], value[1])
+                raise WorkerCallFailed(value[0], value[1])
             done.append((call_id, value))
         return done
 
@@ -199,17 +199,17 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Hosts as Ray actors. Without an address, a local Ray instance is
+    """Workers as Ray actors. Without an address, a local Ray instance is
     started for the run (num_cpus: this machine's cores) and stopped after;
     with one, the run joins that cluster and leaves it running. An actor
     that dies is restarted by Ray (RETRIES times at most); its calls then
     fail with WorkerLost(restarted=True) and the engine redoes its chunk."""
     name = "ray"
 
-    def __init__(self, specs, address=None, host_class=None):
+    def __init__(self, specs, address=None, worker_class=None):
         import logging
 
-        from converter.validate.ray_address import check_ray_address, enable_token_auth
+        from converter.engine.ray_address import check_ray_address, enable_token_auth
 
         if address:
             check_ray_address(address)
@@ -240,9 +240,9 @@ class RayExecutor:
                                  f"the Ray cluster has {have:g}")
         try:
             cls = ray.remote(_RayHost)
-            env, host_class = worker_env(specs), host_class or default_host_class()
+            env, worker_class = worker_env(specs), worker_class or default_worker_class()
             self.actors = [cls.options(num_cpus=spec["threads"], max_restarts=RETRIES, max_task_retries=0)
-                           .remote(spec, env, host_class) for spec in specs]
+                           .remote(spec, env, worker_class) for spec in specs]
             ray.get([a.ready.remote() for a in self.actors])
         except BaseException as exc:
             self.close()
@@ -268,7 +268,7 @@ class RayExecutor:
                             restarted=self.restarts[i] <= RETRIES) from None
             except self.ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                raise HostError(_first_line(cause), getattr(cause, "exit_code", 8)) from None
+                raise WorkerCallFailed(_first_line(cause), getattr(cause, "exit_code", 8)) from None
         return done
 
     def forget(self, handles):
@@ -287,29 +287,29 @@ class RayExecutor:
 
 
 class _RayHost:
-    """A Host as a Ray actor (wrapped by ray.remote): the same calls."""
+    """A Worker as a Ray actor (wrapped by ray.remote): the same calls."""
 
-    def __init__(self, spec, env, host_class):
+    def __init__(self, spec, env, worker_class):
         os.environ.update(env)
-        self.host = host_class(spec)
+        self.worker = worker_class(spec)
 
     def ready(self):
         return True
 
     def describe(self):
-        return self.host.describe()
+        return self.worker.describe()
 
     def load(self, name):
-        return self.host.load(name)
+        return self.worker.load(name)
 
     def begin(self, slot, item):
-        return self.host.begin(slot, item)
+        return self.worker.begin(slot, item)
 
     def reference(self, slot):
-        return self.host.reference(slot)
+        return self.worker.reference(slot)
 
     def compare(self, slot):
-        return self.host.compare(slot)
+        return self.worker.compare(slot)
 
     def end(self, slot):
-        return self.host.end(slot)
+        return self.worker.end(slot)

@@ -1,10 +1,10 @@
 """The engine: feed workers chunks of images, keep each image's small results.
 
-Plan. `workers` hosts (processes or Ray actors); each takes a chunk of
+Plan. `workers` workers (processes or Ray actors); each takes a chunk of
 images at a time and runs the backends over it one after the other: the
-reference first (whose class maps and logits stay in the host), then every
-other backend, each compared with the reference as it runs. A host holds
-one runtime at a time (see validate.host), so its memory is its largest
+reference first (whose class maps and logits stay in the worker), then every
+other backend, each compared with the reference as it runs. A worker holds
+one runtime at a time (see engine.worker), so its memory is its largest
 backend's plus the chunk's reference outputs, whatever the number of
 backends or images. The chunk is as many images as CHUNK_BYTES of
 reference outputs allow (3 at 1024x2048 with 19 classes); more images per
@@ -12,7 +12,7 @@ chunk would load each backend fewer times, at the price of memory.
 
 Results. When every backend has compared an image, its results are written
 to OUT/images/<key>.json (the disagreement masks beside it as 1-bit PNGs,
-the JSON last), sealed with this machine's secret (validate.results).
+the JSON last), sealed with this machine's secret (engine.results).
 
 Resume. An image whose key has a usable stored result is not computed again;
 a killed run leaves only whole result files (atomic writes), so a rerun
@@ -21,21 +21,36 @@ seal or schema is recomputed and counted.
 """
 import os
 import time
+from dataclasses import dataclass
+from typing import Optional
 
+from converter.layout import Workdir
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
-from converter.validate import results as schema
-from converter.validate.items import models_fingerprint, result_key
+from converter.engine import results as schema
+from converter.engine.items import models_fingerprint, result_key
 
 CHUNK_BYTES = 640 << 20
 MAX_CHUNK = 32
 
 
 def chunk_size(num_classes, size, budget=CHUNK_BYTES):
-    """Images per chunk: a host keeps, per image, the reference's f32 logits
+    """Images per chunk: a worker keeps, per image, the reference's f32 logits
     and class map, the input and the labels."""
     w, h = size
     per_image = w * h * (4 * num_classes + 1 + 3 + 1)
     return max(1, min(MAX_CHUNK, budget // per_image))
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs: where its workers are, how many, with how many
+    threads, and which stored results it trusts."""
+    executor: str = "local"          # "local" (processes) or "ray"
+    address: Optional[str] = None    # a Ray cluster's, for executor "ray"
+    workers: int = 1
+    threads: Optional[int] = None    # per worker; None: the cores shared out (default_threads)
+    chunk: Optional[int] = None      # images per chunk; None: chunk_size()
+    trust_unsealed: bool = False     # reuse stored results this machine did not seal, after their schema check
 
 
 def default_threads(workers):
@@ -43,14 +58,14 @@ def default_threads(workers):
 
 
 def backend_spec(backend, workdir, config, records):
-    """A registry backend as a host loads it: the model and the sha256 of
+    """A registry backend as a worker loads it: the model and the sha256 of
     each of its files (from the stage record just verified)."""
     from converter.data.images import input_contract
-    from converter.records import STAGES, record_files
+    from converter.records import record_files
 
     model = backend.model_path(workdir, config)
     folder = model if os.path.isdir(model) else os.path.dirname(model)
-    stage_folder = os.path.join(workdir, STAGES[backend.stage][0])
+    stage_folder = Workdir.of(workdir).stage_folder(backend.stage)
     files = {os.path.abspath(p): m["sha256"] for p, m in record_files(stage_folder, backend.stage,
                                                                       records[backend.stage])
              if os.path.dirname(os.path.abspath(p)) == os.path.abspath(folder)}
@@ -65,23 +80,23 @@ class _Chunk:
 
 
 class Engine:
-    def __init__(self, specs, reference, size, num_classes, workers=1, threads=1, executor="local",
-                 address=None, keep_maps=False, host_class=None, secret=None, trust_unsealed=False, chunk=None):
+    def __init__(self, specs, *, reference, size, num_classes, options, keep_maps=False, worker_class=None,
+                 secret=None):
         """specs: backend_spec() of every backend to run; reference: the
         name of one of them, or None (no comparison: ground truth only).
-        secret: seals the results written and checks the ones reused
-        (util.cache.machine_secret); trust_unsealed: reuse stored results
-        that this machine did not seal, after their schema check; chunk:
-        images per chunk (default: chunk_size())."""
+        options: EngineOptions, its threads already settled; secret: seals
+        the results written and checks the ones reused
+        (util.cache.machine_secret); worker_class: the Worker a worker builds
+        (default engine.worker.Worker)."""
         self.reference, self.num_classes, self.size = reference, num_classes, tuple(size)
         self.specs = {s["name"]: s for s in specs}
         self.compared = [n for n in self.specs if n != reference]
         self.fingerprint = models_fingerprint(specs, size)
-        self.chunk = chunk or chunk_size(num_classes, self.size)
-        self.workers, self.threads, self.keep_maps = max(1, workers), threads, keep_maps
-        self.executor_name, self.address, self.host_class = executor, address, host_class
-        self.secret, self.trust_unsealed = secret, trust_unsealed
-        self.executor, self.hosts = None, 0
+        self.chunk = options.chunk or chunk_size(num_classes, self.size)
+        self.workers, self.threads, self.keep_maps = max(1, options.workers), options.threads, keep_maps
+        self.executor_name, self.address, self.worker_class = options.executor, options.address, worker_class
+        self.secret, self.trust_unsealed = secret, options.trust_unsealed
+        self.executor, self.started = None, 0   # the workers started
 
     def __enter__(self):
         return self
@@ -90,23 +105,23 @@ class Engine:
         if self.executor is not None:
             self.executor.close(kill=exc_type is not None)
 
-    def _start(self, hosts):
-        from converter.validate.executors import LocalExecutor, RayExecutor
+    def _start(self, workers):
+        from converter.engine.executors import LocalExecutor, RayExecutor
 
         spec = {"backends": self.specs, "threads": self.threads, "size": list(self.size),
                 "num_classes": self.num_classes, "keep_maps": self.keep_maps}
-        self.hosts = hosts
+        self.started = workers
         if self.executor_name == "ray":
-            self.executor = RayExecutor([spec] * hosts, self.address, self.host_class)
+            self.executor = RayExecutor([spec] * workers, self.address, self.worker_class)
         else:
-            self.executor = LocalExecutor([spec] * hosts, self.host_class)
+            self.executor = LocalExecutor([spec] * workers, self.worker_class)
         return self.executor
 
     def describe(self):
-        """Each host's node, pid, threads, load seconds, peak RSS so far and runner info."""
+        """Each worker's node, pid, threads, load seconds, peak RSS so far and runner info."""
         if self.executor is None:
             return []
-        handles = {self.executor.submit(i, "describe"): i for i in range(self.hosts)}
+        handles = {self.executor.submit(i, "describe"): i for i in range(self.started)}
         out = [None] * len(handles)
         while any(v is None for v in out):
             for handle, value in self.executor.wait():
@@ -143,7 +158,8 @@ class Engine:
         total, reused = len(items), len(items) - len(todo)
         report(done=reused, total=total, reused=reused, eta=None)
         start = time.perf_counter()
-        run = _Run(self, items, keys, results, images_dir, report, total, reused)
+        run = _Run(self, items, keys=keys, results=results, images_dir=images_dir, report=report, total=total,
+                   reused=reused)
         if chunks:
             if images_dir:
                 os.makedirs(images_dir, exist_ok=True)
@@ -155,7 +171,7 @@ class Engine:
 class _Run:
     """One run's bookkeeping: which call belongs to which chunk and image."""
 
-    def __init__(self, engine, items, keys, results, images_dir, report, total, reused):
+    def __init__(self, engine, items, *, keys, results, images_dir, report, total, reused):
         self.e, self.items, self.keys, self.results = engine, items, keys, results
         self.images_dir, self.report, self.total, self.reused = images_dir, report, total, reused
         self.calls, self.parts, self.loads = {}, {}, {}
@@ -165,33 +181,33 @@ class _Run:
 
     def go(self, ex, chunks):
         from converter.errors import WorkerLost
-        from converter.validate.executors import RETRIES
+        from converter.engine.executors import RETRIES
 
         waiting, busy = list(chunks), {}
         while waiting or busy:
-            for h in range(self.e.hosts):
+            for h in range(self.e.started):
                 if h not in busy and waiting:
                     busy[h] = waiting.pop(0)
                     self._submit(ex, h, busy[h])
             try:
                 done = ex.wait()
             except WorkerLost as exc:
-                chunk = busy.get(getattr(exc, "host", None))
+                chunk = busy.get(getattr(exc, "worker", None))
                 if chunk is None or not exc.restarted or chunk.tries >= RETRIES:
                     raise
-                chunk.tries += 1   # the host came back fresh: its chunk starts over there
+                chunk.tries += 1   # the worker came back fresh: its chunk starts over there
                 ex.forget([c for c, v in self.calls.items() if v[0] is chunk.attempt])
-                self._submit(ex, exc.host, chunk)
+                self._submit(ex, exc.worker, chunk)
                 continue
             for handle, value in done:
                 if handle not in self.calls:
                     continue
                 attempt, kind, i, name = self.calls.pop(handle)
-                current = busy.get(attempt.host)
+                current = busy.get(attempt.worker)
                 if current is None or current.attempt is not attempt:
                     continue   # a call of an attempt given up
                 if self._record(attempt, kind, i, name, value):
-                    del busy[attempt.host]
+                    del busy[attempt.worker]
 
     def _submit(self, ex, h, chunk):
         attempt = _Attempt(h, chunk)
@@ -269,7 +285,7 @@ class _Run:
 
 
 class _Attempt:
-    """One try of a chunk on a host: a Ray actor restarted mid-chunk gets a new one."""
+    """One try of a chunk on a worker: a Ray actor restarted mid-chunk gets a new one."""
 
-    def __init__(self, host, chunk):
-        self.host, self.chunk, self.left = host, chunk, 0
+    def __init__(self, worker, chunk):
+        self.worker, self.chunk, self.left = worker, chunk, 0

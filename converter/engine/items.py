@@ -13,7 +13,7 @@ import os
 
 from converter.errors import ConverterError
 
-from converter.validate.results import RESULT_SCHEMA
+from converter.engine.results import RESULT_SCHEMA
 
 MAX_IMAGE_BYTES = 64 << 20   # a 2048x1024 PNG is ~2-4 MB; a file beyond this is refused, not read
 

@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 
-from converter.runners.worker import peak_rss_mb
+from converter.util.memory import peak_rss_mb
 from converter.util.memory import release_memory
 
-WINDOW_BYTES = 1024 << 20   # per model; peak RSS is about the runtimes plus 4x this (README, diagnose)
+WINDOW_BYTES = 1024 << 20   # per model; peak RSS is about the runtimes plus 4x this (docs/diagnose.md)
 GROWTH_FLOOR = 1e-6         # an input error below f32 rounding counts as this, for the growth ratio
 CHUNK = 1 << 20
 
@@ -84,7 +84,7 @@ class Comparison:
     """The original (a Paddle runner factory) and a converted backend (the
     same), compared over the original's activations on one input pair."""
 
-    def __init__(self, activations, original, converted, x_original, x_converted, available, sizes, aliases=None):
+    def __init__(self, activations, *, original, converted, x_original, x_converted, available, sizes, aliases=None):
         """activations: paddle_program.activations(); original/converted:
         callables taps -> runner; available: names the converted model has;
         sizes: bytes per tensor name (for the windows); aliases: {converted

@@ -1,6 +1,6 @@
 """A worker's side of the engine: one backend loaded at a time, a chunk of images held.
 
-A Host runs in its own process (a local worker or a Ray actor). The engine
+A Worker runs in its own process (a local worker or a Ray actor). The engine
 drives it through a chunk of images at a time, with these calls, in order:
 
     begin(slot, item)   decode the image (and its labels) and keep them
@@ -20,7 +20,7 @@ run, so a process holding the six backends at full size peaked at 11.8 GB
 (13.2 GB with four images), while each alone peaks at 2-3.6 GB (bench). A
 runtime is unloaded (its objects dropped, then malloc_trim) before the next
 one loads; measured at 1024x2048 this keeps the worker's peak RSS at its
-largest backend's plus the chunk's reference outputs (README, "Validation at scale").
+largest backend's plus the chunk's reference outputs (docs/validate.md).
 
 An item is {"id", "image": bytes, "label": bytes or None}: the driver reads
 the files and ships their bytes, so workers on other machines need the
@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from converter.util.memory import release_memory
+from converter.util.memory import peak_rss_mb, release_memory
 
 
 def die_with_parent():
@@ -84,10 +84,11 @@ def _at(classes, shape):
     return np.asarray(Image.fromarray(classes.astype(np.uint8)).resize((shape[1], shape[0]), Image.NEAREST))
 
 
-class Host:
+class Worker:
     def __init__(self, spec):
         """spec: {"backends": {name: {name, runtime, model, files {path: sha256},
-        precision, contract, output}}, "threads", "size": [W, H],
+        precision, contract, output, and optionally logits (default true)
+        and options (the runner's keyword arguments)}}, "threads", "size": [W, H],
         "num_classes", "keep_maps"}. Nothing is loaded yet."""
         die_with_parent()
         self.spec = spec
@@ -98,8 +99,6 @@ class Host:
         self.load_seconds, self.info = {}, {}
 
     def describe(self):
-        from converter.runners.worker import peak_rss_mb
-
         return {"node": os.uname().nodename, "pid": os.getpid(), "threads": self.spec["threads"],
                 "load_seconds": self.load_seconds, "peak_rss_mb": peak_rss_mb(), "info": self.info}
 
@@ -113,8 +112,8 @@ class Host:
         b = self.spec["backends"][name]
         verify_files(b["files"], self.verified)
         start = time.perf_counter()
-        self.runner = make_runner(b["runtime"], b["model"], threads=self.spec["threads"], logits=True,
-                                  precision=b["precision"])
+        self.runner = make_runner(b["runtime"], b["model"], threads=self.spec["threads"],
+                                  logits=b.get("logits", True), precision=b["precision"], **b.get("options", {}))
         self.name = name
         seconds = round(time.perf_counter() - start, 2)
         self.load_seconds[name] = round(self.load_seconds.get(name, 0.0) + seconds, 2)
@@ -156,6 +155,19 @@ class Host:
         del out
         return classes, logits, seconds
 
+    def time(self, slot, repeat):
+        """The loaded backend's seconds for each of `repeat` runs on the slot's
+        image, prepared once (bench: the first run, then the steady ones)."""
+        from converter.data.images import prepare
+
+        x = prepare(self.slots[slot]["rgb"], self.spec["backends"][self.name]["contract"])
+        seconds = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            self.runner.infer(x)
+            seconds.append(round(time.perf_counter() - start, 3))
+        return seconds
+
     def _conf_gt(self, slot, classes):
         from converter.data.cityscapes import confusion_matrix
 
@@ -176,7 +188,7 @@ class Host:
         """Small results of the loaded backend on the slot, against the
         reference kept for it (if any)."""
         from converter.data.cityscapes import confusion_matrix
-        from converter.validate.gates import compare
+        from converter.engine.gates import compare
 
         classes, logits, seconds = self._run(slot)
         start = time.perf_counter()

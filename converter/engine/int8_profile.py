@@ -15,11 +15,10 @@ mis-scaled or mis-shifted FakeQuantize anywhere, whatever the weights. (The
 mean matters: a zero point shifted by a quarter range at the last quantized
 tensor moved its p99 1.4x but its mean 11x.)
 """
-import os
-
-# Measured at 256x512 (README, Quantization: the INT8 gate): a clean IR re-measured gives 1.000x on every tensor; one FakeQuantize
-# of five depths with its range x4 or its zero point shifted by a quarter range gave 4.2x-150x (mean) at the worst
-# tensor, 1.4x-61x (p99).
+# Measured at 256x512 (docs/quantization.md: the INT8 gate): a clean IR
+# re-measured gives 1.000x on every tensor; one FakeQuantize of five depths
+# with its range x4 or its zero point shifted by a quarter range gave
+# 4.2x-150x (mean) at the worst tensor, 1.4x-61x (p99).
 MARGIN = 1.5
 FLOOR = {"p99": 1e-4, "mean": 1e-5}   # relative errors below these are not judged (f32 rounding of tiny tensors)
 STATS = {"p99": "rel_p99", "mean": "rel_mean"}
@@ -55,7 +54,7 @@ def measure(fp32_xml, int8_xml, inputs, threads=2):
 
     from converter.runners import make_runner
     from converter.runners.openvino import tap_ports
-    from converter.validate.layers import aligned, stats
+    from converter.engine.layerwise import aligned, stats
 
     int8 = ov.Core().read_model(int8_xml)
     fp32_names = set(tap_ports(ov.Core().read_model(fp32_xml)))
@@ -86,7 +85,7 @@ def record(config, fp32_xml, int8_xml, full_hw, tile_hw, threads=2):
                         for k, e in measure(fp32_xml, int8_xml, inputs, threads).items()}}
 
 
-def failures(name, profile, config, fp32_xml, int8_xml, full_hw, threads=2):
+def failures(name, profile, config, *, fp32_xml, int8_xml, full_hw, threads=2):
     """The gate: one string per quantized tensor whose error grew past its
     recorded value (each starts with the backend's name, as gate() writes)."""
     if not isinstance(profile, dict) or not isinstance(profile.get("tensors"), dict) or not profile["tensors"]:
@@ -143,6 +142,7 @@ def _recorded_tile(profile, config, full_hw):
 
 
 def int8_paths(workdir, config):
-    from converter.records import ir_path
+    from converter.layout import Workdir
 
-    return os.path.join(workdir, ir_path("FP32", config.name)), os.path.join(workdir, ir_path("INT8", config.name))
+    workdir = Workdir.of(workdir)
+    return workdir.ir("FP32", config.name), workdir.ir("INT8", config.name)

@@ -19,10 +19,10 @@ def _sizes(workdir, config, shape):
     """Bytes of each named tensor at this input shape, from the FP32 IR (static once reshaped)."""
     import openvino as ov
 
-    from converter.records import ir_path
+    from converter.layout import Workdir
     from converter.runners.openvino import tap_ports
 
-    model = ov.Core().read_model(os.path.join(workdir, ir_path("FP32", config.name)))
+    model = ov.Core().read_model(Workdir.of(workdir).ir("FP32", config.name))
     model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
     sizes = {}
     for name, port in tap_ports(model).items():
@@ -46,7 +46,7 @@ def advice(config, backend, first, layers, fq_names):
         lines.append(f"The first tensor over the {backend.budget} budget is {first['tensor']}, computed by a "
                      f"{first['op']} op; everything before it is within the budget: look at how that op was "
                      "converted.")
-    from converter.validate.layers import ranked
+    from converter.engine.layerwise import ranked
 
     growing = [l for l in ranked(layers) if l["tensor"] in fq_names][:3]
     if backend.budget == "int8" and growing:
@@ -57,16 +57,17 @@ def advice(config, backend, first, layers, fq_names):
     return lines
 
 
-def run_diagnose(config, workdir, backend, image, shape=None, threads=2, first_only=False, window_mb=None):
+def layer_report(config, workdir, backend, image, *, shape=None, threads=2, first_only=False, window_mb=None):
     """The diagnose.json document for backend (a registry entry) on one image."""
     from converter.backends import REFERENCE, check_artifacts
     from converter.data.images import input_contract, load_rgb, prepare, resize_rgb
     from converter.errors import ConverterError
+    from converter.layout import Workdir
     from converter.records import converted_input_shape
     from converter.runners import make_runner, tap_names
     from converter.runners.paddle_program import activations, bias_adds, read_program
     from converter.util.log import info
-    from converter.validate.layers import WINDOW_BYTES, Comparison, add_growth, over, ranked
+    from converter.engine.layerwise import WINDOW_BYTES, Comparison, add_growth, over, ranked
 
     if backend is REFERENCE:
         raise ConverterError("--backend: diagnose compares a converted backend with the original (paddle)")
@@ -78,7 +79,7 @@ def run_diagnose(config, workdir, backend, image, shape=None, threads=2, first_o
     rgb = resize_rgb(load_rgb(image), shape[3], shape[2])
     x_original = prepare(rgb, input_contract(config, "original"))
     x_converted = prepare(rgb, input_contract(config, "converted"))
-    paddle_dir, model = os.path.join(workdir, "paddle"), backend.model_path(workdir, config)
+    paddle_dir, model = Workdir.of(workdir).paddle, backend.model_path(workdir, config)
     desc = read_program(os.path.join(paddle_dir, "model.pdmodel"))
     acts = activations(desc)
     available = tap_names(backend.runtime, model) & {name for name, _, _ in acts}
@@ -91,14 +92,15 @@ def run_diagnose(config, workdir, backend, image, shape=None, threads=2, first_o
         return make_runner(backend.runtime, model, threads=threads, taps=taps, **extra)
     budget = config.budgets[backend.budget]
     sizes = _sizes(workdir, config, shape)
-    comparison = Comparison(acts, original, converted, x_original, x_converted, available, sizes, bias_adds(desc))
+    comparison = Comparison(acts, original=original, converted=converted, x_original=x_original,
+                            x_converted=x_converted, available=available, sizes=sizes, aliases=bias_adds(desc))
     comparison.log = info   # one line per window: full size takes minutes
     window = (window_mb << 20) if window_mb else WINDOW_BYTES
     layers, unmatched = comparison.run(budget, first_only, window)
     add_growth(layers, acts)
     first = next((l for l in layers if over(l, budget)), None)
     fq = _fake_quantized(model) if backend.runtime == "openvino" else set()
-    from converter.runners.worker import peak_rss_mb
+    from converter.util.memory import peak_rss_mb
 
     return {"schema": SCHEMA, "backend": backend.name, "image": os.path.abspath(image), "input_shape": list(shape),
             "budget": dict(budget, name=backend.budget),
