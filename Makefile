@@ -15,7 +15,7 @@ SHAPE   ?= 1,3,1024,2048
 PARITY_IMAGES ?= converter/samples/street_1.jpg
 CLI     := $(BIN)/ocrnet-convert
 
-.PHONY: setup convert quantize package test test-slow test-e2e bench clean
+.PHONY: setup convert quantize package lint test test-slow test-e2e bench clean
 
 setup: $(STAMP)
 
@@ -44,13 +44,19 @@ DIST ?= dist
 package: $(STAMP)
 	archive=$$($(CLI) package --workdir $(WORKDIR) --output $(DIST)) && $(CLI) package --verify "$$archive"
 
-# Three tiers (README: Development). `make test`: every behaviour that the
+# Three tiers (docs/development.md). `make test`: every behaviour that the
 # lite model or a 256x512 input shows (at most 10 minutes here), on two
 # workers, a test file each (most of its time is process start-up and model
 # loads, not arithmetic); test-slow: what needs W48, a second NNCF run or a
 # Ray cluster; test-e2e: full size, `make convert` and diagnose held to their
 # memory bounds, one process at a time. .ci/run runs all three.
 PYTEST := $(BIN)/python -m pytest -q -ra --durations=25
+
+# The linter over everything, the type checker over the lower layers
+# (pyproject.toml says which); tests/test_layers.py holds the house rules.
+lint: $(STAMP)
+	$(BIN)/ruff check
+	$(BIN)/mypy
 
 test: $(STAMP)
 	$(PYTEST) -n 2 --dist loadfile
