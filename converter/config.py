@@ -3,17 +3,19 @@
 Every problem is reported as a ConfigError naming the field, e.g.
 `files[0].sha384: expected 96 hex digits`.
 """
+from __future__ import annotations
+
 import hashlib
 import math
 import os
 import re
 import reprlib
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from converter.errors import ConfigError
 
-def package_path(*parts):
+def package_path(*parts: str) -> str:
     """A data file shipped inside the package (configs/, samples/), found the
     same way in a checkout, an editable install and a wheel. Wheels install
     unpacked, so the resource is a real file on disk."""
@@ -79,40 +81,40 @@ class ModelConfig:
 
     # -- what the preprocessing facts imply ------------------------------
     @property
-    def channel_order(self):
+    def channel_order(self) -> list[int]:
         """Indices that turn the converted input's channels into the
         original's order: [2, 1, 0] for BGR -> RGB, [0, 1, 2] when equal."""
         src, dst = self.converted_input.color, self.original_input.color
         return [src.index(c) for c in dst]
 
     @property
-    def converted_shape(self):
+    def converted_shape(self) -> tuple[int, ...]:
         return tuple(self.converted_input.shape)
 
-    def baked(self):
+    def baked(self) -> dict:
         """The preprocessing the converted models carry inside the graph,
         and the names of their input and output."""
         return {"input": self.converted_input.name, "output": self.converted_output.name,
                 "order": self.channel_order, "mean": list(self.mean), "scale": list(self.scale)}
 
-    def normalisation_text(self):
+    def normalisation_text(self) -> str:
         """(v - mean) / scale, in words, for records and the model card."""
         def one(values):
             return f"{values[0]:g}" if len(set(values)) == 1 else "[" + ", ".join(f"{v:g}" for v in values) + "]"
         return f"(v - {one(self.mean)}) / {one(self.scale)}"
 
-    def file(self, role):
+    def file(self, role: str) -> FileSpec:
         for spec in self.files:
             if spec.role == role:
                 return spec
         raise ConfigError(f"files: no entry with role '{role}'")
 
     @property
-    def checkpoint(self):
+    def checkpoint(self) -> FileSpec:
         return self.file("checkpoint")
 
     @property
-    def architecture(self):
+    def architecture(self) -> str:
         """In words, for messages and the model card."""
         if self.arch == "ocrnet":
             return f"OCRNet-{self.backbone} with {self.num_classes} classes"
@@ -196,7 +198,7 @@ def _triple(mapping, key, where):
     return tuple(float(v) for v in values)
 
 
-def validate(raw, path="<config>", digest=""):
+def validate(raw: Any, path: str = "<config>", digest: str = "") -> ModelConfig:
     if not isinstance(raw, dict):
         raise ConfigError("<root>: expected a mapping")
     from converter.config_model import check_roles, model_section
@@ -346,7 +348,7 @@ def _check_interfaces(cfg):
     return cfg
 
 
-def load_config(path=None):
+def load_config(path: str | None = None) -> ModelConfig:
     import yaml
 
     path = path or DEFAULT_CONFIG

@@ -138,8 +138,18 @@ def _start_parity(workdir, tmp, images):
         for name in ("street_1.jpg", "street_2.jpg", "street_3.jpg"):
             os.symlink(os.path.join(SAMPLES, name), images / f"{i}-{name}")
     env = dict(os.environ, TMPDIR=str(tmp))
+    # as from a terminal: SIGINT at its default action whatever this test
+    # process inherited (an ignored SIGINT is inherited across exec, and a
+    # program started with SIGINT ignored keeps ignoring it, by convention)
     return subprocess.Popen(lite_command("parity", "--workdir", str(workdir), "--images", str(images)),
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _signal_masks(pid):
+    """SigIgn, SigBlk and SigCgt of a process, for a failure message."""
+    with open(f"/proc/{pid}/status") as fh:
+        return {k: v.strip() for k, v in (line.split(":", 1) for line in fh) if k in ("SigIgn", "SigBlk", "SigCgt")}
 
 
 def _cmdline(process):
@@ -168,8 +178,16 @@ def test_stopping_parity_stops_its_worker_and_leaves_no_temporary_files(workdir,
     proc = _start_parity(workdir, tmp, tmp_path / "images")
     worker = _wait_for_worker(proc)
     assert worker.is_running()   # the control: it was there to be stopped
+    masks = _signal_masks(proc.pid)
+    assert int(masks["SigCgt"], 16) & (1 << (sig - 1)), masks   # parity handles the signal
     proc.send_signal(sig)  # to the parent only, as `kill` or a supervisor does
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        masks = _signal_masks(proc.pid)
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"parity went on after the signal; its masks then: {masks}") from None
     assert '"done": 24' not in err, "the run was over before the signal: nothing was tested"
     assert proc.returncode == code, err
     assert err.strip().splitlines()[-1].startswith("error: ")

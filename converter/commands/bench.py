@@ -22,6 +22,7 @@ import numpy as np
 
 from converter.errors import ConverterError
 from converter.layout import Workdir
+from converter.util.text import md_table_head
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
 from converter.data.images import sample_images
 from converter.util.log import info
@@ -71,9 +72,8 @@ def markdown(record):
              + (f"{record['model_gflop']:.0f} GFLOP" if record["model_gflop"] else "unknown FLOPs") + " per run. "
              f"Roofline: numpy f32 sgemm {record['sgemm']['gflops']:.0f} GFLOP/s (an f32 roofline, "
              "which bf16 and INT8 may exceed).", "",
-             f"| backend | load s | first run s | median s | speed-up over {F32_IR} | GFLOP/s | "
-             "fraction of f32 roofline | peak RSS MB | precision |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             *md_table_head("backend", "load s", "first run s", "median s", f"speed-up over {F32_IR}", "GFLOP/s",
+                            "fraction of f32 roofline", "peak RSS MB", "precision")]
     for name, r in record["backends"].items():
         speedup = f"{r['speedup_over_f32_ir']:.2f}x" if r.get("speedup_over_f32_ir") else "-"
         lines.append(f"| {name} | {r['load_seconds']} | {r['first_seconds']} | {r['median_seconds']} | {speedup} | "

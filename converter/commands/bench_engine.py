@@ -19,6 +19,8 @@ import resource
 
 import numpy as np
 
+from converter.util.text import md_table_head
+
 INFER_RATIO = 1.15
 WALL_RATIO = 1.3
 PEAK_RSS_MB = 6 * 1024
@@ -76,8 +78,8 @@ def markdown(engine):
     lines = ["", "## The engine against bench", "",
              f"The validate engine (as parity runs it) on {engine['images']} sample image(s), one worker with "
              f"{engine['threads']} threads, backends in turn; chunks of {engine['chunk']}.", "",
-             "| backend | load s | inference s (per image) | comparison s (per image) | bench median s | "
-             "inference / bench |", "|---|---|---|---|---|---|"]
+             *md_table_head("backend", "load s", "inference s (per image)", "comparison s (per image)",
+                            "bench median s", "inference / bench")]
     for name, e in engine["backends"].items():
         lines.append(f"| {name} | {e['load_seconds']} | {', '.join(map(str, e['infer_seconds']))} | "
                      f"{', '.join(map(str, e['compare_seconds']))} | {e['bench_median_seconds']} | "

@@ -11,7 +11,7 @@ With several images, OUT/<image stem>/ holds each one's.
 import math
 import os
 
-from converter.util.text import md_cell, shown
+from converter.util.text import md_cell, md_table_head, shown
 
 PLOT = (1400, 520)
 MARGIN = (70, 20, 30, 60)   # left, top, right, bottom
@@ -27,13 +27,13 @@ def markdown(doc):
              f"Verdict: {verdict}. Budget ({b['name']}): relative error p99 <= {b['rel_p99']}, max <= {b['rel_max']}, "
              "per tensor, relative to the original tensor's largest |value|.", ""]
     lines += [f"- {md_cell(a)}" for a in doc["advice"]] + ["", "## Where the error grows most", "",
-                                                              "| tensor | op | index | growth | rel. p99 |",
-                                                              "|---|---|---|---|---|"]
+                                                              *md_table_head("tensor", "op", "index", "growth",
+                                                                             "rel. p99")]
     lines += [f"| {md_cell(g['tensor'])} | {g['op']} | {g['index']} | {g['growth']:.3g} | {g['rel_p99']:.3g} |"
               for g in doc["growth"]]
     lines += ["", f"## Every compared tensor ({len(doc['layers'])}; {len(doc['unmatched'])} unmatched)", "",
-              "| index | tensor | op | shape | abs. max | rel. max | rel. p99 | cosine | growth |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              *md_table_head("index", "tensor", "op", "shape", "abs. max", "rel. max", "rel. p99", "cosine",
+                             "growth")]
     lines += [f"| {l['index']} | {md_cell(l['tensor'])} | {l['op']} | {'x'.join(map(str, l['shape']))} | "
               f"{l['abs_max']:.3g} | {l['rel_max']:.3g} | {l['rel_p99']:.3g} | {l['cosine']:.6f} | "
               + ("-" if l["growth"] is None else f"{l['growth']:.3g}") + " |"

@@ -16,6 +16,7 @@ import numpy as np
 
 from converter.data.cityscapes import metrics
 from converter.records import export_weights
+from converter.util.text import md_table_head
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
 
 
@@ -34,7 +35,7 @@ def markdown(result, reference, class_names):
              + f"; pixel accuracy {number_text(result['pixel_accuracy'])}.", ""]
     if result["miou"] is None:
         lines += ["No labelled pixel of a class the model knows: every label was ignored.", ""]
-    lines += ["| class | IoU | reference | difference |", "|---|---|---|---|"]
+    lines += md_table_head("class", "IoU", "published", "difference")
     suspicious = {c for c in ref if c != "traffic sign" and ref[c] == ref.get("traffic sign")}
     for name in class_names:
         got, published = result["per_class_iou"][name], ref.get(name)

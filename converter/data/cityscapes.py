@@ -6,21 +6,24 @@ this module holds what belongs to the dataset: where images and labels lie
 ROOT/gtFine/<split>/<city>/<name>_gtFine_labelIds.png), the labelId ->
 trainId table, and the IoU metrics of a confusion matrix.
 """
+from __future__ import annotations
+
 import glob
 import os
 
 import numpy as np
+from typing import Sequence
 
 from converter.errors import ConverterError
 
 
-def colorize(classes, palette):
+def colorize(classes: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     """int class map [H, W] -> uint8 RGB [H, W, 3] with one colour per class
     (palette: the config's); ids outside the palette are black."""
-    palette = np.asarray(palette, np.uint8)
+    colours = np.asarray(palette, np.uint8)
     out = np.zeros(classes.shape + (3,), np.uint8)
-    valid = (classes >= 0) & (classes < len(palette))
-    out[valid] = palette[classes[valid]]
+    valid = (classes >= 0) & (classes < len(colours))
+    out[valid] = colours[classes[valid]]
     return out
 
 
@@ -31,21 +34,21 @@ LABEL_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 2
 IGNORE = 255
 
 
-def label_ids_to_train_ids(label_ids):
+def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
     lut = np.full(256, IGNORE, np.uint8)
     for label, train in LABEL_TO_TRAIN.items():
         lut[label] = train
     return lut[label_ids]
 
 
-def confusion_matrix(truth, pred, num):
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num: int) -> np.ndarray:
     """[num, num] counts of (truth class, predicted class); truth == IGNORE is skipped."""
     valid = truth != IGNORE
     idx = truth[valid].astype(np.int64) * num + pred[valid].astype(np.int64)
     return np.bincount(idx, minlength=num * num).reshape(num, num)
 
 
-def iou_per_class(conf):
+def iou_per_class(conf: np.ndarray) -> np.ndarray:
     """IoU of each class, TP / (TP + FP + FN), from a confusion matrix; NaN
     for a class that occurs in neither truth nor prediction."""
     tp = np.diag(conf).astype(np.float64)
@@ -54,7 +57,7 @@ def iou_per_class(conf):
         return np.where(union > 0, tp / union, np.nan)
 
 
-def find_pairs(root, split):
+def find_pairs(root: str, split: str) -> list[tuple[str, str]]:
     """[(image, labels)] of the split, sorted; a missing label file is an error."""
     images = sorted(glob.glob(os.path.join(root, "leftImg8bit", split, "*", "*_leftImg8bit.png")))
     if not images:
@@ -71,7 +74,7 @@ def find_pairs(root, split):
     return pairs
 
 
-def load_gt(path, size=None, data=None):
+def load_gt(path: str, size: tuple[int, int] | None = None, data: bytes | None = None) -> np.ndarray:
     """trainIds [H, W] of a labelIds PNG (from data, its bytes, when given);
     with size=(W, H), brought to that size with nearest-neighbour (labels
     are never interpolated)."""
@@ -97,11 +100,11 @@ def load_gt(path, size=None, data=None):
         raise ConverterError(f"{path}: label ids outside 0..255 ({int(ids.min())}..{int(ids.max())})")
     train = label_ids_to_train_ids(ids.astype(np.uint8))
     if size is not None and train.shape != (size[1], size[0]):
-        train = np.asarray(Image.fromarray(train).resize(tuple(size), Image.NEAREST))
+        train = np.asarray(Image.fromarray(train).resize((size[0], size[1]), Image.Resampling.NEAREST))
     return train
 
 
-def metrics(conf, class_names):
+def metrics(conf: np.ndarray, class_names: Sequence[str]) -> dict:
     """mIoU (over the classes present in truth or prediction), per-class IoU
     (None for a class absent from both), pixel accuracy and pixel count."""
     per_class = {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou_per_class(conf))}

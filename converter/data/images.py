@@ -2,6 +2,8 @@
 
 Pillow rather than OpenCV: importing cv2 after paddle once crashed in zlib here.
 """
+from __future__ import annotations
+
 import glob
 import hashlib
 import io
@@ -10,6 +12,7 @@ import stat
 import warnings
 
 import numpy as np
+from typing import Iterable, Sequence, TYPE_CHECKING
 
 from converter.config import package_path
 from converter.errors import ConverterError
@@ -19,12 +22,15 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 # Pillow's own bomb guard warns at ~89 Mpx; a Cityscapes frame is 2 Mpx.
 MAX_PIXELS = 64 * 1024 * 1024
 
+if TYPE_CHECKING:
+    from converter.config import ModelConfig
 
-def sample_images():
+
+def sample_images() -> list[str]:
     return sorted(glob.glob(os.path.join(SAMPLES_DIR, "*.jpg")))
 
 
-def expand_image_args(items):
+def expand_image_args(items: Iterable[str]) -> list[str]:
     """Files stay as given; folders contribute their regular image files,
     sorted (a FIFO or device named like an image is skipped, not read)."""
     paths = []
@@ -45,7 +51,7 @@ def expand_image_args(items):
     return paths
 
 
-def image_ids(paths):
+def image_ids(paths: Sequence[str]) -> list[str]:
     """A unique key per image for reports and file names: the file name
     (non-printable characters escaped: a name may not start a report line of
     its own), or, when two inputs share one, the file name plus a hash of the
@@ -78,7 +84,7 @@ def _bits_per_sample(img, path, data=None):
     return 8
 
 
-def load_rgb(path, data=None):
+def load_rgb(path: str, data: bytes | None = None) -> np.ndarray:
     """Decode an 8-bit RGB image as uint8 HxWx3 (from data, its bytes, when
     given; path then only names it in messages).
 
@@ -117,17 +123,17 @@ def load_rgb(path, data=None):
         raise ConverterError(f"{path}: not a readable image ({type(exc).__name__}: {why})") from None
 
 
-def resize_rgb(rgb, width, height):
+def resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     """Bilinear resize (Pillow's BILINEAR, which widens its kernel when
     shrinking, i.e. antialiases)."""
     from PIL import Image
 
     if rgb.shape[1] == width and rgb.shape[0] == height:
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def input_contract(config, which):
+def input_contract(config: ModelConfig, which: str) -> dict:
     """What a model of the given side ("original" or "converted") is fed, from
     the config: channel order, and (v - mean) / scale per channel in the
     original's channel order (the converted models take raw 0..255: their
@@ -138,7 +144,7 @@ def input_contract(config, which):
     return {"color": config.converted_input.color, "mean": [0.0] * 3, "scale": [1.0] * 3}
 
 
-def prepare(rgb, contract):
+def prepare(rgb: np.ndarray, contract: dict) -> np.ndarray:
     """uint8 RGB HxWx3 -> float32 [1, 3, H, W] as the contract says."""
     x = rgb if contract["color"] == "RGB" else rgb[:, :, ::-1]
     x = x.astype(np.float32).transpose(2, 0, 1)[None]

@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from converter.data.cityscapes import metrics as gt_metrics
-from converter.util.text import md_cell
+from converter.util.text import md_cell, md_table_head
 from converter.engine.gates import backend_failed, gate, miou, task_result
 
 WORST = 5
@@ -146,9 +146,8 @@ def markdown(doc):
     if doc.get("weights", {}).get("kind") == "synthetic":
         lines += ["Weights are **synthetic**: agreement and budgets are meaningful, mIoU against ground truth "
                   "is not.", ""]
-    lines += ["| backend | computes in | gate | agreement | lowest image | mIoU vs original's maps | "
-              "logit error p99 / max (rel.) | mIoU (GT) | drop | s/image | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += md_table_head("backend", "computes in", "gate", "agreement", "lowest image", "mIoU vs original's maps",
+                           "logit error p99 / max (rel.)", "mIoU (GT)", "drop", "s/image", "verdict")
     for name, e in s["backends"].items():
         err = e.get("logit_error")
         task = e.get("task") or {}

@@ -16,25 +16,28 @@ Every gated backend has a budget (backends.Backend.budget):
   over all the images may be at most parity.max_miou_drop below the
   original's on the same images.
 """
+from __future__ import annotations
+
 from collections import Counter
 
 import numpy as np
+from typing import Any
 
 from converter.data.cityscapes import confusion_matrix, iou_per_class
 
 
-def class_iou(ref, got, num_classes):
+def class_iou(ref: np.ndarray, got: np.ndarray, num_classes: int) -> dict:
     ious = iou_per_class(confusion_matrix(ref, got, num_classes))
     return {c: float(v) for c, v in enumerate(ious) if not np.isnan(v)}
 
 
-def top2_margin(logits):
+def top2_margin(logits: np.ndarray) -> np.ndarray:
     """Top-1 minus top-2 logit along axis 0 ([C, ...] -> [...])."""
     part = np.partition(logits, -2, axis=0)
     return part[-1] - part[-2]
 
 
-def logit_error(ref_logits, got_logits):
+def logit_error(ref_logits: np.ndarray, got_logits: np.ndarray) -> dict:
     """Absolute and relative (to the image's largest |reference logit|)
     error statistics. float32 differences are exact to within one ulp of the
     logits, far below anything reported; the mean accumulates in float64."""
@@ -47,7 +50,8 @@ def logit_error(ref_logits, got_logits):
             "rel_p99": p99 / scale, "ref_abs_max": scale}
 
 
-def compare(ref_classes, got_classes, ref_logits, got_logits, num_classes, top=5):
+def compare(ref_classes: np.ndarray, got_classes: np.ndarray, ref_logits: np.ndarray | None,
+            got_logits: np.ndarray | None, num_classes: int, top: int = 5) -> dict:
     differ = ref_classes != got_classes
     n_diff = int(differ.sum())
     flips = Counter(zip(ref_classes[differ].tolist(), got_classes[differ].tolist())).most_common(top)
@@ -70,12 +74,13 @@ def compare(ref_classes, got_classes, ref_logits, got_logits, num_classes, top=5
     return result
 
 
-def miou(conf):
+def miou(conf: np.ndarray) -> tuple[float | None, np.ndarray]:
+    """(the mean IoU over the classes present, or None; the per-class IoU)."""
     ious = iou_per_class(conf)
     return (float(np.nanmean(ious)) if np.isfinite(ious).any() else None), ious
 
 
-def task_result(ref_conf, got_conf, class_names):
+def task_result(ref_conf: np.ndarray, got_conf: np.ndarray, class_names: list[str]) -> dict:
     """mIoU against ground truth of a backend and of the original, summed
     over the same images, with each class's drop (positive: worse)."""
     ref_miou, ref_ious = miou(ref_conf)
@@ -90,12 +95,12 @@ def task_result(ref_conf, got_conf, class_names):
             "pixels": int(got_conf.sum())}
 
 
-def backend_failed(name, failures):
+def backend_failed(name: str, failures: list[str]) -> bool:
     """Whether gate()'s failures name this backend (each starts with it)."""
     return any(f.startswith(name + " ") or f.startswith(name + ":") for f in failures)
 
 
-def gate(results, config):
+def gate(results: dict, config: Any) -> list[str]:
     """The list of failures (strings) for the gated backends.
     results: {backend: {gated, budget, images: {id: compare()}, task?}}."""
     failures = []

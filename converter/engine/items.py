@@ -7,6 +7,8 @@ of every model file. A rerun with the same inputs finds the key's file and
 reuses it; any change gives a new key. Gate thresholds are not in the key:
 the gates are applied when the results are aggregated.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import os
@@ -18,7 +20,7 @@ from converter.engine.results import RESULT_SCHEMA
 MAX_IMAGE_BYTES = 64 << 20   # a 2048x1024 PNG is ~2-4 MB; a file beyond this is refused, not read
 
 
-def read_bounded(path, what="image"):
+def read_bounded(path: str, what: str = "image") -> bytes:
     """The bytes of a regular file of at most MAX_IMAGE_BYTES (a FIFO or a
     device is refused without blocking on it)."""
     import stat
@@ -41,7 +43,7 @@ def read_bounded(path, what="image"):
     return data
 
 
-def check_decodes(path, data, label=None, label_data=None):
+def check_decodes(path: str, data: bytes, label: str | None = None, label_data: bytes | None = None) -> None:
     """Decode the image (and its labels) here, on the driver, before any
     worker loads a model: a truncated file, a decompression bomb, a label
     map of another size or with ids outside 0..255 is an error naming the
@@ -71,7 +73,7 @@ class Item:
         self.sha256 = hashlib.sha256(data).hexdigest()
         self.label_sha256 = hashlib.sha256(label_data).hexdigest() if label else None
 
-    def payload(self):
+    def payload(self) -> dict:
         """What a worker gets: the bytes, read again and checked against the
         hash the key was made of (a file changed mid-run is an error)."""
         image = read_bounded(self.path)
@@ -82,7 +84,8 @@ class Item:
         return {"id": self.id, "name": self.path, "image": image, "label": label, "label_name": self.label}
 
 
-def collect_items(images=None, cityscapes=None, split="val", limit=None):
+def collect_items(images: list[str] | None = None, cityscapes: str | None = None, split: str = "val",
+                  limit: int | None = None) -> list[Item]:
     """Items of image files and folders (default: the bundled samples), or of
     a Cityscapes-layout folder with its labels; the first `limit`."""
     from converter.data.cityscapes import find_pairs
@@ -97,7 +100,7 @@ def collect_items(images=None, cityscapes=None, split="val", limit=None):
     return make_items(paths[:limit])
 
 
-def make_items(paths, labels=None):
+def make_items(paths: list[str], labels: list[str | None] | None = None) -> list[Item]:
     """Items for image paths (labels: a parallel list of label paths)."""
     from converter.data.images import image_ids
 
@@ -105,7 +108,7 @@ def make_items(paths, labels=None):
     return [Item(i, p, lab) for i, p, lab in zip(image_ids(paths), paths, labels)]
 
 
-def models_fingerprint(backend_specs, size):
+def models_fingerprint(backend_specs: list[dict], size: tuple[int, int]) -> str:
     """The part of every key that does not depend on the image."""
     described = [{k: b[k] for k in ("name", "runtime", "precision", "contract", "output")}
                  | {"files": sorted(b["files"].values())} for b in backend_specs]
@@ -113,5 +116,5 @@ def models_fingerprint(backend_specs, size):
                                      sort_keys=True).encode()).hexdigest()
 
 
-def result_key(item, fingerprint):
+def result_key(item: Item, fingerprint: str) -> str:
     return hashlib.sha256(f"{fingerprint}:{item.sha256}:{item.label_sha256}".encode()).hexdigest()[:40]

@@ -7,6 +7,8 @@ Python and with timeouts: its form, a TCP connection, and that the port
 speaks HTTP/2 as Ray's GCS (a gRPC server) does: it answers the HTTP/2
 client preface with a SETTINGS frame.
 """
+from __future__ import annotations
+
 import os
 import re
 import socket
@@ -19,7 +21,7 @@ _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"   # length 0, type SETTINGS, no flags, stream 0
 
 
-def parse(address):
+def parse(address: str) -> tuple[str, int]:
     """(host, port) of HOST:PORT (an IPv6 host in brackets), or a ConverterError."""
     shown = repr(address[:80]) + ("..." if len(address) > 80 else "")
     host, sep, port = address.rpartition(":")
@@ -36,7 +38,7 @@ def parse(address):
     return host, int(port)
 
 
-def check_ray_address(address, timeout=5.0):
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
     host, port = parse(address)
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
@@ -53,7 +55,7 @@ def check_ray_address(address, timeout=5.0):
         raise ConverterError(f"{address} is not a Ray cluster (it does not speak HTTP/2, as Ray's GCS does)")
 
 
-def enable_token_auth():
+def enable_token_auth() -> None:
     """`ray start` turns token auth on when it finds a token; a driver
     joining by address does not, and is then refused: do as ray start does."""
     if "RAY_AUTH_MODE" not in os.environ and (

@@ -24,11 +24,14 @@ seal verifies (or the run trusts unsealed results explicitly) and every
 field passes `check` (types, finite ranges, and the fields agree with each
 other and with the key). Anything else is recomputed.
 """
+from __future__ import annotations
+
 import hashlib
 import hmac
 import json
 import math
 import os
+from typing import Any
 
 RESULT_SCHEMA = "ocrnet-convert/validate-image/2"
 MAX_RESULT_BYTES = 16 << 20
@@ -41,7 +44,7 @@ class Bad(Exception):
     """A stored result that must not be used; the message says why."""
 
 
-def diff_png_name(key, backend):
+def diff_png_name(key: str, backend: str) -> str:
     return f"{key}.{backend}.png"
 
 
@@ -50,12 +53,12 @@ def _canonical(result):
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
-def seal(result, secret):
+def seal(result: dict, secret: bytes) -> dict:
     """The result with its seal (it must hold only finite numbers)."""
     return dict(result, seal=hmac.new(secret, _canonical(result), hashlib.sha256).hexdigest())
 
 
-def sealed_by(result, secret):
+def sealed_by(result: dict, secret: bytes) -> bool:
     try:
         expected = hmac.new(secret, _canonical(result), hashlib.sha256).hexdigest()
     except (ValueError, TypeError):
@@ -131,7 +134,7 @@ def _check_compare(c, pixels, num, conf_ref, what):
     _check_logit_error(c.get("logit_error"), f"{what}.logit_error")
 
 
-def check(result, key, expect):
+def check(result: Any, key: str, expect: dict) -> None:
     """Raise Bad unless result is a well-formed result for this key.
     expect: {"sha256", "label_sha256", "size", "reference" (name or None),
     "backends" [names], "num_classes"}."""
@@ -178,7 +181,8 @@ def check(result, key, expect):
               f"{what}.diff_png is not this result's file")
 
 
-def usable(result, key, expect, secret, trust_unsealed=False):
+def usable(result: Any, key: str, expect: dict, secret: bytes,
+           trust_unsealed: bool = False) -> tuple[dict | None, str | None]:
     """(result or None, why not): a stored result that may be aggregated."""
     try:
         check(result, key, expect)
@@ -189,7 +193,7 @@ def usable(result, key, expect, secret, trust_unsealed=False):
     return result, None
 
 
-def load(folder, key):
+def load(folder: str, key: str) -> dict | None:
     """The stored JSON of key: None when there is none; {} when something is
     there but is not a result (not JSON, too large, a FIFO or a device, which
     is never opened for reading: it could block), so that the run counts it
@@ -217,7 +221,7 @@ def _no_constants(name):
     raise ValueError(f"{name} is not JSON")
 
 
-def read_png(folder, name, sha256, limit=4 << 20):
+def read_png(folder: str, name: Any, sha256: Any, limit: int = 4 << 20) -> bytes | None:
     """A stored 1-bit diff PNG's bytes, only when they hash to what the sealed
     result says; else None."""
     if not isinstance(name, str) or os.path.basename(name) != name or not isinstance(sha256, str):

@@ -1,12 +1,25 @@
 """run_engine: the library's entry point, for parity, validate and evaluate alike."""
+from __future__ import annotations
+
 import dataclasses
 import resource
+from typing import Callable, TYPE_CHECKING
 
 from converter.engine.scheduler import Engine, EngineOptions, backend_spec, default_threads
 
+if TYPE_CHECKING:
+    from converter.backends import Backend
+    from converter.config import ModelConfig
+    from converter.engine.items import Item
+    from converter.layout import WorkdirLike
+    from converter.records import StageRecord
 
-def run_engine(config, workdir, *, records, items, selected, reference, out_images=None, options=EngineOptions(),
-               keep_maps=False, progress=None, worker_class=None):
+
+def run_engine(config: ModelConfig, workdir: WorkdirLike, *, records: dict[str, StageRecord], items: list[Item],
+               selected: list[Backend], reference: str | None, out_images: str | None = None,
+               options: EngineOptions = EngineOptions(), keep_maps: bool = False,
+               progress: Callable | None = None,
+               worker_class: type | None = None) -> tuple[list[dict], dict, tuple[int, int]]:
     """Every backend of `selected` over `items` with one engine; records:
     the verified records of their stages (backends.check_artifacts);
     reference: the name of the backend the others are compared with, or

@@ -19,10 +19,12 @@ a killed run leaves only whole result files (atomic writes), so a rerun
 computes exactly the images without one. A stored result that fails its
 seal or schema is recomputed and counted.
 """
+from __future__ import annotations
+
 import os
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from converter.layout import Workdir
 from converter.util.fsutil import write_bytes_atomic, write_json_atomic
@@ -33,7 +35,7 @@ CHUNK_BYTES = 640 << 20
 MAX_CHUNK = 32
 
 
-def chunk_size(num_classes, size, budget=CHUNK_BYTES):
+def chunk_size(num_classes: int, size: tuple[int, int], budget: int = CHUNK_BYTES) -> int:
     """Images per chunk: a worker keeps, per image, the reference's f32 logits
     and class map, the input and the labels."""
     w, h = size
@@ -53,11 +55,11 @@ class EngineOptions:
     trust_unsealed: bool = False     # reuse stored results this machine did not seal, after their schema check
 
 
-def default_threads(workers):
+def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 2) // max(1, workers))
 
 
-def backend_spec(backend, workdir, config, records):
+def backend_spec(backend: Any, workdir: Any, config: Any, records: dict) -> dict:
     """A registry backend as a worker loads it: the model and the sha256 of
     each of its files (from the stage record just verified)."""
     from converter.data.images import input_contract
@@ -117,14 +119,14 @@ class Engine:
             self.executor = LocalExecutor([spec] * workers, self.worker_class)
         return self.executor
 
-    def describe(self):
+    def describe(self) -> list[dict]:
         """Each worker's node, pid, threads, load seconds, peak RSS so far and runner info."""
         if self.executor is None:
             return []
         handles = {self.executor.submit(i, "describe"): i for i in range(self.started)}
-        out = [None] * len(handles)
+        out: list[Any] = [None] * len(handles)
         while any(v is None for v in out):
-            for handle, value in self.executor.wait():
+            for handle, value in self.executor.wait():  # each worker's description, in order
                 out[handles[handle]] = value
         return out
 
@@ -146,7 +148,7 @@ class Engine:
             found[i] = dict(result, id=item.id, path=os.path.abspath(item.path))
         return found, refused
 
-    def run(self, items, images_dir=None, progress=None):
+    def run(self, items: list, images_dir: str | None = None, progress: Any = None) -> tuple[list[dict], dict]:
         """Results (stored or computed) for items, in order, and counts.
         images_dir None: nothing is stored or reused (parity's own runs)."""
         keys = [result_key(item, self.fingerprint) for item in items]

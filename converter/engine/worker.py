@@ -27,6 +27,8 @@ the files and ships their bytes, so workers on other machines need the
 models (at the same workdir path, checked against their sha256 here) but not
 the images.
 """
+from __future__ import annotations
+
 import io
 import os
 import time
@@ -36,7 +38,7 @@ import numpy as np
 from converter.util.memory import peak_rss_mb, release_memory
 
 
-def die_with_parent():
+def die_with_parent() -> None:
     """Linux: SIGKILL this worker when the driver dies, even by SIGKILL."""
     try:
         import ctypes
@@ -46,7 +48,7 @@ def die_with_parent():
         pass
 
 
-def verify_files(files, verified):
+def verify_files(files: dict[str, str], verified: dict) -> None:
     """Each model file must be the one the driver verified (sha256); a file
     whose size, inode and mtime are unchanged since it was hashed here is
     not hashed again."""
@@ -98,11 +100,11 @@ class Worker:
         self.slots, self.verified = {}, {}
         self.load_seconds, self.info = {}, {}
 
-    def describe(self):
+    def describe(self) -> dict:
         return {"node": os.uname().nodename, "pid": os.getpid(), "threads": self.spec["threads"],
                 "load_seconds": self.load_seconds, "peak_rss_mb": peak_rss_mb(), "info": self.info}
 
-    def load(self, name):
+    def load(self, name: str) -> dict:
         """Load backend `name` (a no-op when it is the one loaded)."""
         from converter.runners import make_runner
 
@@ -120,12 +122,12 @@ class Worker:
         self.info[name] = self.runner.info
         return {"load_seconds": seconds}
 
-    def unload(self):
+    def unload(self) -> None:
         if self.runner is not None:
             self.runner, self.name = None, None
             release_memory()
 
-    def begin(self, slot, item):
+    def begin(self, slot: int, item: dict) -> dict:
         from converter.data.images import load_rgb, resize_rgb
 
         start = time.perf_counter()
@@ -139,7 +141,7 @@ class Worker:
         self.slots[slot] = {"rgb": resize_rgb(rgb, *self.size), "gt": gt, "ref": None}
         return {"decode_seconds": round(time.perf_counter() - start, 3)}
 
-    def end(self, slot):
+    def end(self, slot: int) -> None:
         self.slots.pop(slot, None)
         return None
 
@@ -155,7 +157,7 @@ class Worker:
         del out
         return classes, logits, seconds
 
-    def time(self, slot, repeat):
+    def time(self, slot: int, repeat: int) -> list[float]:
         """The loaded backend's seconds for each of `repeat` runs on the slot's
         image, prepared once (bench: the first run, then the steady ones)."""
         from converter.data.images import prepare
@@ -174,7 +176,7 @@ class Worker:
         gt = self.slots[slot]["gt"]
         return None if gt is None else confusion_matrix(gt, _at(classes, gt.shape), self.num).tolist()
 
-    def reference(self, slot):
+    def reference(self, slot: int) -> dict:
         """Small results of the loaded reference on the slot; its class map
         and logits stay here for the backends that follow."""
         classes, logits, seconds = self._run(slot)
@@ -184,7 +186,7 @@ class Worker:
             small.update(classes=classes, input=self.slots[slot]["rgb"])
         return small
 
-    def compare(self, slot):
+    def compare(self, slot: int) -> dict:
         """Small results of the loaded backend on the slot, against the
         reference kept for it (if any)."""
         from converter.data.cityscapes import confusion_matrix

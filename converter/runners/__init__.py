@@ -6,24 +6,29 @@
 Heavy libraries are imported inside the runner modules, only when used.
 Which model a backend runs, and how, is in converter.backends.
 """
+from __future__ import annotations
+
+from typing import Any
 from converter.errors import ConverterError, StageError
+from converter.runners.base import Runner
 
 RUNTIMES = ("paddle", "onnxruntime", "openvino")
 
 
-def runner_class(runtime):
+def runner_class(runtime: str) -> type[Runner]:
     if runtime == "paddle":
-        from converter.runners.paddle import PaddleRunner as cls
-    elif runtime == "onnxruntime":
-        from converter.runners.onnxruntime import OrtRunner as cls
-    elif runtime == "openvino":
-        from converter.runners.openvino import OpenVinoRunner as cls
-    else:
-        raise ConverterError(f"unknown runtime '{runtime}' (choose from {', '.join(RUNTIMES)})")
-    return cls
+        from converter.runners.paddle import PaddleRunner
+        return PaddleRunner
+    if runtime == "onnxruntime":
+        from converter.runners.onnxruntime import OrtRunner
+        return OrtRunner
+    if runtime == "openvino":
+        from converter.runners.openvino import OpenVinoRunner
+        return OpenVinoRunner
+    raise ConverterError(f"unknown runtime '{runtime}' (choose from {', '.join(RUNTIMES)})")
 
 
-def make_runner(runtime, model_path, threads=2, **options):
+def make_runner(runtime: str, model_path: str, threads: int = 2, **options: Any) -> Runner:
     cls = runner_class(runtime)
     try:
         return cls(model_path, threads=threads, **options)
@@ -36,12 +41,13 @@ def make_runner(runtime, model_path, threads=2, **options):
         raise StageError(f"{runtime} cannot load {model_path}: {(lines or [type(exc).__name__])[-1][:200]}") from None
 
 
-def tap_names(runtime, model_path):
+def tap_names(runtime: str, model_path: str) -> set[str]:
     """The intermediate tensors a runtime's model can return by name (taps)."""
     if runtime == "paddle":
-        from converter.runners.paddle import tap_names as names
-    elif runtime == "onnxruntime":
-        from converter.runners.onnxruntime import tap_names as names
-    else:
-        from converter.runners.openvino import tap_names as names
-    return names(model_path)
+        from converter.runners import paddle
+        return paddle.tap_names(model_path)
+    if runtime == "onnxruntime":
+        from converter.runners import onnxruntime
+        return onnxruntime.tap_names(model_path)
+    from converter.runners import openvino
+    return openvino.tap_names(model_path)

@@ -1,5 +1,7 @@
 """The one interface every runtime's runner has."""
+from __future__ import annotations
 
+import numpy as np
 
 class Runner:
     """A model loaded for inference, set up in the constructor.
@@ -13,11 +15,12 @@ class Runner:
     itself is never changed.
     """
     runtime = ""
+    info: dict   # what it runs with: threads, precision, ...
 
-    def __init__(self, model_path, threads=2, logits=False):
+    def __init__(self, model_path: str, threads: int = 2, logits: bool = False):
         self.model_path = model_path
         self.threads = threads
         self.info = {"threads": threads}
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -1,11 +1,17 @@
 """ONNX Runtime, CPU execution provider."""
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING, Sequence
 
 from converter.errors import StageError
 from converter.runners.base import Runner
 
+if TYPE_CHECKING:
+    import numpy as np
 
-def tap_names(model_path):
+
+def tap_names(model_path: str) -> set[str]:
     import onnx
 
     proto = onnx.load(model_path, load_external_data=False)
@@ -15,7 +21,8 @@ def tap_names(model_path):
 class OrtRunner(Runner):
     runtime = "onnxruntime"
 
-    def __init__(self, model_path, threads=2, logits=False, precision=None, taps=()):
+    def __init__(self, model_path: str, threads: int = 2, logits: bool = False, precision: str | None = None,
+                 taps: Sequence[str] = ()):
         """precision: ONNX Runtime's CPU provider always computes in f32.
         taps: node outputs to return too, by name."""
         import onnxruntime as ort
@@ -51,7 +58,7 @@ class OrtRunner(Runner):
         self.input_name = self.session.get_inputs()[0].name
         self.info.update(providers=self.session.get_providers(), effective_precision="f32")
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
         outputs = dict(zip(names, self.session.run(names, {self.input_name: x})))
         if self.logits_name:

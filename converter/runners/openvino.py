@@ -5,13 +5,19 @@ AVX512-BF16 or AMX silently runs in bf16 (about 0.7 % of pixels flip here), so
 the parity gate always asks for f32 explicitly; precision=None keeps the
 device default, for information.
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING, Any, Sequence
 
 from converter.errors import StageError
 from converter.runners.base import Runner
 
+if TYPE_CHECKING:
+    import numpy as np
 
-def precision_name(compiled):
+
+def precision_name(compiled: Any) -> str:
     """The precision the CPU plugin actually chose, as 'f32', 'bf16' or 'f16'."""
     value = compiled.get_property("INFERENCE_PRECISION_HINT")
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
@@ -20,14 +26,14 @@ def precision_name(compiled):
 FQ_SUFFIX = "/fq_output_0"
 
 
-def activation_fake_quantizes(model):
+def activation_fake_quantizes(model: Any) -> dict[str, Any]:
     """{tensor name: FakeQuantize op} of every activation NNCF quantized
     (weights excluded: their FakeQuantize reads a Constant). The tensor is
     named by the FakeQuantize's input, e.g. `relu_141.tmp_0`, or
     `batch_norm_30.tmp_2` where the FakeQuantize follows a folded BatchNorm's
     Add (its friendly name is then the Add's, a parameter's name); an input
     without names falls back to the friendly name less `/fq_output_0`."""
-    found = {}
+    found: dict[str, Any] = {}
     for op in model.get_ordered_ops():
         name = op.get_friendly_name()
         if op.get_type_name() != "FakeQuantize" or not name.endswith(FQ_SUFFIX):
@@ -40,11 +46,11 @@ def activation_fake_quantizes(model):
     return found
 
 
-def tap_ports(model):
+def tap_ports(model: Any) -> dict[str, Any]:
     """{tensor name: output port} of every named tensor of the model. Where
     NNCF put a FakeQuantize on a tensor, the name means the FakeQuantize's
     output: the value the rest of the network computes with."""
-    ports = {}
+    ports: dict[str, Any] = {}
     for op in model.get_ordered_ops():
         for port in op.outputs():
             for name in port.get_names():
@@ -54,7 +60,7 @@ def tap_ports(model):
     return ports
 
 
-def tap_names(model_path):
+def tap_names(model_path: str) -> set[str]:
     import openvino as ov
 
     return set(tap_ports(ov.Core().read_model(model_path)))
@@ -63,7 +69,8 @@ def tap_names(model_path):
 class OpenVinoRunner(Runner):
     runtime = "openvino"
 
-    def __init__(self, model_path, threads=2, logits=False, precision="f32", taps=(), shape=None):
+    def __init__(self, model_path: str, threads: int = 2, logits: bool = False, precision: str | None = "f32",
+                 taps: Sequence[str] = (), shape: Sequence[int] | None = None):
         """precision: the INFERENCE_PRECISION_HINT ("f32"), or None for the
         CPU's default (bf16 where the CPU has it). taps: tensor names to
         return too (tap_ports); shape: reshape the model first (the IRs are
@@ -95,7 +102,7 @@ class OpenVinoRunner(Runner):
         self.info.update(requested_precision=precision or "default",
                          effective_precision=precision_name(self.compiled))
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         result = self.request.infer({0: x})
         # A tensor can carry several names; expose it under each of them (a tap under its own).
         out = {}

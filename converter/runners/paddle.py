@@ -1,9 +1,15 @@
 """Paddle Inference: the original model, as PaddleSeg deploys it."""
+from __future__ import annotations
+
 import os
 import tempfile
+from typing import TYPE_CHECKING, Any, Sequence
 
 from converter.errors import StageError
 from converter.runners.base import Runner
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Paddle's oneDNN pass that folds each residual `elementwise_add` into the
 # preceding conv. On this graph (107 such adds) it alone takes ~11.5 s of the
@@ -15,7 +21,7 @@ RESIDUAL_FUSE_PASS = "conv_elementwise_add_mkldnn_fuse_pass"
 UNFUSED_PASSES = ("mkldnn_placement_pass", "is_test_pass")
 
 
-def check_program(model_path):
+def check_program(model_path: str) -> Any:
     """The parsed ProgramDesc (paddle_program.read_program): Paddle's C++
     never sees a file that Python cannot parse."""
     from converter.runners.paddle_program import read_program
@@ -43,7 +49,7 @@ def program_with_fetches(desc, names):
     return desc
 
 
-def program_with_logits(model_path, out_path):
+def program_with_logits(model_path: str, out_path: str) -> str:
     """Write a copy of model.pdmodel that also fetches the ArgMax's input.
 
     The copy is the same program with one more `fetch` op, so the class map
@@ -66,7 +72,7 @@ def program_with_logits(model_path, out_path):
     return source
 
 
-def tap_names(model_dir):
+def tap_names(model_dir: str) -> set[str]:
     """The float activations of the program (what diagnose can compare)."""
     from converter.runners.paddle_program import activations
 
@@ -76,8 +82,8 @@ def tap_names(model_dir):
 class PaddleRunner(Runner):
     runtime = "paddle"
 
-    def __init__(self, model_dir, *, threads=2, logits=False, precision=None, mkldnn=True, fuse_residual_add=False,
-                 taps=()):
+    def __init__(self, model_dir: str, *, threads: int = 2, logits: bool = False, precision: str | None = None,
+                 mkldnn: bool = True, fuse_residual_add: bool = False, taps: Sequence[str] = ()):
         """model_dir: the export's folder. precision: Paddle Inference on CPU
         computes in f32. fuse_residual_add: see RESIDUAL_FUSE_PASS. taps:
         intermediate variables to return too, under their own names
@@ -135,7 +141,7 @@ class PaddleRunner(Runner):
         self.info.update(mkldnn=mkldnn, memory_optim=True, effective_precision="f32",
                          fuse_residual_add=bool(mkldnn and fuse_residual_add))
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         handle = self.predictor.get_input_handle(self.input_names[0])
         handle.reshape(x.shape)
         handle.copy_from_cpu(x)

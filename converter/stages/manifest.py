@@ -88,8 +88,8 @@ def _parity_lines(parity):
              + ", ".join(os.path.basename(p) for p in parity["images"]) + ". f32 backends are gated on "
              "agreement up to near-ties; reduced precisions on their logit error relative to the largest "
              "logit (budgets in the config; see parity/report.md).", "",
-             "| backend | computes in | gate | lowest agreement | largest flip margin | worst logit error p99 / max "
-             "(relative) | verdict |", "|---|---|---|---|---|---|---|"]
+             *md_table_head("backend", "computes in", "gate", "lowest agreement", "largest flip margin",
+                            "worst logit error p99 / max (relative)", "verdict")]
     failures = parity.get("failures") or []
     for name, entry in parity["results"].items():
         worst = min(m["agreement"] for m in entry["images"].values())
@@ -146,7 +146,7 @@ def model_card(config, manifest, parity, bench=None):
     description = (config.raw.get("description") or "").strip()
     gflops = (f"{config.flops_512x1024 / 1e9:.2f} (paddle.flops at 1x3x512x1024: multiply-accumulates of conv and BN)"
               if config.flops_512x1024 else "unknown")
-    reference = config.published_accuracy
+    published = config.published_accuracy
     lines += [
         (md_cell(description) + " " if description else "") + f"{config.architecture[0].upper()}"
         f"{config.architecture[1:]}: semantic segmentation into {config.num_classes} classes "
@@ -157,8 +157,8 @@ def model_card(config, manifest, parity, bench=None):
         f"| GFLOPs | {gflops} |",
         f"| MParams | {config.params / 1e6:.2f} |" if config.params else "| MParams | unknown |",
         "| source framework | PaddlePaddle |",
-        (f"| reference accuracy | mIoU {100 * reference['miou']:.2f} % on {md_cell(reference['dataset'])} "
-         "(published, not measured here) |") if reference else "| reference accuracy | none published |",
+        (f"| published accuracy | mIoU {100 * published['miou']:.2f} % on {md_cell(published['dataset'])} "
+         "(not measured here) |") if published else "| published accuracy | none published |",
         "", "## Inputs and outputs", "",
         "Original (Paddle inference model, `paddle/`):", "",
         f"- input `{src_in.name}`, float32 [N,3,H,W], {src_in.color}, normalised as {config.normalisation_text()};",

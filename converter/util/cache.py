@@ -9,6 +9,8 @@ first use) seals what this machine writes and later trusts again, such as
 the validate engine's stored per-image results: a result whose seal does not
 verify was not written here, or was changed since.
 """
+from __future__ import annotations
+
 import os
 import sys
 
@@ -16,7 +18,7 @@ SECRET_NAME = "results.key"
 SECRET_BYTES = 32
 
 
-def default_cache_dir():
+def default_cache_dir() -> str:
     """$OCRNET_CONVERT_CACHE, else the platform's user cache folder:
     $XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS,
     %LOCALAPPDATA% on Windows; always with an `ocrnet-convert` subfolder."""
@@ -31,11 +33,11 @@ def default_cache_dir():
     return os.path.join(base, "ocrnet-convert")
 
 
-def cache_path(cache_dir, sha384):
+def cache_path(cache_dir: str, sha384: str) -> str:
     return os.path.join(cache_dir, "sha384", sha384[:2], sha384)
 
 
-def machine_secret(cache_dir=None):
+def machine_secret(cache_dir: str | None = None) -> bytes:
     """This user's secret on this machine, created (0600, O_EXCL) if absent.
     A secret file that is not a regular file of the right size is refused:
     it would let anyone who planted it forge seals."""

@@ -4,6 +4,8 @@ Every artifact is written under a temporary name in the destination folder and
 renamed into place, so a killed process never leaves a half-written file at a
 final path.
 """
+from __future__ import annotations
+
 import contextlib
 import errno
 import hashlib
@@ -12,11 +14,15 @@ import os
 import shutil
 import stat
 import tempfile
+from typing import Any, Callable, Iterable, Iterator, Union
 
 from converter.errors import InputRefused
 
+# a path as the standard library takes it (a layout.Workdir is one too)
+StrPath = Union[str, "os.PathLike[str]"]
 
-def file_digest(path, algo="sha256", chunk=1 << 20):
+
+def file_digest(path: StrPath, algo: str = "sha256", chunk: int = 1 << 20) -> str:
     h = hashlib.new(algo)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
@@ -24,7 +30,7 @@ def file_digest(path, algo="sha256", chunk=1 << 20):
     return h.hexdigest()
 
 
-def open_regular(path, flags=os.O_RDONLY):
+def open_regular(path: StrPath, flags: int = os.O_RDONLY) -> tuple[int, os.stat_result]:
     """(fd, stat) of path, opened only if it is a regular file.
 
     O_NONBLOCK makes the open itself return at once on a FIFO with no writer
@@ -43,7 +49,7 @@ def open_regular(path, flags=os.O_RDONLY):
     return fd, st
 
 
-def read_limited(path, limit, what):
+def read_limited(path: StrPath, limit: int, what: str) -> bytes:
     """The bytes of a regular file of at most `limit` bytes, read once.
 
     A FIFO or device (which could block or never end) and a file larger than
@@ -60,7 +66,7 @@ def read_limited(path, limit, what):
     return data
 
 
-def write_bytes_atomic(path, data):
+def write_bytes_atomic(path: StrPath, data: bytes) -> None:
     """data at path, or nothing there: a temporary file beside it, renamed.
     An I/O error (a full disk, a folder at path) names path, not the
     temporary file."""
@@ -92,11 +98,11 @@ def _umask():
     return current
 
 
-def write_json_atomic(path, obj):
+def write_json_atomic(path: StrPath, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_png_atomic(path, image, optimize=False):
+def write_png_atomic(path: StrPath, image: Any, optimize: bool = False) -> None:
     """image: a PIL Image, or an array Pillow can take."""
     import io
 
@@ -119,7 +125,7 @@ def _pid_alive(pid):
     return True
 
 
-def remove_stale_staging(parent, name):
+def remove_stale_staging(parent: str, name: str) -> None:
     """Remove staging folders of `name` left by runs that are no longer alive
     (SIGKILL, power loss); a live run's folder carries its pid and is kept."""
     prefix, suffix = f".{name}.", ".staging"
@@ -134,7 +140,7 @@ def remove_stale_staging(parent, name):
                 shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
-def disk_nearly_full(folder, margin=64 << 20):
+def disk_nearly_full(folder: str, margin: int = 64 << 20) -> bool:
     try:
         return shutil.disk_usage(folder).free < margin
     except OSError:
@@ -142,7 +148,7 @@ def disk_nearly_full(folder, margin=64 << 20):
 
 
 @contextlib.contextmanager
-def scratch_dir(final_dir):
+def scratch_dir(final_dir: StrPath) -> Iterator[str]:
     """Yield a temporary folder beside final_dir (named with this run's pid,
     so that a later run removes it if this one is killed); it is removed
     when the block ends. A failure caused by a full disk (also inside C++
@@ -168,7 +174,7 @@ def scratch_dir(final_dir):
 
 
 @contextlib.contextmanager
-def staging_dir(final_dir, record=None):
+def staging_dir(final_dir: StrPath, record: str | None = None) -> Iterator[str]:
     """Yield a temporary folder beside final_dir, to be filled with the
     stage's files (subfolders allowed). On success, the old record (if named)
     is removed first, then each file is moved into final_dir with os.replace.
@@ -187,13 +193,13 @@ def staging_dir(final_dir, record=None):
                 os.replace(os.path.join(folder, file_name), os.path.join(target, file_name))
 
 
-def describe_files(folder, names):
+def describe_files(folder: str, names: Iterable[str]) -> dict[str, dict]:
     return {n: {"size": os.path.getsize(os.path.join(folder, n)),
                 "sha256": file_digest(os.path.join(folder, n))} for n in names}
 
 
 @contextlib.contextmanager
-def workdir_lock(folder, shared=False, log=None):
+def workdir_lock(folder: StrPath, shared: bool = False, log: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold an flock on folder/.ocrnet-convert.lock for the duration.
 
     Stages that write take it exclusively; readers (predict, evaluate) take

@@ -7,21 +7,24 @@ stage is up to date when the stored key equals the new one and every output
 still has its recorded hash, and its record is then reused as it is.
 `--force` ignores this.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import os
+from typing import Iterable
 
 from converter.util.fsutil import file_digest
 
 
-def stage_key(params, inputs=()):
+def stage_key(params: dict, inputs: Iterable[str] = ()) -> str:
     h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     for path in inputs:
         h.update(os.path.basename(path).encode() + b"\0" + file_digest(path).encode())
     return h.hexdigest()
 
 
-def source_digest(paths):
+def source_digest(paths: Iterable[str]) -> str:
     """Hash of our own source files that determine a stage's output."""
     h = hashlib.sha256()
     for path in sorted(paths):
@@ -30,10 +33,10 @@ def source_digest(paths):
     return h.hexdigest()
 
 
-def tool_versions(*names):
+def tool_versions(*names: str) -> dict[str, str | None]:
     import importlib.metadata
 
-    out = {}
+    out: dict[str, str | None] = {}
     for name in names:
         try:
             out[name] = importlib.metadata.version(name)

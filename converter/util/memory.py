@@ -1,8 +1,10 @@
 """Giving memory back between runtimes, and measuring a process's peak."""
+from __future__ import annotations
+
 import gc
 
 
-def release_memory():
+def release_memory() -> None:
     """Return freed heap to the system: glibc keeps freed arenas otherwise,
     and the next runtime's allocations would land beside them."""
     gc.collect()
@@ -13,7 +15,7 @@ def release_memory():
         pass
 
 
-def peak_rss_mb():
+def peak_rss_mb() -> float | None:
     """This process's own peak RSS (VmHWM, reset by exec). The parent's
     rusage would also count the parent's size at fork time, which is large
     when `convert` has run the export in-process first."""

@@ -5,9 +5,12 @@ when they miss a package. Inside `no_runtime_installs()`, the environment
 switches those mechanisms off, and a Python audit hook refuses any attempt to
 start pip or another package installer, in this process, with RuntimeInstallBlocked.
 """
+from __future__ import annotations
+
 import contextlib
 import os
 import sys
+from typing import Iterator
 
 from converter.errors import RuntimeInstallBlocked
 
@@ -53,7 +56,7 @@ def _hook(event, args):
 
 
 @contextlib.contextmanager
-def no_runtime_installs():
+def no_runtime_installs() -> Iterator[None]:
     if not _installed[0]:
         sys.addaudithook(_hook)  # audit hooks cannot be removed; _active gates it
         _installed[0] = True

@@ -17,6 +17,8 @@ to them. The handlers are installed during the import (core.init_glog), so
 a process whose other threads could take the signal then should import
 paddle first, while it has no other thread (cli.main does).
 """
+from __future__ import annotations
+
 import contextlib
 import io
 import os
@@ -24,11 +26,12 @@ import signal
 import sys
 import threading
 import warnings
+from typing import Any
 
 _HELD = (signal.SIGTERM, signal.SIGINT)
 
 
-def import_paddle():
+def import_paddle() -> Any:
     if "paddle" in sys.modules:
         return sys.modules["paddle"]
     os.environ.setdefault("GLOG_minloglevel", "2")

@@ -1,10 +1,13 @@
 """Progress of a run over many images: a bar on a terminal, JSON lines otherwise."""
+from __future__ import annotations
+
 import json
 import sys
 import time
+from typing import Callable
 
 
-def progress_printer(what):
+def progress_printer(what: str) -> Callable[[int, int, int, float | None], None]:
     """report(done, total, reused, eta): a tqdm bar with ETA when stderr is
     a terminal; else at most one JSON line a second (and the last one):
     {"event": "progress", "stage", "done", "total", "reused", "eta_seconds"}."""

@@ -6,10 +6,14 @@ parser is not recursive, so the event stream is walked first and a
 document nested deeper than any config needs is refused as invalid YAML
 before anything is built.
 """
+from __future__ import annotations
+
+from typing import Any
+
 MAX_DEPTH = 64
 
 
-def safe_load(data):
+def safe_load(data: str | bytes) -> Any:
     """yaml.safe_load(data), or yaml.YAMLError for a document nested deeper than MAX_DEPTH."""
     import yaml
 
