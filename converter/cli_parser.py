@@ -117,12 +117,13 @@ def _cityscapes(p, help="labelled images in the Cityscapes layout (leftImg8bit/,
     p.add_argument("--split", default="val", help="with --cityscapes (default: %(default)s)")
 
 
-def _limit(p):
-    p.add_argument("--limit", type=_positive(int), help="with --cityscapes: the first N images")
+def _limit(p, help="with --cityscapes: the first N images"):
+    p.add_argument("--limit", type=_positive(int), help=help)
 
 
 def _threads(p, default=None, help="threads per worker (default: cores / workers)"):
-    p.add_argument("--threads", type=_positive(int), default=default,
+    # an int, not _positive: cli._check_counts refuses 0 and more than the cores in one error line
+    p.add_argument("--threads", type=int, default=default,
                    help=help + (" (default: %(default)s)" if default else ""))
 
 
@@ -243,7 +244,7 @@ def _validate(p):
     _cityscapes(p, group=data)
     p.add_argument("--output", required=True, metavar="OUT", help="where results and reports go")
     _backends(p)
-    _limit(p)
+    _limit(p, help="the first N images")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="default: %(default)s")
     p.add_argument("--ray-address", metavar="HOST:PORT", help="join this Ray cluster (default: start one)")
     _workers(p)
@@ -284,7 +285,7 @@ def _evaluate(p):
 
 def _bench(p):
     _input_shape(p, help="must match the artifacts (default: theirs)")
-    p.add_argument("--runs", type=_positive(int), default=5, help="steady runs per backend (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=5, help="steady runs per backend (default: %(default)s)")
     _threads(p, default=2, help="threads per backend")
     _backends(p, help=f"subset to run (default: all of {', '.join(backends.NAMES)})")
     p.add_argument("--engine", action="store_true",

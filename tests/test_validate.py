@@ -279,3 +279,24 @@ def test_a_damaged_stored_result_is_recomputed_not_trusted(lite_build, labelled,
     doc = _doc(out)
     assert (doc["run"]["reused"], doc["run"]["computed"], doc["run"]["refused_stored"]) == (3, 1, 1)
     assert doc["metrics"] == _doc(local_run[0])["metrics"]
+
+
+def test_a_local_worker_has_its_thread_count_from_its_first_instruction(monkeypatch):
+    """OMP_NUM_THREADS is in the worker's environment when it starts, not
+    set once it runs: numpy's thread pool starts while the worker class is
+    unpickled (bench timed backends in such workers). The parent's own value
+    is put back."""
+    from converter.engine.executors import LocalExecutor
+    from tests.env_worker import EnvWorker
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")   # what the worker would inherit without the executor's setting
+    executor = LocalExecutor([{"threads": 3}], EnvWorker)
+    try:
+        handle = executor.submit(0, "describe")
+        answers = dict(executor.wait())
+        while handle not in answers:
+            answers.update(executor.wait())
+    finally:
+        executor.close()
+    assert answers[handle] == {"omp_num_threads_at_import": "3"}
+    assert os.environ["OMP_NUM_THREADS"] == "7"

@@ -20,6 +20,7 @@ worker_class is the Worker to build (default engine.worker.Worker); the engine's
 fault-injection tests pass a subclass of their own. Nothing in the
 environment changes it.
 """
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -47,6 +48,23 @@ def _lost(message, worker, restarted=False):
 def worker_env(specs):
     """What a worker's environment must hold: its thread count."""
     return {"OMP_NUM_THREADS": str(specs[0]["threads"])} if specs else {}
+
+
+@contextlib.contextmanager
+def _environment(env):
+    """os.environ with env set, for as long as a worker process is spawned:
+    the new interpreter then has it from its first instruction, before
+    numpy (imported to unpickle the worker class) starts its thread pool."""
+    old = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def default_worker_class():
@@ -115,7 +133,8 @@ class LocalExecutor:
             for spec in specs:
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=_serve, args=(child, spec, env, worker_class), daemon=True)
-                proc.start()
+                with _environment(env):
+                    proc.start()
                 child.close()
                 self.conns.append(parent)
                 self.procs.append(proc)
