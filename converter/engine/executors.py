@@ -81,7 +81,7 @@ def _serve(conn, spec, env, worker_class):
     # stops the workers; a worker interrupted mid-call would only add noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)
-    from converter.engine.worker import die_with_parent
+    from converter.util.process import die_with_parent
 
     die_with_parent()   # at once: a driver killed meanwhile takes this worker along
     try:

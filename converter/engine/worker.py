@@ -36,16 +36,7 @@ import time
 import numpy as np
 
 from converter.util.memory import peak_rss_mb, release_memory
-
-
-def die_with_parent() -> None:
-    """Linux: SIGKILL this worker when the driver dies, even by SIGKILL."""
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+from converter.util.process import die_with_parent
 
 
 def verify_files(files: dict[str, str], verified: dict) -> None:
