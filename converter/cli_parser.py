@@ -199,8 +199,9 @@ def _export(p):
 
 def _openvino(p):
     _input_shape(p)
-    p.add_argument("--read-from", dest="source", choices=["paddle", "onnx"], default="paddle",
-                   help="the model the IR is read from: the Paddle export (default) or the ONNX model")
+    p.add_argument("--read-from", dest="source", choices=["paddle", "onnx"], default=None,
+                   help="the model the IR is read from: the Paddle export (default for a legacy .pdmodel) or the "
+                        "ONNX model (default, and the only way, for a Paddle 3 PIR export)")
     p.add_argument("--from", dest="source", choices=["paddle", "onnx"], action=_Renamed, new_name="--read-from",
                    help=argparse.SUPPRESS)
     _force(p)

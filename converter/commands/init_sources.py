@@ -91,29 +91,58 @@ def _normalize(transforms, where):
     return None, None
 
 
-def from_inference_model(folder):
-    """{input, output, output_op, num_classes, dtype, mean, std, input_shape, files}."""
-    from converter.runners.paddle_program import (PIR_HINT, check_parameters_file, describe, pir_program,
-                                                  read_program)
+# (program stem, its YAML): PaddleSeg's exporter, and PaddleX's layout
+LAYOUTS = (("model", "deploy.yaml"), ("inference", "inference.yml"))
 
+
+def export_files(folder):
+    """(program, parameters, YAML, format) of an export folder: PaddleSeg's
+    model.{pdmodel|json} + model.pdiparams + deploy.yaml, or PaddleX's
+    inference.{pdmodel|json} + inference.pdiparams + inference.yml. The
+    folder says which; the YAML's Deploy.model is not read (Paddle 3's
+    exporters still write `.pdmodel` there when they save `.json`)."""
     if not os.path.isdir(folder):
         raise ConverterError(f"--inference-model {folder}: not a folder")
-    pir = pir_program(folder)
-    if pir:
-        raise ConverterError(f"{pir}: {PIR_HINT}")
-    model, params = os.path.join(folder, "model.pdmodel"), os.path.join(folder, "model.pdiparams")
-    for path in (model, params):
-        if not os.path.isfile(path):
-            raise ConverterError(f"{path}: missing (a PaddleSeg export holds model.pdmodel, model.pdiparams and "
-                                 "deploy.yaml)")
-    desc = read_program(model)
-    program = describe(desc, model)
+    for stem, yaml_name in LAYOUTS:
+        for ext, fmt in ((".pdmodel", "legacy"), (".json", "pir")):
+            program = os.path.join(folder, stem + ext)
+            if os.path.isfile(program):
+                params = os.path.join(folder, stem + ".pdiparams")
+                if not os.path.isfile(params):
+                    raise ConverterError(f"{params}: missing (the parameters of {os.path.basename(program)})")
+                return program, params, os.path.join(folder, yaml_name), fmt
+    raise ConverterError(f"{folder}: no inference model (PaddleSeg's exporter writes model.pdmodel or, under "
+                         "Paddle 3, model.json, with model.pdiparams and deploy.yaml; PaddleX writes "
+                         "inference.json, inference.pdiparams and inference.yml)")
+
+
+def _program_facts(program, params, fmt):
+    """(describe's facts, parameter count) of either format, read without running it."""
+    if fmt == "pir":
+        from converter.runners.pir_program import check_parameters_file, describe_pir, parameter_count, read_pir
+
+        graph = read_pir(program)
+        facts = describe_pir(graph, program)
+        check_parameters_file(graph, params)
+        # the argmax the export stage appends is fetched under the program's own output name
+        return dict(facts, free_name=facts["output"], format="pir"), parameter_count(graph)
+    from converter.runners.paddle_program import check_parameters_file, describe, read_program
+
+    desc = read_program(program)
+    facts = describe(desc, program)
     check_parameters_file(desc, params)
-    facts = dict(program, mean=None, std=None, input_shape=None, params=_param_count(desc),
+    return dict(facts, format="legacy"), _param_count(desc)
+
+
+def from_inference_model(folder):
+    """{input, output, output_op, num_classes, dtype, mean, std, input_shape, files, format}."""
+    model, params, deploy, fmt = export_files(folder)
+    program, count = _program_facts(model, params, fmt)
+    facts = dict(program, mean=None, std=None, input_shape=None, params=count,
                  files=[_file_facts(model, "inference-model"), _file_facts(params, "inference-params")])
-    deploy = os.path.join(folder, "deploy.yaml")
     if os.path.isfile(deploy):
-        d = _read_yaml(deploy, "deploy.yaml").get("Deploy") or {}
+        name = os.path.basename(deploy)
+        d = _read_yaml(deploy, name).get("Deploy") or {}
         if not isinstance(d, dict):
             raise ConverterError(f"{deploy}: Deploy must be a mapping")
         facts["mean"], facts["std"] = _normalize(d.get("transforms"), deploy)

@@ -57,6 +57,22 @@ def advice(config, backend, first, layers, fq_names):
     return lines
 
 
+def _paddle_activations(paddle_dir):
+    """(activations, bias-add aliases) of the export's program, legacy or PIR,
+    named as the converted models name them."""
+    from converter.runners import is_pir_export
+
+    if is_pir_export(paddle_dir):
+        from converter.runners import pir_program
+
+        program = pir_program.read_pir(os.path.join(paddle_dir, "model.json"))
+        return pir_program.activations(program), pir_program.bias_adds(program)
+    from converter.runners.paddle_program import activations, bias_adds, read_program
+
+    desc = read_program(os.path.join(paddle_dir, "model.pdmodel"))
+    return activations(desc), bias_adds(desc)
+
+
 def layer_report(config, workdir, backend, image, *, shape=None, threads=2, first_only=False, window_mb=None):
     """The diagnose.json document for backend (a registry entry) on one image."""
     from converter.backends import REFERENCE, check_artifacts
@@ -65,7 +81,6 @@ def layer_report(config, workdir, backend, image, *, shape=None, threads=2, firs
     from converter.layout import Workdir
     from converter.records import converted_input_shape
     from converter.runners import make_runner, tap_names
-    from converter.runners.paddle_program import activations, bias_adds, read_program
     from converter.util.log import info
     from converter.engine.layerwise import WINDOW_BYTES, Comparison, add_growth, over, ranked
 
@@ -80,8 +95,7 @@ def layer_report(config, workdir, backend, image, *, shape=None, threads=2, firs
     x_original = prepare(rgb, input_contract(config, "original"))
     x_converted = prepare(rgb, input_contract(config, "converted"))
     paddle_dir, model = Workdir.of(workdir).paddle, backend.model_path(workdir, config)
-    desc = read_program(os.path.join(paddle_dir, "model.pdmodel"))
-    acts = activations(desc)
+    acts, aliases = _paddle_activations(paddle_dir)
     available = tap_names(backend.runtime, model) & {name for name, _, _ in acts}
     extra = {"precision": backend.precision, **({"shape": shape} if backend.runtime == "openvino" else {})}
 
@@ -93,7 +107,7 @@ def layer_report(config, workdir, backend, image, *, shape=None, threads=2, firs
     budget = config.budgets[backend.budget]
     sizes = _sizes(workdir, config, shape)
     comparison = Comparison(acts, original=original, converted=converted, x_original=x_original,
-                            x_converted=x_converted, available=available, sizes=sizes, aliases=bias_adds(desc))
+                            x_converted=x_converted, available=available, sizes=sizes, aliases=aliases)
     comparison.log = info   # one line per window: full size takes minutes
     window = (window_mb << 20) if window_mb else WINDOW_BYTES
     layers, unmatched = comparison.run(budget, first_only, window)

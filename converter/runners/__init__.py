@@ -8,14 +8,24 @@ Which model a backend runs, and how, is in converter.backends.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
+
 from converter.errors import ConverterError, StageError
 from converter.runners.base import Runner
 
 RUNTIMES = ("paddle", "onnxruntime", "openvino")
 
 
-def runner_class(runtime: str) -> type[Runner]:
+def is_pir_export(model_path: str) -> bool:
+    """A Paddle export folder that holds a PIR program (model.json) instead of model.pdmodel."""
+    return os.path.isfile(os.path.join(model_path, "model.json"))
+
+
+def runner_class(runtime: str, model_path: str = "") -> type[Runner]:
+    if runtime == "paddle" and model_path and is_pir_export(model_path):
+        from converter.runners.paddle3 import Paddle3Runner
+        return Paddle3Runner
     if runtime == "paddle":
         from converter.runners.paddle import PaddleRunner
         return PaddleRunner
@@ -29,7 +39,7 @@ def runner_class(runtime: str) -> type[Runner]:
 
 
 def make_runner(runtime: str, model_path: str, threads: int = 2, **options: Any) -> Runner:
-    cls = runner_class(runtime)
+    cls = runner_class(runtime, model_path)
     try:
         return cls(model_path, threads=threads, **options)
     except ConverterError:
@@ -43,6 +53,9 @@ def make_runner(runtime: str, model_path: str, threads: int = 2, **options: Any)
 
 def tap_names(runtime: str, model_path: str) -> set[str]:
     """The intermediate tensors a runtime's model can return by name (taps)."""
+    if runtime == "paddle" and is_pir_export(model_path):
+        from converter.runners import paddle3
+        return paddle3.tap_names(model_path)
     if runtime == "paddle":
         from converter.runners import paddle
         return paddle.tap_names(model_path)

@@ -86,10 +86,7 @@ class OpenVinoRunner(Runner):
         if shape is not None:
             model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
         if taps:
-            ports = tap_ports(model)
-            for name in taps:
-                extra = model.add_outputs([ports[name]])[0]
-                extra.get_tensor().set_names({"tap:" + name})
+            self._add_taps(model, taps)
         if logits:
             argmax = next(op for op in model.get_ordered_ops() if op.get_type_name() in ("TopK", "ArgMax"))
             extra = model.add_outputs([argmax.input_value(0)])[0]
@@ -101,6 +98,20 @@ class OpenVinoRunner(Runner):
         self.request = self.compiled.create_infer_request()
         self.info.update(requested_precision=precision or "default",
                          effective_precision=precision_name(self.compiled))
+
+    @staticmethod
+    def _add_taps(model: Any, taps: Sequence[str]) -> None:
+        """One added output per tensor, named by all its taps: a tensor with two
+        names (paddle2onnx 2.x gives many two) added twice kept only the
+        second name, and the first tap was missing from the results."""
+        ports = tap_ports(model)
+        groups: dict[tuple[str, int], tuple[Any, list[str]]] = {}
+        for name in taps:
+            port = ports[name]
+            groups.setdefault((port.get_node().get_friendly_name(), port.get_index()), (port, []))[1].append(name)
+        for port, names in groups.values():
+            extra = model.add_outputs([port])[0]
+            extra.get_tensor().set_names({"tap:" + n for n in names})
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         result = self.request.infer({0: x})

@@ -14,20 +14,9 @@ from converter.errors import ConverterError, StageError
 
 MAX_PROGRAM_BYTES = 256 << 20   # a PaddleSeg program is a few MB; its weights are in .pdiparams
 INT32 = 2                        # paddle's VarType for int32, as arg_max's dtype attribute takes it
-PIR_HINT = ("this is a paddle 3.x PIR program (.json), which no OpenVINO release (2026.4.1 included) and not "
-            "paddle2onnx 1.3.1 can read: export the legacy format instead, with paddle 3.x "
-            "FLAGS_enable_pir_api=0 (e.g. `FLAGS_enable_pir_api=0 python tools/export.py ...`), which writes "
-            "model.pdmodel and model.pdiparams")
-
-
-def pir_program(folder):
-    """The PIR .json program in folder, if that is what it holds (and no .pdmodel)."""
-    if os.path.isfile(os.path.join(folder, "model.pdmodel")):
-        return None
-    for name in ("model.json", "inference.json"):
-        if os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    return None
+# a JSON file where a ProgramDesc is expected: runners.pir_program reads it
+PIR_HINT = ("this is a Paddle 3 PIR program (.json), not a legacy ProgramDesc: give its folder to "
+            "`init --inference-model`, which converts it with the Paddle 3 toolchain")
 
 
 def read_program(model_path):

@@ -31,15 +31,10 @@ ROLE_FILES = {"inference-model": "model.pdmodel", "inference-params": "model.pdi
 def source_files(config, folder=None):
     """{role: path} of the user's files: in folder (--inference-model), else
     where the config's file:// sources say."""
-    from converter.runners.paddle_program import PIR_HINT, pir_program
     from converter.stages.fetch import local_source
 
-    if folder is not None:
-        if not os.path.isdir(folder):
-            raise ConverterError(f"--inference-model {folder}: not a folder")
-        pir = pir_program(folder)
-        if pir:
-            raise ConverterError(f"{pir}: {PIR_HINT}")
+    if folder is not None and not os.path.isdir(folder):
+        raise ConverterError(f"--inference-model {folder}: not a folder")
     out = {}
     for spec in config.files:
         if spec.role not in ROLE_FILES:
@@ -73,14 +68,8 @@ def _verify(config, files, allow_unverified):
     return out
 
 
-def _program(config, path, params_path, where):
-    """The program to write (None: the copy as it is), and what was changed in it;
-    `where` names the user's file in messages."""
-    from converter.runners.paddle_program import check_parameters_file, describe, read_program, with_argmax
-
-    desc = read_program(path)
-    program = describe(desc, where)
-    check_parameters_file(desc, params_path)
+def _check_interface(config, program, where):
+    """The program is the one the config was written for."""
     if program["output_op"] != config.output_op:
         raise StageError(f"{where}: its output is {program['output_op']}, the config says {config.output_op} "
                          "(model.output_op): run init again")
@@ -89,13 +78,47 @@ def _program(config, path, params_path, where):
     if program["input"] != config.original_input.name:
         raise StageError(f"{where}: its input is {program['input']!r}, the config says "
                          f"{config.original_input.name!r} (original.input.name)")
+    if program["output_op"] == "argmax" and program["output"] != config.original_output.name:
+        raise StageError(f"{where}: its output is {program['output']!r}, the config says "
+                         f"{config.original_output.name!r} (original.output.name)")
+
+
+def _program(config, path, params_path, where):
+    """The program to write (None: the copy as it is), and what was changed in it;
+    `where` names the user's file in messages."""
+    from converter.runners.paddle_program import check_parameters_file, describe, read_program, with_argmax
+
+    desc = read_program(path)
+    program = describe(desc, where)
+    check_parameters_file(desc, params_path)
+    _check_interface(config, program, where)
     if program["output_op"] == "argmax":
-        if program["output"] != config.original_output.name:
-            raise StageError(f"{where}: its output is {program['output']!r}, the config says "
-                             f"{config.original_output.name!r} (original.output.name)")
         return None, "none"
     desc = with_argmax(desc, program["logits"], config.original_output.name)
     return desc.SerializeToString(deterministic=True), f"arg_max over axis 1 of {program['logits']} appended"
+
+
+def _pir_program(config, path, params_path, where):
+    """As _program, for a Paddle 3 PIR program (model.json): the argmax is
+    appended in the JSON, fetched under the program's own output name."""
+    import json
+
+    from converter.runners.pir_program import check_parameters_file, describe_pir, read_pir, with_class_map_output
+
+    graph = read_pir(path)
+    program = describe_pir(graph, where)
+    check_parameters_file(graph, params_path)
+    _check_interface(config, dict(program, output=config.original_output.name if program["output_op"] != "argmax"
+                                  else program["output"]), where)
+    changed, change = with_class_map_output(graph, program)
+    return (None if changed is None else json.dumps(changed, separators=(",", ":")).encode()), change
+
+
+def _staged_name(role, source):
+    """Its name in WORKDIR/paddle: model.pdmodel or model.json (by the format), model.pdiparams, deploy.yaml."""
+    if role == "inference-model" and source.endswith(".json"):
+        return "model.json"
+    return STAGED[role]
 
 
 STAGED = {"inference-model": "model.pdmodel", "inference-params": "model.pdiparams", "deploy-config": "deploy.yaml"}
@@ -108,21 +131,23 @@ def _stage_copies(config, files, provenance, tmp):
     program if the config asks for one. Returns what was changed."""
     from converter.stages.fetch import file_sha384
 
-    for role, name in STAGED.items():
+    for role in STAGED:
         if role not in files:
             continue
-        copy = os.path.join(tmp, name)
+        copy = os.path.join(tmp, _staged_name(role, files[role]))
         shutil.copyfile(files[role], copy)
         if file_sha384(copy) != provenance[role]["sha384"]:
             raise StageError(f"{files[role]}: changed while it was being copied (its bytes are not the ones "
                              "just verified); run again")
-    program, change = _program(config, os.path.join(tmp, "model.pdmodel"), os.path.join(tmp, "model.pdiparams"),
-                               files["inference-model"])
+    name = _staged_name("inference-model", files["inference-model"])
+    reader = _pir_program if name == "model.json" else _program
+    program, change = reader(config, os.path.join(tmp, name), os.path.join(tmp, "model.pdiparams"),
+                             files["inference-model"])
     info(f"export: taking the inference model {os.path.dirname(files['inference-model'])}"
          + (f" ({change})" if program else ""))
     if program is not None:
-        os.unlink(os.path.join(tmp, "model.pdmodel"))
-        with open(os.path.join(tmp, "model.pdmodel"), "wb") as fh:
+        os.unlink(os.path.join(tmp, name))
+        with open(os.path.join(tmp, name), "wb") as fh:
             fh.write(program)
     return change
 

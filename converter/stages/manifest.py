@@ -53,6 +53,12 @@ def build_manifest(config, workdir, parity, records):
                       and os.path.basename(rel) not in RECORD_NAMES})
     export, onnx_rec, ov_rec = records["export"], records.get("onnx"), records.get("openvino")
     versions = system_info()["versions"]
+    pir = "model.json" in export.files
+    if pir:
+        from converter.runners import paddle3
+
+        # the PIR program's reference (Paddle 3 Inference) and its ONNX conversion ran there
+        versions = dict(versions, paddle3_toolchain=paddle3.versions())
     return {
         "schema": "ocrnet-convert/manifest/1",
         "model": config.name,
@@ -61,9 +67,11 @@ def build_manifest(config, workdir, parity, records):
         "versions": versions,
         "stages": {
             "export": {"without_argmax": export.params.get("without_argmax"), "input": export.input,
-                       "output": export.output},
+                       "output": export.output, "format": "pir" if pir else "legacy",
+                       "changed": (export.weights or {}).get("changed")},
             "onnx": {"opset": onnx_rec.params.get("opset"), "input_shape": onnx_rec.params.get("input_shape"),
-                     "preprocessing": onnx_rec.params.get("preprocessing")} if onnx_rec else None,
+                     "preprocessing": onnx_rec.params.get("preprocessing"), "route": onnx_rec.params.get("route"),
+                     "converter": onnx_rec.params.get("converter")} if onnx_rec else None,
             "openvino": {"source": ov_rec.params.get("source"), "input_shape": ov_rec.params.get("input_shape"),
                          "precisions": ov_rec.params.get("precisions"),
                          "preprocessing": ov_rec.params.get("preprocessing")} if ov_rec else None,
@@ -131,6 +139,23 @@ def _model_api_lines(entry, config):
     return lines
 
 
+def _tool_lines(manifest):
+    """The tools, and for a PIR export the Paddle 3 toolchain and the route each artifact took."""
+    versions = dict(manifest["versions"])
+    toolchain = versions.pop("paddle3_toolchain", None)
+    lines = ["Tools: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v and not isinstance(v, dict)) + "."]
+    if toolchain:
+        lines.append("Paddle 3 toolchain (an isolated interpreter; it ran the original PIR program as the parity "
+                     "reference and converted it to ONNX): "
+                     + ", ".join(f"{k} {v}" for k, v in toolchain.items()) + ".")
+    stages = manifest["stages"]
+    if stages.get("onnx") and stages["onnx"].get("route"):
+        ov = stages.get("openvino") or {}
+        lines.append(f"Route: {stages['export'].get('format', 'legacy')} export; ONNX: {stages['onnx']['route']}; "
+                     f"IR read from: {ov.get('source', 'not built')}.")
+    return lines
+
+
 def model_card(config, manifest, parity, bench=None):
     weights = manifest["weights"] or {}
     synthetic = weights.get("kind") == "synthetic"
@@ -177,7 +202,7 @@ def model_card(config, manifest, parity, bench=None):
              f" ({md_cell(weights.get('source'))}, sha384 {weights.get('sha384')}" if weights.get("sha384") else " (")
          + f", verified: {weights.get('verified')})."),
         f"Config: `{manifest['config']['path']}` (sha256 {manifest['config']['sha256']}).",
-        "Tools: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items() if v) + ".",
+        *_tool_lines(manifest),
         "Every file with its sha256 is listed in `MANIFEST.json`.", "",
         "## Licence", "", f"{md_cell(config.license)}. " + ("The model and its weights come from PaddleSeg "
                                                               "(https://github.com/PaddlePaddle/PaddleSeg), "

@@ -15,6 +15,7 @@ supported by ONNX Runtime and OpenVINO's ONNX frontend.
 Output: the config's converted output, int32 [1,H,W] (ArgMax's int64 cast back
 to the int32 that paddle.argmax(dtype='int32') gives in the original).
 """
+import json
 import os
 import time
 
@@ -46,10 +47,15 @@ def check_paddle_export(workdir):
     record = verified_record(workdir, "export")
     if record.params.get("without_argmax"):
         raise StageError(f"{folder} holds a --without-argmax export; convert an export with argmax")
-    for name in ("model.pdmodel", "model.pdiparams"):
+    for name in (program_name(record), "model.pdiparams"):
         if name not in record.files:
             raise StageError(f"{Workdir.of(workdir).record('export')} does not list {name}")
     return folder, record
+
+
+def program_name(export_record):
+    """model.json for a Paddle 3 PIR export, else model.pdmodel."""
+    return "model.json" if "model.json" in export_record.files else "model.pdmodel"
 
 
 def prepend_preprocessing(model, shape, pre):
@@ -126,15 +132,49 @@ def _paddle2onnx(program_path, params_path, opset):
             raise StageError(f"paddle2onnx 1.3.1 failed: {first[:300]}") from None
 
 
-def _onnx_from(raw, paddle_dir, shape, pre):
+def _onnx_from(raw, paddle_dir, shape, pre, producer="paddle2onnx 1.3.1"):
     import onnx
 
     model = onnx.load_from_string(raw)
     if len(model.graph.input) != 1 or len(model.graph.output) != 1:
-        raise StageError(f"paddle2onnx produced a graph with {len(model.graph.input)} inputs and "
+        raise StageError(f"{producer} produced a graph with {len(model.graph.input)} inputs and "
                          f"{len(model.graph.output)} outputs from {paddle_dir}; expected one of each")
-    model.producer_name = "ocrnet-convert (paddle2onnx 1.3.1)"
+    model.producer_name = f"ocrnet-convert ({producer})"
     return prepend_preprocessing(model, shape, pre)
+
+
+def _paddle2onnx_pir(program, params_path, opset):
+    """paddle2onnx 2.x, in the Paddle 3 toolchain's interpreter: the ONNX bytes."""
+    import tempfile
+
+    from converter.runners import paddle3
+
+    with tempfile.TemporaryDirectory(prefix="ocrnet-p2o-") as tmp:
+        program_path = program if isinstance(program, str) else os.path.join(tmp, "model.json")
+        if not isinstance(program, str):
+            with open(program_path, "w") as fh:
+                json.dump(program, fh)
+        out = os.path.join(tmp, "model.onnx")
+        paddle3.convert(program_path, params_path, out, opset=opset)
+        with open(out, "rb") as fh:
+            return fh.read()
+
+
+def convert_pir_to_onnx(paddle_dir, shape, opset, pre):
+    """convert_to_onnx for a PIR export (model.json), by paddle2onnx 2.x."""
+    from converter.runners import paddle3
+    from converter.runners.pir_program import read_pir, with_static_input
+
+    producer = f"paddle2onnx {paddle3.versions()['paddle2onnx']}, Paddle 3 toolchain"
+    program_path, params_path = (os.path.join(paddle_dir, n) for n in ("model.json", "model.pdiparams"))
+    graph = read_pir(program_path)
+    try:
+        raw = _paddle2onnx_pir(program_path, params_path, opset)
+        return _onnx_from(raw, paddle_dir, shape, pre, producer), "as exported"
+    except ShapeInferenceFailed as exc:
+        info(f"onnx: {exc}; converting again with the program's input fixed to {list(shape)}")
+    raw = _paddle2onnx_pir(with_static_input(graph, list(shape)), params_path, opset)
+    return _onnx_from(raw, paddle_dir, shape, pre, producer), f"input fixed to {list(shape)}"
 
 
 def convert_to_onnx(paddle_dir, shape, opset, pre):
@@ -179,25 +219,40 @@ def _save_checked(model, tmp, stem):
         raise StageError(f"onnx checker rejected the model: {str(exc).splitlines()[0]}") from None
     import onnxruntime as ort
 
-    ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # loads, or raises
+    options = ort.SessionOptions()
+    options.log_severity_level = 3   # errors only: paddle2onnx 2.x leaves unused constants, which ORT warns of
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])  # loads, or raises
     return onnx_name
+
+
+def _tools(pir):
+    """The converters' versions, which the ONNX bytes depend on."""
+    from converter.util.incremental import tool_versions
+
+    if pir:
+        from converter.runners import paddle3
+
+        return dict(paddle3.versions(), onnx_here=tool_versions("onnx")["onnx"])
+    return tool_versions("paddlepaddle", "paddle2onnx", "onnx")
 
 
 def run(config, workdir, *, shape=None, force=False):
     """The ONNX model, converted from the export by paddle2onnx, its preprocessing baked in."""
-    from converter.util.incremental import stage_key, tool_versions
+    from converter.util.incremental import stage_key
 
     start = time.perf_counter()
     shape = tuple(shape or config.converted_shape)
     paddle_dir, export_record = check_paddle_export(workdir)
+    pir = program_name(export_record) == "model.json"
     key = stage_key({"stage": "onnx", "shape": list(shape), "opset": config.onnx_opset, "pre": config.baked(),
-                     "tools": tool_versions("paddlepaddle", "paddle2onnx", "onnx")},
-                    [os.path.join(paddle_dir, n) for n in ("model.pdmodel", "model.pdiparams")])
+                     "tools": _tools(pir)},
+                    [os.path.join(paddle_dir, n) for n in (program_name(export_record), "model.pdiparams")])
 
     def build(tmp):
         info(f"onnx: converting {paddle_dir} with paddle2onnx (opset {config.onnx_opset}), input {list(shape)}...")
         pre = dict(config.baked(), color=config.converted_input.color, normalisation=config.normalisation_text())
-        model, program_input = convert_to_onnx(paddle_dir, shape, config.onnx_opset, pre)
+        model, program_input = (convert_pir_to_onnx if pir else convert_to_onnx)(paddle_dir, shape,
+                                                                                 config.onnx_opset, pre)
         onnx_name = _save_checked(model, tmp, config.name)
         preprocessing = f"Gather{pre['order']} axis 1, Sub {_text(pre['mean'])}, Div {_text(pre['scale'])}"
         return Written(files=describe_files(tmp, [onnx_name]), names=[onnx_name], fields=dict(
@@ -206,6 +261,8 @@ def run(config, workdir, *, shape=None, force=False):
                    "color": config.converted_input.color, "range": "0..255"},
             output={"name": model.graph.output[0].name, "dtype": "int32", "shape": [shape[0], shape[2], shape[3]]},
             params={"opset": config.onnx_opset, "input_shape": list(shape), "paddle_program": program_input,
-                    "preprocessing": preprocessing}))
+                    "preprocessing": preprocessing, "converter": model.producer_name,
+                    "route": ("PIR model.json -> paddle2onnx 2.x (Paddle 3 toolchain)" if pir
+                              else "model.pdmodel -> paddle2onnx 1.3.1")}))
     return run_stage("onnx", Workdir.of(workdir).stage_folder("onnx"), key=key, force=force, build=build,
                      start=start)

@@ -57,6 +57,18 @@ def build_ir(source_path, shape, pre, from_onnx=False):
     return model
 
 
+def _choose_source(workdir, source):
+    """paddle for a legacy export, onnx for a PIR one (OpenVINO reads no PIR
+    program: openvino#30911), unless asked; asking for paddle on PIR is an error."""
+    from converter.stages.onnx import program_name
+
+    pir = program_name(verified_record(workdir, "export")) == "model.json"
+    if pir and source == "paddle":
+        raise StageError("OpenVINO reads no Paddle 3 PIR program (model.json; openvino#30911): the IR of a PIR "
+                         "export is read from its ONNX model (--read-from onnx, the default for it)")
+    return source or ("onnx" if pir else "paddle")
+
+
 def _source(config, workdir, source):
     """(the model the IR is read from, the export's record, the input files of the key)."""
     if source == "onnx":
@@ -113,14 +125,16 @@ def _fields(config, model, *, export_record, source, shape, pre):
                 "precisions": {"FP32": "weights f32", "FP16": "weights compressed to f16 (compress_to_fp16)"}})
 
 
-def run(config, workdir, *, shape=None, source="paddle", force=False):
-    """The FP32 and FP16 IRs, read from the export (source "paddle") or the ONNX model ("onnx")."""
+def run(config, workdir, *, shape=None, source=None, force=False):
+    """The FP32 and FP16 IRs, read from the export (source "paddle") or the ONNX model ("onnx");
+    None: the export for a legacy program, the ONNX model for a PIR one."""
     from converter.stages.ir_metadata import class_map_description, model_info
     from converter.util.incremental import stage_key, tool_versions
 
     start = time.perf_counter()
     workdir = Workdir.of(workdir)
     shape, pre = tuple(shape or config.converted_shape), config.baked()
+    source = _choose_source(workdir, source)
     src, export_record, inputs = _source(config, workdir, source)
     metadata = model_info(config, class_map_description(config))
     key = stage_key({"stage": "openvino", "shape": list(shape), "source": source, "pre": pre, "model_info": metadata,
