@@ -220,6 +220,8 @@ def _cmd_init(args, config):
     raw = run_init(args)
     m = raw["model"]
     what = f"OCRNet-{m['backbone']}" if m["arch"] == "ocrnet" else f"a Paddle inference model (output {m['output_op']})"
+    if any(f["name"].endswith(".json") for f in raw["files"] if f["role"] == "inference-model"):
+        what += ", a Paddle 3 PIR program (converted with the Paddle 3 toolchain)"
     h, w = raw["converted"]["input"]["shape"][2:]
     print(shown(f"init: {args.output}: {what}, {m['num_classes']} classes, converted at {h}x{w}"))
     return 0
