@@ -274,3 +274,87 @@ def test_the_no_install_guard_holds_paddle2onnx_2s_polygraphy_back(tiny_softmax,
     assert [s for s in seen["passed"] if "pip" in s] == [], seen   # and the guard stopped every one
     assert any(s in seen["passed"] for s in seen["tried"] if "pip" not in s)   # the control: others pass
     assert seen["installed"] == [] and (tmp_path / "m.onnx").is_file()
+
+
+def test_sigterm_while_paddle_3_runs_takes_its_process_along(tiny_build, tmp_path):
+    """The Paddle 3 reference runs in a child of the isolated interpreter: a
+    SIGTERM to the run while that child computes is exit 143, one line, and
+    no child left (nor a staging folder)."""
+    import signal
+    import time
+
+    import psutil
+
+    config, work, _ = tiny_build
+    linked = tmp_path / "w"
+    linked.mkdir()
+    for name in ("paddle", "onnx", "openvino"):
+        os.symlink(work / name, linked / name)
+    proc = subprocess.Popen([sys.executable, "-m", "converter", "parity", "--config", str(config), "--workdir",
+                             str(linked), "--images", SAMPLES, "--workers", "1"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, bridges = time.time() + 120, []
+    while not bridges and time.time() < deadline and proc.poll() is None:
+        bridges = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "paddle3_bridge.py" in " ".join(p.cmdline()) and "serve" in p.cmdline()]
+        time.sleep(0.2)
+    assert bridges, "the Paddle 3 reference never started"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "error: terminated" and "Traceback" not in err
+    time.sleep(1)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in bridges)
+    assert sorted(os.listdir(linked)) in (["onnx", "openvino", "paddle"],
+                                          [".ocrnet-convert.lock", "onnx", "openvino", "paddle"])
+
+
+def test_mutated_pir_programs_are_read_or_refused_never_crash(tiny_softmax, tmp_path):
+    """A thousand seeded mutations of a real program (keys dropped, values
+    replaced by other JSON types): every reader and editor of runners.pir_program
+    either works or raises a ConverterError; before the guards, ids that were
+    lists or dicts, attributes that were not objects and a fetch without an
+    output raised TypeError, AttributeError, KeyError and IndexError."""
+    import copy
+    import random
+
+    from converter.errors import ConverterError
+    from converter.runners import pir_program as pp
+
+    base = json.loads((tiny_softmax / "model.json").read_text())
+    junk = [None, [], {}, "x", -1, 10 ** 20, 1.5, True, [1], {"%": [1]}, {"#": "1.argmax"}]
+    places = []
+
+    def walk(obj, path):
+        for key, value in (obj.items() if isinstance(obj, dict) else enumerate(obj)):
+            places.append(path + (key,))
+            if isinstance(value, (dict, list)):
+                walk(value, path + (key,))
+    walk(base, ())
+    rng, outcomes = random.Random(0), {"read": 0, "refused": 0}
+    for _ in range(1000):
+        program = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 3)):
+            path = rng.choice(places)
+            try:
+                parent = program
+                for key in path[:-1]:
+                    parent = parent[key]
+                if isinstance(parent, dict) and rng.random() < 0.3:
+                    parent.pop(path[-1], None)
+                else:
+                    parent[path[-1]] = rng.choice(junk)
+            except (KeyError, IndexError, TypeError):
+                pass   # an earlier mutation moved this place
+        (tmp_path / "m.json").write_text(json.dumps(program))
+        try:
+            graph = pp.read_pir(str(tmp_path / "m.json"))
+            found = pp.describe_pir(graph, "m")
+            pp.with_class_map_output(graph, found)
+            pp.with_fetches(graph, [found["logits"]], ["logits"])
+            pp.with_static_input(graph, [1, 3, 64, 64])
+            pp.activations(graph), pp.bias_adds(graph), pp.parameter_count(graph)
+            outcomes["read"] += 1
+        except ConverterError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] >= 50 and outcomes["read"] >= 500, outcomes

@@ -20,7 +20,9 @@ from typing import Any
 from converter.errors import ConverterError, InputRefused, StageError
 from converter.util.fsutil import read_limited
 
-MAX_PROGRAM_BYTES = 256 << 20   # as runners.paddle_program: weights are in .pdiparams
+# W48's program is 1.2 MB (its weights are in .pdiparams); parsed, JSON takes
+# about ten times its size in Python objects
+MAX_PROGRAM_BYTES = 64 << 20
 DIALECTS = {"0": "builtin", "1": "pd_op", "2": "cf", "3": "custom_op", "4": "pd_dist"}
 PROGRAM_NAMES = ("model.json", "inference.json")
 # control flow, whose blocks paddle2onnx 2.x converts only in part; refused by name
@@ -84,9 +86,14 @@ def outputs(op: dict) -> list[dict]:
     return [o for o in found if isinstance(o, dict)]
 
 
+def _id(value: Any) -> Any:
+    """A value id as a key: paddle writes ints; anything unhashable is no id."""
+    return value if isinstance(value, (int, str)) else None
+
+
 def inputs(op: dict) -> list[Any]:
     found = op.get("I", [])
-    return [i.get("%") for i in found if isinstance(i, dict)] if isinstance(found, list) else []
+    return [_id(i.get("%")) for i in found if isinstance(i, dict)] if isinstance(found, list) else []
 
 
 def attr(op: dict, name: str) -> Any:
@@ -94,10 +101,22 @@ def attr(op: dict, name: str) -> Any:
     if op.get("#") == "p":
         found = op.get("A")
         return found[-1] if name == "name" and isinstance(found, list) and found else None
-    for a in op.get("A", []) if isinstance(op.get("A"), list) else []:
-        if isinstance(a, dict) and a.get("N") == name and isinstance(a.get("AT"), dict):
+    for a in _attributes(op):
+        if a.get("N") == name:
             return a["AT"].get("D")
     return None
+
+
+def _attributes(op: dict) -> list[dict]:
+    """An op's well-formed attributes ({"N": name, "AT": {"#": type, "D": value}})."""
+    found = op.get("A")
+    return [a for a in found if isinstance(a, dict) and isinstance(a.get("AT"), dict)] if isinstance(found, list) else []
+
+
+def _set_attribute(op: dict, name: str, value: Any) -> None:
+    for a in _attributes(op):
+        if a.get("N") == name:
+            a["AT"]["D"] = value
 
 
 def value_type(value: dict) -> tuple[str | None, list[int] | None]:
@@ -114,7 +133,7 @@ def value_type(value: dict) -> tuple[str | None, list[int] | None]:
 
 def _values(block_ops):
     """{value id: (the op that writes it, the value)}."""
-    return {o.get("%"): (op, o) for op in block_ops for o in outputs(op)}
+    return {_id(o.get("%")): (op, o) for op in block_ops for o in outputs(op) if _id(o.get("%")) is not None}
 
 
 def _single(block_ops, name, where):
@@ -167,7 +186,7 @@ def describe_pir(program: dict, where: str) -> dict:
     values = _values(block_ops)
     feed, fetch = _single(block_ops, "pd_op.data", where), _single(block_ops, "pd_op.fetch", where)
     fetched = (inputs(fetch) or [None])[0]
-    if fetched not in values or not outputs(feed):
+    if fetched not in values or not outputs(feed) or not outputs(fetch):
         raise ConverterError(f"{where}: its pd_op.fetch reads no value the program writes (not a program paddle "
                              "writes)")
     kind, logits, keepdims = _output_op(values, fetched, where)
@@ -274,9 +293,7 @@ def with_class_map_output(program: dict, found: dict) -> tuple[dict | None, str]
     class_map = _tensor_type("i32", [dims[0], dims[2], dims[3]])
     if found["output_op"] == "argmax":
         argmax = values[inputs(fetch)[0]][0]
-        for a in argmax["A"]:
-            if a.get("N") == "keepdims":
-                a["AT"]["D"] = False
+        _set_attribute(argmax, "keepdims", False)
         outputs(argmax)[0]["TT"] = copy.deepcopy(class_map)
         change = "the argmax's kept class axis dropped"
     else:
@@ -296,9 +313,7 @@ def with_static_input(program: dict, shape: list[int]) -> dict:
 
     out = copy.deepcopy(program)
     feed = next(op for op in ops(out) if op_name(op) == "pd_op.data")
-    for a in feed.get("A", []):
-        if a.get("N") == "shape" and isinstance(a.get("AT"), dict):
-            a["AT"]["D"] = list(shape)
+    _set_attribute(feed, "shape", list(shape))
     value = outputs(feed)[0]
     dtype, _ = value_type(value)
     value["TT"] = _tensor_type(dtype or "f32", list(shape))
@@ -316,13 +331,11 @@ def converted_names(program: dict) -> dict[Any, str]:
     names = {}
     for op in ops(program):
         name = op_name(op)
-        if name == "builtin.parameter":
-            for o in outputs(op):
-                names[o.get("%")] = str(attr(op, "name"))
-            continue
         for index, o in enumerate(outputs(op)):
-            names[o.get("%")] = f"p2o.{name}.{counts[name]}.{index}"
-        counts[name] += 1
+            if _id(o.get("%")) is not None:
+                names[_id(o.get("%"))] = (str(attr(op, "name")) if name == "builtin.parameter"
+                                          else f"p2o.{name}.{counts[name]}.{index}")
+        counts[name] += name != "builtin.parameter"
     return names
 
 
@@ -339,8 +352,8 @@ def activations(program: dict) -> list[tuple[str, str, list[str]]]:
         sources = [names[i] for i in inputs(op) if i in names]
         for o in outputs(op):
             dtype, dims = value_type(o)
-            if dtype == "f32" and dims:
-                out.append((names[o.get("%")], name.partition(".")[2], sources))
+            if dtype == "f32" and dims and _id(o.get("%")) in names:
+                out.append((names[_id(o.get("%"))], name.partition(".")[2], sources))
     return out
 
 
@@ -354,8 +367,10 @@ def bias_adds(program: dict) -> dict[str, str]:
         if op_name(op) != "pd_op.add" or len(ids) != 2 or not outputs(op):
             continue
         first, second = (values.get(i, (None, None))[0] for i in ids)
-        if first and second and op_name(first) == "pd_op.conv2d" and op_name(second) in from_parameter:
-            found[names[ids[0]]] = names[outputs(op)[0].get("%")]
+        written = _id(outputs(op)[0].get("%"))
+        if (first and second and op_name(first) == "pd_op.conv2d" and op_name(second) in from_parameter
+                and ids[0] in names and written in names):
+            found[names[ids[0]]] = names[written]
     return found
 
 
