@@ -110,7 +110,9 @@ def attr(op: dict, name: str) -> Any:
 def _attributes(op: dict) -> list[dict]:
     """An op's well-formed attributes ({"N": name, "AT": {"#": type, "D": value}})."""
     found = op.get("A")
-    return [a for a in found if isinstance(a, dict) and isinstance(a.get("AT"), dict)] if isinstance(found, list) else []
+    if not isinstance(found, list):
+        return []
+    return [a for a in found if isinstance(a, dict) and isinstance(a.get("AT"), dict)]
 
 
 def _set_attribute(op: dict, name: str, value: Any) -> None:
