@@ -358,3 +358,39 @@ def test_mutated_pir_programs_are_read_or_refused_never_crash(tiny_softmax, tmp_
         except ConverterError:
             outcomes["refused"] += 1
     assert outcomes["refused"] >= 50 and outcomes["read"] >= 500, outcomes
+
+
+def test_a_head_like_pp_litesegs_converts_at_its_static_size_and_diagnose_reads_it(tmp_path):
+    """paddle2onnx 2.x converts an adaptive pool only at a static input size:
+    the dynamic export is one line naming the op (before: 'There are
+    unsupported features.', which names nothing) and saying what to do. The
+    static export converts at its size; init takes that size, and refuses
+    another. diagnose leaves out the depthwise convolution OpenVINO folds its
+    BatchNorm into (before: a false divergence there, rel. p99 0.03)."""
+    import yaml
+
+    dynamic = make_export("pooled", tmp_path / "dynamic", "paddleseg", "argmax")
+    proc = run_cli("init", "--inference-model", str(dynamic), "--output", str(tmp_path / "d.yaml"),
+                   "--input-shape", "1,3,128,256")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("convert", "--config", str(tmp_path / "d.yaml"), "--workdir", str(tmp_path / "dw"))
+    one_line_error(proc, 8, "[OP: pd_op.pool2d] Adaptive only support static input shape",
+                   "also with the program's input fixed to [1, 3, 128, 256]", "--input_shape 1 3 H W")
+    static = make_export("pooled", tmp_path / "static", "paddleseg", "argmax", "128", "256")
+    config, work = tmp_path / "s.yaml", tmp_path / "sw"
+    one_line_error(run_cli("init", "--inference-model", str(static), "--output", str(config), "--input-shape",
+                           SHAPE), 2, "exported at a static 128x256")
+    proc = run_cli("init", "--inference-model", str(static), "--output", str(config))
+    assert proc.returncode == 0 and "converted at 128x256" in proc.stdout, proc.stderr
+    raw = yaml.safe_load(config.read_text())
+    assert raw["converted"]["input"]["shape"] == [1, 3, 128, 256]
+    assert raw["quantize"]["calibration_tile"] == raw["model_api"]["check_tile"] == [128, 256]
+    for stage in ("export", "onnx", "openvino", "model-api"):
+        proc = run_cli(stage, "--config", str(config), "--workdir", str(work))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("diagnose", "--config", str(config), "--workdir", str(work), "--backend", "openvino-fp32-f32",
+                   "--output", str(tmp_path / "diag"))
+    assert proc.returncode == 0 and "no tensor over the budget" in proc.stdout.splitlines()[-1], proc.stdout
+    report = json.loads(next((tmp_path / "diag").rglob("diagnose.json")).read_text())
+    compared = {layer["tensor"] for layer in report["layers"]}
+    assert "p2o.pd_op.depthwise_conv2d.0.0" not in compared and "p2o.pd_op.batch_norm_.1.0" in compared

@@ -110,11 +110,26 @@ def _from_inference_model(args, train):
                              "--paddleseg-config or --labels")
     _check_class_count(classes, args.paddleseg_config if not facts["classes"] else args.inference_model)
     model = {"arch": "paddle-inference", "num_classes": classes, "output_op": facts["output_op"]}
+    dims = facts.get("input_dims") or []
+    if len(dims) == 4 and min(dims[2:]) > 0:
+        model["static_input"] = list(dims[2:])   # init's own mark, not written to the config
     if facts["params"]:
         model["params"] = facts["params"]
     output = facts["output"] if facts["output_op"] == "argmax" else facts["free_name"]
     norm = (facts["mean"], facts["std"]) if facts["mean"] else None
-    return model, facts["files"], facts["input"], output, facts["dtype"], (norm, facts["input_shape"])
+    return model, facts["files"], facts["input"], output, facts["dtype"], (norm, _size_of(args, facts))
+
+
+def _size_of(args, facts):
+    """deploy.yaml's size; a program exported at a static size converts at that size only
+    (its reshapes hold it: at another, the converted graph does not load)."""
+    dims = facts.get("input_dims") or []
+    if len(dims) != 4 or min(dims[2:]) <= 0:
+        return facts["input_shape"]
+    if args.input_shape and list(args.input_shape[2:]) != list(dims[2:]):
+        raise ConverterError(f"--input-shape: {args.inference_model} was exported at a static "
+                             f"{dims[2]}x{dims[3]}; it converts at that size (omit --input-shape)")
+    return list(dims[2:])
 
 
 def build(args):
@@ -154,6 +169,15 @@ def build(args):
                             output=dict(raw["converted"]["output"], name=out, shape=[1, h, w], dtype=dtype))
     if model["arch"] != "ocrnet":
         raw["quantize"]["ignored_scope"] = "none"
+    static = model.pop("static_input", None)
+    if static:
+        # a program exported at a static size takes no other (not even rounded
+        # to 32): convert, calibrate and check at it
+        h, w = static
+        raw["converted"]["input"]["shape"] = [1, 3, h, w]
+        raw["converted"]["output"]["shape"] = [1, h, w]
+        raw["quantize"]["calibration_tile"] = [h, w]
+        raw["model_api"]["check_tile"] = [h, w]
     try:
         validate(raw, args.output)
     except ConfigError as exc:

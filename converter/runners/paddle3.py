@@ -46,15 +46,25 @@ def _command(*args: str) -> list[str]:
     return [toolchain_python(), "-I", BRIDGE, *args]
 
 
+def _converter_says(lines: list[str]) -> str:
+    """What paddle2onnx said was wrong: the line naming the op ("[OP: pd_op.pool2d]
+    Adaptive only support static input shape.") or the opset it wants, before
+    its closing "There are unsupported features." (which names nothing)."""
+    specific = [ln for ln in lines if "[OP:" in ln or "opset_version to" in ln]
+    found = (specific or [ln for ln in lines if "[ERROR]" in ln] or lines[-1:])
+    return "; ".join(dict.fromkeys(ln.replace("[ERROR][Paddle2ONNX] ", "").replace("[Paddle2ONNX] ", "")[:200]
+                                   for ln in found[:3]))
+
+
 def _failure(what: str, returncode: int, stderr: bytes) -> StageError:
-    """The bridge's own `error:` line, or how it died."""
+    """The bridge's own `error:` line, or how it died and what the converter said before."""
     lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
     said = [ln[len("error: "):] for ln in lines if ln.startswith("error: ")]
     if said:
         return StageError(f"{what}: {said[-1]}")
     if returncode < 0:
         return StageError(f"{what}: the Paddle 3 toolchain died by {signal.Signals(-returncode).name}"
-                          + (f" ({lines[-1][:200]})" if lines else ""))
+                          + (f" (paddle2onnx: {_converter_says(lines)})" if lines else ""))
     return StageError(f"{what}: the Paddle 3 toolchain failed (exit {returncode})"
                       + (f": {lines[-1][:200]}" if lines else ""))
 
@@ -74,17 +84,18 @@ def versions() -> dict[str, str]:
     return json.loads(done.stdout)
 
 
-def convert(model: str, params: str, out: str, *, opset: int) -> None:
+def convert(model: str, params: str, out: str, *, opset: int, where: str | None = None) -> None:
     """paddle2onnx 2.x: the PIR program to an ONNX file (in a child: an
     unsupported opset aborts paddle2onnx's process)."""
     try:
-        done = subprocess.run(_command("convert", model, params, out, str(opset)), capture_output=True,
-                              timeout=CONVERT_SECONDS, preexec_fn=_start_child)
+        # paddle2onnx's C++ says which op it refuses on stdout: both streams are read
+        done = subprocess.run(_command("convert", model, params, out, str(opset)), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=CONVERT_SECONDS, preexec_fn=_start_child)
     except subprocess.TimeoutExpired:
         raise StageError(f"paddle2onnx {versions()['paddle2onnx']} did not finish converting {model} in "
                          f"{CONVERT_SECONDS} s") from None
     if done.returncode != 0 or not os.path.isfile(out):
-        raise _failure(f"onnx: converting {model}", done.returncode, done.stderr)
+        raise _failure(f"onnx: converting {where or model}", done.returncode, done.stdout)
 
 
 def tap_names(model_dir: str) -> set[str]:

@@ -146,11 +146,11 @@ def check(config, parent_xml, flavour_model, images, threads=2):
     return figures
 
 
-def check_images(config):
-    """The bundled samples at the check tile, as the converted models take them."""
+def check_images(config, hw=None):
+    """The bundled samples at the check tile (or hw), as the converted models take them."""
     from converter.data.images import input_contract, load_rgb, prepare, resize_rgb, sample_images
 
-    h, w = config.model_api["check_tile"]
+    h, w = hw or config.model_api["check_tile"]
     contract = input_contract(config, "converted")
     return [(os.path.basename(p), prepare(resize_rgb(load_rgb(p), w, h), contract)) for p in sample_images()]
 
@@ -164,17 +164,36 @@ def _flavour_of(core, parent_xml, rel, *, output, metadata, probabilities):
         raise StageError(f"cannot derive the Model API flavour of {rel}: {str(exc).splitlines()[0]}") from None
 
 
+def _check_hw(core, parent_xml, tile):
+    """The check tile, or, for an IR that cannot take it (a program exported at a
+    static size, whose reshapes hold that size), the IR's own input size."""
+    import openvino as ov
+
+    model = core.read_model(parent_xml)
+    try:
+        model.reshape({model.inputs[0]: ov.PartialShape([1, 3, *tile])})
+        return list(tile)
+    except Exception:
+        shape = model.inputs[0].get_partial_shape()
+        if shape.is_dynamic:
+            raise StageError(f"{parent_xml}: the IR takes neither the check tile {list(tile)} nor a static "
+                             "input size") from None
+        info(f"model_api: {os.path.basename(parent_xml)} cannot be reshaped to the check tile {list(tile)}; "
+             f"checked at its own size {list(shape.to_shape())[2:]}")
+        return list(shape.to_shape())[2:]
+
+
 def _build_flavours(config, workdir, tmp, *, found, metadata, threads):
     """Each parent's flavour, written and gated as written; (files, names, checks, the images)."""
     import openvino as ov
 
-    images = check_images(config)
     core, files, checks, names = ov.Core(), {}, {}, []
+    hw = _check_hw(core, workdir.file(next(iter(found.values()))), config.model_api["check_tile"])
+    images = check_images(config, hw)
     stem_files = [config.name + ".xml", config.name + ".bin"]
     for precision, rel in found.items():
         parent_xml = workdir.file(rel)
-        info(f"model_api: {precision}: Softmax flavour of {rel}, checked on {len(images)} samples at "
-             f"{config.model_api['check_tile']}...")
+        info(f"model_api: {precision}: Softmax flavour of {rel}, checked on {len(images)} samples at {hw}...")
         flavour = _flavour_of(core, parent_xml, rel, output=config.model_api["output"], metadata=metadata,
                               probabilities=config.output_op == "softmax")
         os.makedirs(os.path.join(tmp, precision))
@@ -215,7 +234,7 @@ def run(config, workdir, *, threads=None, force=False):
             weights=ov_record.weights, input=ov_record.input,
             output={"name": output, "shape": [shape[0], config.num_classes, shape[2], shape[3]], "dtype": "float32"},
             params={"built_from": built_from, "left_out": left_out, "openvino": ov.__version__,
-                    "check": {"images": [name for name, _ in images], "tile": config.model_api["check_tile"],
+                    "check": {"images": [name for name, _ in images], "tile": [int(v) for v in images[0][1].shape[2:]],
                               "precision_hint": "f32", "min_agreement": config.min_agreement,
                               "tie_margin": config.tie_margin, "results": checks}}))
     return run_stage("model_api", workdir.stage_folder("model_api"), key=key, force=force, build=build, start=start,

@@ -143,7 +143,7 @@ def _onnx_from(raw, paddle_dir, shape, pre, producer="paddle2onnx 1.3.1"):
     return prepend_preprocessing(model, shape, pre)
 
 
-def _paddle2onnx_pir(program, params_path, opset):
+def _paddle2onnx_pir(program, params_path, opset, where):
     """paddle2onnx 2.x, in the Paddle 3 toolchain's interpreter: the ONNX bytes."""
     import tempfile
 
@@ -155,7 +155,7 @@ def _paddle2onnx_pir(program, params_path, opset):
             with open(program_path, "w") as fh:
                 json.dump(program, fh)
         out = os.path.join(tmp, "model.onnx")
-        paddle3.convert(program_path, params_path, out, opset=opset)
+        paddle3.convert(program_path, params_path, out, opset=opset, where=where)
         with open(out, "rb") as fh:
             return fh.read()
 
@@ -169,11 +169,18 @@ def convert_pir_to_onnx(paddle_dir, shape, opset, pre):
     program_path, params_path = (os.path.join(paddle_dir, n) for n in ("model.json", "model.pdiparams"))
     graph = read_pir(program_path)
     try:
-        raw = _paddle2onnx_pir(program_path, params_path, opset)
+        raw = _paddle2onnx_pir(program_path, params_path, opset, program_path)
         return _onnx_from(raw, paddle_dir, shape, pre, producer), "as exported"
-    except ShapeInferenceFailed as exc:
+    except StageError as exc:
+        # ShapeInferenceFailed, or paddle2onnx refusing a dynamic shape
+        # ("[OP: pd_op.pool2d] Adaptive only support static input shape")
         info(f"onnx: {exc}; converting again with the program's input fixed to {list(shape)}")
-    raw = _paddle2onnx_pir(with_static_input(graph, list(shape)), params_path, opset)
+    try:
+        raw = _paddle2onnx_pir(with_static_input(graph, list(shape)), params_path, opset, program_path)
+    except StageError as exc:
+        hint = ("; export the model at a static size (PaddleSeg: tools/export.py --input_shape 1 3 H W)"
+                if "static input shape" in str(exc) else "; the ONNX opset is the config's converted.onnx_opset")
+        raise StageError(f"{exc} (also with the program's input fixed to {list(shape)}){hint}") from None
     return _onnx_from(raw, paddle_dir, shape, pre, producer), f"input fixed to {list(shape)}"
 
 
@@ -221,7 +228,11 @@ def _save_checked(model, tmp, stem):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3   # errors only: paddle2onnx 2.x leaves unused constants, which ORT warns of
-    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])  # loads, or raises
+    try:
+        ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:   # onnxruntime's Fail, InvalidGraph, ...: the converter wrote a graph ORT rejects
+        raise StageError(f"ONNX Runtime cannot load the converted model: {str(exc).strip().splitlines()[0][:300]}"
+                         ) from None
     return onnx_name
 
 

@@ -92,7 +92,15 @@ def _convert(src, shape, pre, source, metadata):
     except StageError:
         raise
     except Exception as exc:
-        raise StageError(f"OpenVINO conversion failed: {str(exc).splitlines()[0]}") from None
+        raise StageError(f"OpenVINO conversion failed: {_what_failed(str(exc))}") from None
+
+
+def _what_failed(text):
+    """The ops OpenVINO's frontend could not convert (its report's summary lines),
+    else its first line: the first line alone is a C++ source location."""
+    summary = [ln.strip("- ").strip() for ln in text.split("Summary:", 1)[-1].splitlines()
+               if ln.strip().startswith("--")] if "Summary:" in text else []
+    return "; ".join(summary)[:400] if summary else text.strip().splitlines()[0][:300]
 
 
 def _save(model, tmp, stem):
