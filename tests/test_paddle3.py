@@ -94,6 +94,7 @@ def test_the_reference_is_paddle_3_running_the_users_program(tiny_build):
     assert (converted == class_map).mean() > 0.999
 
 
+@pytest.mark.slow   # the default tier's 10 minutes: tests/test_paddle3.py keeps the rest
 def test_quantize_diagnose_and_package_run_on_a_pir_build(tiny_build, tmp_path):
     config, work, _ = tiny_build
     done = {}
@@ -116,6 +117,7 @@ def test_quantize_diagnose_and_package_run_on_a_pir_build(tiny_build, tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("OK"), proc.stderr
 
 
+@pytest.mark.slow   # the default tier's 10 minutes: tests/test_paddle3.py keeps the rest
 def test_a_paddlex_layout_with_a_kept_class_axis_is_read_and_converted(tmp_path):
     folder = make_export("tiny", tmp_path / "px", "paddlex", "argmax")
     assert sorted(os.listdir(folder)) == ["inference.json", "inference.pdiparams", "inference.yml"]
@@ -310,7 +312,7 @@ def test_sigterm_while_paddle_3_runs_takes_its_process_along(tiny_build, tmp_pat
 
 
 def test_mutated_pir_programs_are_read_or_refused_never_crash(tiny_softmax, tmp_path):
-    """A thousand seeded mutations of a real program (keys dropped, values
+    """Four hundred seeded mutations of a real program (keys dropped, values
     replaced by other JSON types): every reader and editor of runners.pir_program
     either works or raises a ConverterError; before the guards, ids that were
     lists or dicts, attributes that were not objects and a fetch without an
@@ -332,7 +334,7 @@ def test_mutated_pir_programs_are_read_or_refused_never_crash(tiny_softmax, tmp_
                 walk(value, path + (key,))
     walk(base, ())
     rng, outcomes = random.Random(0), {"read": 0, "refused": 0}
-    for _ in range(1000):
+    for _ in range(400):
         program = copy.deepcopy(base)
         for _ in range(rng.randint(1, 3)):
             path = rng.choice(places)
@@ -357,9 +359,10 @@ def test_mutated_pir_programs_are_read_or_refused_never_crash(tiny_softmax, tmp_
             outcomes["read"] += 1
         except ConverterError:
             outcomes["refused"] += 1
-    assert outcomes["refused"] >= 50 and outcomes["read"] >= 500, outcomes
+    assert outcomes["refused"] >= 20 and outcomes["read"] >= 200, outcomes
 
 
+@pytest.mark.slow   # the default tier's 10 minutes: tests/test_paddle3.py keeps the rest
 def test_a_head_like_pp_litesegs_converts_at_its_static_size_and_diagnose_reads_it(tmp_path):
     """paddle2onnx 2.x converts an adaptive pool only at a static input size:
     the dynamic export is one line naming the op (before: 'There are
