@@ -47,6 +47,7 @@ def tiny_build(tiny_softmax, tmp_path_factory):
     return config, work, run_cli("convert", "--config", str(config), "--workdir", str(work))
 
 
+@pytest.mark.slow   # the default tier's 10 minutes: tests/test_paddle3.py keeps the rest
 def test_a_pir_export_of_another_architecture_converts_to_passed(tiny_softmax, tiny_build):
     config, work, proc = tiny_build
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,6 +71,7 @@ def test_a_pir_export_of_another_architecture_converts_to_passed(tiny_softmax, t
     assert report["passed"] is True
 
 
+@pytest.mark.slow   # the default tier's 10 minutes: tests/test_paddle3.py keeps the rest
 def test_the_reference_is_paddle_3_running_the_users_program(tiny_build):
     """Paddle 3 Inference's class map equals the argmax of the program's own
     softmax output, fetched from the same run (and the ONNX model agrees)."""
@@ -141,6 +143,7 @@ def test_a_paddlex_layout_with_a_kept_class_axis_is_read_and_converted(tmp_path)
     assert proc.returncode == 0 and (work / "onnx" / "px.onnx").read_bytes() == first
 
 
+@pytest.mark.slow   # the default tier's 10 minutes: tests/test_paddle3.py keeps the rest
 def test_what_a_pir_build_cannot_do_is_one_line(tiny_build, tmp_path):
     config, work, _ = tiny_build
     one_line_error(run_cli("openvino", "--config", str(config), "--workdir", str(work), "--read-from", "paddle"),
@@ -221,6 +224,7 @@ def test_the_pir_reader_refuses_what_is_not_a_segmentation_program(tiny_softmax,
         read_pir(str(tmp_path / "fifo.json"))
 
 
+@pytest.mark.slow   # the default tier's 10 minutes: tests/test_paddle3.py keeps the rest
 def test_init_refuses_a_pir_export_in_one_line(tiny_softmax, tmp_path):
     import shutil
 
@@ -278,6 +282,7 @@ def test_the_no_install_guard_holds_paddle2onnx_2s_polygraphy_back(tiny_softmax,
     assert seen["installed"] == [] and (tmp_path / "m.onnx").is_file()
 
 
+@pytest.mark.slow   # the default tier's 10 minutes: tests/test_paddle3.py keeps the rest
 def test_sigterm_while_paddle_3_runs_takes_its_process_along(tiny_build, tmp_path):
     """The Paddle 3 reference runs in a child of the isolated interpreter: a
     SIGTERM to the run while that child computes is exit 143, one line, and
