@@ -56,17 +56,10 @@ def program_with_logits(model_path: str, out_path: str) -> str:
     and the logits come from one run of the shipped network (the same values
     as the --without-argmax export; tests/test_export.py checks it). Returns
     the name of the logits variable."""
-    from converter.errors import ConverterError
-    from converter.runners.paddle_program import describe
+    from converter.runners.paddle_program import argmax_logits, describe
 
     desc = check_program(model_path)
-    try:
-        program = describe(desc, model_path)
-    except ConverterError as exc:
-        raise StageError(str(exc)) from None
-    if program["output_op"] != "argmax":
-        raise StageError(f"{model_path}: its output is not an arg_max over the classes; is this an argmax export?")
-    source = program["logits"]
+    source = argmax_logits(describe, desc, model_path)
     with open(out_path, "wb") as fh:
         fh.write(program_with_fetches(desc, [source]).SerializeToString())
     return source

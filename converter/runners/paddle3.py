@@ -108,6 +108,7 @@ def tap_names(model_dir: str) -> set[str]:
 def _program_for(model_dir: str, tmp: str, *, logits: bool, taps: Sequence[str]) -> str:
     """The program to load: the export's model.json, or a copy that also
     fetches the class scores (`logits`) and the taps, under their names."""
+    from converter.runners.paddle_program import argmax_logits
     from converter.runners.pir_program import describe_pir, read_pir, with_fetches, with_taps
 
     path = os.path.join(model_dir, "model.json")
@@ -115,13 +116,7 @@ def _program_for(model_dir: str, tmp: str, *, logits: bool, taps: Sequence[str])
     if not logits and not taps:
         return path
     if logits:
-        try:
-            found = describe_pir(program, path)
-        except ConverterError as exc:
-            raise StageError(str(exc)) from None
-        if found["output_op"] != "argmax":
-            raise StageError(f"{path}: its output is not an arg_max over the classes; is this an argmax export?")
-        program = with_fetches(program, [found["logits"]], ["logits"])
+        program = with_fetches(program, [argmax_logits(describe_pir, program, path)], ["logits"])
     if taps:
         program = with_taps(program, list(taps))
     patched = os.path.join(tmp, "model.json")

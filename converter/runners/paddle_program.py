@@ -19,13 +19,36 @@ PIR_HINT = ("this is a Paddle 3 PIR program (.json), not a legacy ProgramDesc: g
             "`init --inference-model`, which converts it with the Paddle 3 toolchain")
 
 
+def program_bytes(path, limit, what):
+    """A program file's bytes (legacy or PIR): at most limit, from a regular
+    file; a StageError naming the file otherwise."""
+    from converter.errors import InputRefused
+    from converter.util.fsutil import read_limited
+
+    try:
+        return read_limited(path, limit, what)
+    except InputRefused as exc:
+        raise StageError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise StageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def argmax_logits(describe, program, where):
+    """The class scores an argmax program's output is taken from (for a runner's
+    logits); describe: paddle_program.describe or pir_program.describe_pir."""
+    try:
+        found = describe(program, where)
+    except ConverterError as exc:
+        raise StageError(str(exc)) from None
+    if found["output_op"] != "argmax":
+        raise StageError(f"{where}: its output is not an arg_max over the classes; is this an argmax export?")
+    return found["logits"]
+
+
 def read_program(model_path):
     """The parsed ProgramDesc of model.pdmodel; a StageError for anything else."""
     from google.protobuf.message import DecodeError
 
-    from converter.errors import InputRefused
-
-    from converter.util.fsutil import read_limited
     from converter.util.paddle_env import import_paddle
 
     if model_path.endswith(".json"):
@@ -33,13 +56,9 @@ def read_program(model_path):
     import_paddle()
     from paddle.base.proto import framework_pb2
 
+    data = program_bytes(model_path, MAX_PROGRAM_BYTES, "Paddle program")
     try:
-        data = read_limited(model_path, MAX_PROGRAM_BYTES, "Paddle program")
         desc = framework_pb2.ProgramDesc.FromString(data)
-    except InputRefused as exc:
-        raise StageError(f"{model_path}: {exc}") from None
-    except OSError as exc:
-        raise StageError(f"cannot read {model_path}: {exc.strerror}") from None
     except (DecodeError, ValueError, RuntimeError):
         if data.lstrip()[:1] in (b"{", b"["):
             raise StageError(f"{model_path}: {PIR_HINT}") from None

@@ -17,8 +17,7 @@ import math
 import os
 from typing import Any
 
-from converter.errors import ConverterError, InputRefused, StageError
-from converter.util.fsutil import read_limited
+from converter.errors import ConverterError, StageError
 
 # W48's program is 1.2 MB (its weights are in .pdiparams); parsed, JSON takes
 # about ten times its size in Python objects
@@ -42,12 +41,9 @@ def pir_program(folder: str) -> str | None:
 
 def read_pir(path: str) -> dict:
     """The parsed program; a StageError naming the file for anything that is not one."""
-    try:
-        data = read_limited(path, MAX_PROGRAM_BYTES, "Paddle PIR program")
-    except InputRefused as exc:
-        raise StageError(f"{path}: {exc}") from None
-    except OSError as exc:
-        raise StageError(f"cannot read {path}: {exc.strerror}") from None
+    from converter.runners.paddle_program import program_bytes
+
+    data = program_bytes(path, MAX_PROGRAM_BYTES, "Paddle PIR program")
     try:
         program = json.loads(data)
     except RecursionError:
