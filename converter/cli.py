@@ -177,8 +177,9 @@ def _cmd_model_api(args, config):
 
     result = model_api.run(config, args.workdir, threads=args.threads, force=args.force)
     checks = result.record.params["check"]["results"]
-    _print_result(result, ", argmax vs parent: " + ", ".join(f"{p} {c['agreement_min']:.4%}"
-                                                              for p, c in checks.items()))
+    _print_result(result, ", vs parent: " + ", ".join(
+        f"{p} argmax {c['agreement_min']:.4%}, probabilities within {c.get('max_probability_error', 0.0):.2g}"
+        for p, c in checks.items()))
     return 0
 
 

@@ -60,6 +60,8 @@ def _twin(parent_xml, tail):
     (lambda ops, logits: ops.softmax(logits, 3), "disagrees"),           # over the width, not the classes
     (lambda ops, logits: logits, "not per-class probabilities"),          # scores, argmax intact
     (lambda ops, logits: ops.softmax(ops.multiply(logits, ops.constant(np.float32(-1))), 1), "disagrees"),
+    # argmax intact, the probabilities 1 % too sharp: only the comparison with the Softmax trips
+    (lambda ops, logits: ops.softmax(ops.multiply(logits, ops.constant(np.float32(1.01))), 1), "differ from the Softmax"),
 ])
 def test_the_check_trips_on_a_wrong_tail(lite_build, sample_input, tail, why):
     config = lite_config()
@@ -77,3 +79,32 @@ def test_an_ir_without_an_argmax_is_refused(lite_build):
     flavour = ov.Core().read_model(str(lite_build / "openvino" / "model_api" / "FP32" / f"{STEM}.xml"))
     with pytest.raises(StageError, match="does not end in an ArgMax"):
         model_api.logits_of(flavour)
+
+
+def _scaled_parent(parent_xml, factor, path):
+    """The parent IR with its class scores multiplied by factor before the
+    ArgMax: factor 1e-13 gives the all-tie scores of untrained weights."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    model = ov.Core().read_model(parent_xml)
+    logits = model_api.logits_of(model)
+    argmax = next(iter(logits.get_target_inputs()))
+    argmax.replace_source_output(ops.multiply(logits, ops.constant(np.float32(factor))).output(0))
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return str(path)
+
+
+def test_a_flavour_of_all_tie_scores_passes_on_its_probabilities(lite_build, sample_input, tmp_path):
+    config = lite_config()
+    parent = _scaled_parent(str(lite_build / "openvino" / "FP32" / f"{STEM}.xml"), 1e-13, tmp_path / "tie.xml")
+    good = model_api.make_flavour(__import__("openvino").Core().read_model(parent), "p", {})
+    figures = model_api.check(config, parent, good, [sample_input])
+    # the argmax among equal probabilities is the first class: most pixels
+    # differ from the parent's map, each of them a tie
+    assert figures["agreement_min"] < config.min_agreement
+    assert figures["max_flip_margin"] < 1e-11 and figures["max_probability_error"] < 1e-6
+    # negative control: the same parent, a flavour ending in the Softmax of the unscaled scores
+    with pytest.raises(ParityFailure, match="differ from the Softmax"):
+        model_api.check(config, parent, _twin(parent, lambda ops, z: ops.softmax(
+            ops.multiply(z, ops.constant(np.float32(1e13))), 1)), [sample_input])

@@ -135,7 +135,10 @@ def _model_api_lines(entry, config):
              "each class (openvino-model-api 0.1.5-0.4.7 cannot post-process a class-map output). Gated "
              f"against its parent IR on {len(check['images'])} samples at {check['tile'][0]}x{check['tile'][1]}, "
              "f32: argmax agreement " + ", ".join(f"{p} {100 * r['agreement_min']:.4f} %"
-                                                  for p, r in check["results"].items()) + ".", ""]
+                                                  for p, r in check["results"].items())
+             + " (differences only at near-ties); largest difference from the Softmax of the parent's scores "
+             + ", ".join(f"{p} {r.get('max_probability_error', 0.0):.2g}" for p, r in check["results"].items())
+             + ".", ""]
     return lines
 
 
