@@ -148,7 +148,8 @@ def _figures(parent, twin, images, num_classes, scores_are_probabilities):
                                                float(np.abs(probs - expected).max()))
         figures["max_sum_error"] = max(figures["max_sum_error"],
                                        float(np.abs(probs.sum(0, dtype=np.float64) - 1).max()))
-        figures["min"], figures["max"] = min(figures["min"], float(probs.min())), max(figures["max"], float(probs.max()))
+        figures["min"] = min(figures["min"], float(probs.min()))
+        figures["max"] = max(figures["max"], float(probs.max()))
     return figures
 
 
