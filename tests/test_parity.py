@@ -38,9 +38,10 @@ def test_class_iou_ignores_absent_classes():
     assert class_iou(ref, ref, 19) == {0: 1.0, 2: 1.0}
 
 
-def _result(agreement, margin, gated=True, rel=1e-6):
+def _result(agreement, margin, gated=True, rel=1e-6, scale=10.0):
     return {"b": {"gated": gated, "budget": "f32", "images": {"i.png": {
-        "agreement": agreement, "max_flip_margin": margin, "logit_error": {"rel_p99": rel, "rel_max": rel}}}}}
+        "agreement": agreement, "max_flip_margin": margin,
+        "logit_error": {"rel_p99": rel, "rel_max": rel, "ref_abs_max": scale}}}}}
 
 
 def test_f32_gate_needs_agreement_near_ties_and_f32_sized_errors():
@@ -51,6 +52,19 @@ def test_f32_gate_needs_agreement_near_ties_and_f32_sized_errors():
     too_big = cfg.budgets["f32"]["rel_max"] * 2   # bf16-sized errors on an f32 backend
     assert [f for f in gate(_result(1.0, 0.0, rel=too_big), cfg) if "f32 budget" in f]
     assert gate(_result(0.5, 9.0, gated=False), cfg) == []  # reported backends are not gated
+
+
+def test_the_near_tie_bound_follows_logits_too_large_for_tau():
+    # A PaddleSeg Deeplabv3-R101 export with its own initialisation: logits of
+    # 1.2e6 (one f32 ulp: 0.125), one pixel flipped with a margin of 0.97
+    cfg = lite_config()
+    assert cfg.tie_margin == 0.01 and cfg.budgets["f32"]["rel_p99"] == 1e-4
+    assert gate(_result(0.99999, 0.97, scale=1.2e6), cfg) == []
+    # the bound is 1e-4 of the scale (120 here), not any margin at all
+    assert "near-tie bound 120 flipped" in gate(_result(0.99999, 121.0, scale=1.2e6), cfg)[0]
+    # logits up to 100: tau itself, as before
+    assert "near-tie bound 0.01 flipped" in gate(_result(0.99999, 0.011, scale=100.0), cfg)[0]
+    assert gate(_result(0.99999, 0.0099, scale=100.0), cfg) == []
 
 
 @pytest.fixture(scope="module")

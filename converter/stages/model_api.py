@@ -131,7 +131,7 @@ def _figures(parent, twin, images, num_classes, scores_are_probabilities):
     from converter.engine.gates import compare
 
     figures = {"agreement_min": 1.0, "disagree": 0, "max_flip_margin": 0.0, "max_probability_error": 0.0,
-               "max_sum_error": 0.0, "min": 1.0, "max": 0.0}
+               "max_sum_error": 0.0, "min": 1.0, "max": 0.0, "scores_abs_max": 0.0}
     for x in images:
         out = parent.create_infer_request().infer({0: x})
         classes, scores = out[parent.outputs[0]][0], out[parent.outputs[1]][0]
@@ -141,6 +141,7 @@ def _figures(parent, twin, images, num_classes, scores_are_probabilities):
                                 f"expected {list(scores.shape)} (class scores)")
         m = compare(classes, probs.argmax(0), scores, None, num_classes)
         expected = _expected_probabilities(scores, scores_are_probabilities)
+        figures["scores_abs_max"] = max(figures["scores_abs_max"], float(np.abs(scores).max()))
         figures["agreement_min"] = min(figures["agreement_min"], m["agreement"])
         figures["disagree"] += m["disagree"]
         figures["max_flip_margin"] = max(figures["max_flip_margin"], m.get("max_flip_margin", 0.0))
@@ -161,21 +162,23 @@ def check(config, parent_xml, flavour_model, images, threads=2, *, scores_are_pr
     The gate: the output is probabilities; they are the Softmax of the
     parent's class scores to within PROBABILITY_TOLERANCE; and every pixel
     whose argmax differs from the parent's class map is a near-tie (top-2
-    margin of the parent's scores < tau). Agreement itself is reported, not
+    margin of the parent's scores < gates.tie_bound). Agreement itself is reported, not
     gated: where the scores tie to within f32's resolution of a probability
     (untrained weights give scores of 1e-13), the Softmax's argmax picks
     among equal values, which is not an error of the flavour."""
     import openvino as ov
+    from converter.engine.gates import tie_bound
 
     core = ov.Core()
     shape = images[0].shape
     parent = _compiled(core, parent_xml, shape, threads, with_logits=True)
     twin = _compiled(core, flavour_model, shape, threads)
     figures = _figures(parent, twin, images, config.num_classes, scores_are_probabilities)
-    if not figures["max_flip_margin"] < config.tie_margin:
+    tie = tie_bound(config, figures["scores_abs_max"])
+    if not figures["max_flip_margin"] < tie:
         raise ParityFailure(f"the Model API flavour's argmax disagrees with its parent {parent_xml} on "
                             f"{figures['disagree']} pixel(s), one with a top-2 margin of "
-                            f"{figures['max_flip_margin']:.4g} (tau {config.tie_margin})")
+                            f"{figures['max_flip_margin']:.4g} (near-tie bound {tie:.4g})")
     if not (figures["max_sum_error"] <= SUM_TOLERANCE and figures["min"] >= 0 and figures["max"] <= 1):
         raise ParityFailure(f"the Model API flavour's output is not per-class probabilities: values in "
                             f"[{figures['min']:.4g}, {figures['max']:.4g}], sums off 1 by up to "

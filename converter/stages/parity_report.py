@@ -78,8 +78,8 @@ def _gate_text(budget, thresholds):
     if budget == "f32":
         bound = thresholds["budgets"]["f32"]
         return (f"agreement >= {_pct(thresholds['min_agreement'])}, every flip a near-tie "
-                f"(top-2 margin < {thresholds['tie_margin']}), relative logit error p99 <= {bound['rel_p99']}, "
-                f"max <= {bound['rel_max']}")
+                f"(top-2 margin < {thresholds['tie_margin']}, or {bound['rel_p99']} of the largest |logit| "
+                f"if more), relative logit error p99 <= {bound['rel_p99']}, max <= {bound['rel_max']}")
     bound = thresholds["budgets"][budget]
     return f"{budget} budget: relative logit error p99 <= {bound['rel_p99']}, max <= {bound['rel_max']}"
 
