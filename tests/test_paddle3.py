@@ -69,6 +69,10 @@ def test_a_pir_export_of_another_architecture_converts_to_passed(tiny_softmax, t
     assert "Paddle 3 toolchain" in card and "paddlepaddle 3.3.1, paddle2onnx 2.1.0" in card
     report = json.loads((work / "parity" / "report.json").read_text())
     assert report["passed"] is True
+    # the report names the Paddle that ran the reference, not only this interpreter's
+    assert report["system"]["paddle3_toolchain"]["paddlepaddle"] == "3.3.1"
+    assert "Paddle 3 toolchain (it ran the original PIR program, the reference): paddlepaddle 3.3.1" in (
+        work / "parity" / "report.md").read_text()
 
 
 @pytest.mark.slow   # the default tier's 10 minutes: tests/test_paddle3.py keeps the rest

@@ -87,6 +87,7 @@ def test_parity_passes_on_correct_conversion(parity_workdir):
                                       "openvino-fp16-default"}
     assert report["runs"]["openvino-fp32-f32"]["info"]["effective_precision"].endswith("32")
     assert report["weights"]["kind"] == "synthetic"
+    assert "paddle3_toolchain" not in report["system"]   # a legacy program's reference ran here
     for image in ("street_1", "street_2", "street_3"):
         assert (parity_workdir / "parity" / f"{image}.png").stat().st_size > 10_000
     assert "# Parity report" in (parity_workdir / "parity" / "report.md").read_text()

@@ -11,6 +11,7 @@ from converter.util.incremental import tool_versions
 from converter.util.text import md_cell, md_table_head, shown
 from converter.layout import Workdir
 from converter.records import export_weights
+from converter.runners import is_pir_export
 
 PANEL = (512, 256)
 LIBRARIES = ("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "openvino", "nncf", "numpy", "pillow")
@@ -175,6 +176,9 @@ def _system_and_failures(record):
     lines = ["", "## System", "", f"CPU: {sysinfo['cpu']} ({sysinfo['cores']} cores); flags: "
              + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in sysinfo["cpu_flags"].items()),
              "", "Versions: " + ", ".join(f"{k} {v}" for k, v in sysinfo["versions"].items()), ""]
+    if sysinfo.get("paddle3_toolchain"):
+        lines[-1:-1] = ["", "Paddle 3 toolchain (it ran the original PIR program, the reference): "
+                        + ", ".join(f"{k} {v}" for k, v in sysinfo["paddle3_toolchain"].items())]
     if record["failures"]:
         lines += ["## Failures", ""]
         for name, d in (record.get("diagnose") or {}).items():
@@ -194,6 +198,11 @@ def write_report(config, workdir, record, maps):
     out = workdir.parity
     os.makedirs(out, exist_ok=True)
     record["system"] = system_info()
+    if is_pir_export(workdir.paddle):
+        from converter.runners import paddle3
+
+        # the reference of a PIR program ran in the Paddle 3 toolchain, not in this interpreter's paddle
+        record["system"]["paddle3_toolchain"] = paddle3.versions()
     record["weights"] = export_weights(workdir)
     paths = []
     for name, image_maps in maps:
