@@ -54,6 +54,25 @@ def test_f32_gate_needs_agreement_near_ties_and_f32_sized_errors():
     assert gate(_result(0.5, 9.0, gated=False), cfg) == []  # reported backends are not gated
 
 
+def test_non_finite_logits_are_named_not_reported_as_an_error_of_nan():
+    cfg = lite_config()
+    ref = np.zeros((3, 4, 4), np.float32)
+    got = ref.copy()
+    got[1, 2, :] = [np.inf, -np.inf, np.nan, 1.0]   # what an f32 overflow leaves (SeaFormer, PaddleSeg's init)
+    err = compare(ref.argmax(0), got.argmax(0), ref, got, 3)["logit_error"]
+    assert (err["ref_nonfinite"], err["got_nonfinite"]) == (0, 3)
+    result = {"b": {"gated": True, "budget": "fp16", "images": {"i.png": {"agreement": 1.0, "logit_error": err}}}}
+    assert gate(result, cfg) == ["b on i.png: the converted logits hold 3 NaN or inf value(s) where the "
+                                 "original's are finite (diagnose names the first tensor that overflows)"]
+    err = compare(got.argmax(0), ref.argmax(0), got, ref, 3)["logit_error"]   # the original overflowed
+    result["b"]["images"]["i.png"]["logit_error"] = err
+    assert "the original's own logits hold 3 NaN or inf" in gate(result, cfg)[0]
+    # the control: finite logits give no such failure
+    err = compare(ref.argmax(0), ref.argmax(0), ref, ref + 1e-9, 3)["logit_error"]
+    result["b"]["images"]["i.png"]["logit_error"] = err
+    assert gate(result, cfg) == []
+
+
 def test_the_near_tie_bound_follows_logits_too_large_for_tau():
     # A PaddleSeg Deeplabv3-R101 export with its own initialisation: logits of
     # 1.2e6 (one f32 ulp: 0.125), one pixel flipped with a margin of 0.97

@@ -43,13 +43,18 @@ def logit_error(ref_logits: np.ndarray, got_logits: np.ndarray) -> dict:
     """Absolute and relative (to the image's largest |reference logit|)
     error statistics. float32 differences are exact to within one ulp of the
     logits, far below anything reported; the mean accumulates in float64."""
-    err = np.abs(np.asarray(got_logits, np.float32) - np.asarray(ref_logits, np.float32))
+    ref, got = np.asarray(ref_logits, np.float32), np.asarray(got_logits, np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(got - ref)
     abs_max, abs_mean = float(err.max()), float(err.mean(dtype=np.float64))
     p99 = float(np.percentile(err, 99))
-    scale = float(np.abs(ref_logits).max()) or 1.0
+    scale = float(np.abs(ref).max()) or 1.0
     return {"abs_max": abs_max, "abs_mean": abs_mean, "abs_p99": p99,
             "rel_max": abs_max / scale, "rel_mean": abs_mean / scale,
-            "rel_p99": p99 / scale, "ref_abs_max": scale}
+            "rel_p99": p99 / scale, "ref_abs_max": scale,
+            # NaN or inf (an f32 overflow): say where, not only "error nan"
+            "ref_nonfinite": int(ref.size - np.isfinite(ref).sum()),
+            "got_nonfinite": int(got.size - np.isfinite(got).sum())}
 
 
 def compare(ref_classes: np.ndarray, got_classes: np.ndarray, ref_logits: np.ndarray | None,
@@ -107,6 +112,14 @@ def tie_bound(config: Any, ref_abs_max: float) -> float:
     return max(config.tie_margin, config.budgets["f32"]["rel_p99"] * ref_abs_max)
 
 
+def _nonfinite(backend: str, image: str, err: dict) -> str:
+    if err.get("ref_nonfinite"):
+        return (f"{backend} on {image}: the original's own logits hold {err['ref_nonfinite']} NaN or inf "
+                "value(s): there is nothing to compare against (an f32 overflow in the model itself?)")
+    return (f"{backend} on {image}: the converted logits hold {err['got_nonfinite']} NaN or inf value(s) where "
+            "the original's are finite (diagnose names the first tensor that overflows)")
+
+
 def backend_failed(name: str, failures: list[str]) -> bool:
     """Whether gate()'s failures name this backend (each starts with it)."""
     return any(f.startswith(name + " ") or f.startswith(name + ":") for f in failures)
@@ -121,6 +134,10 @@ def gate(results: dict, config: Any) -> list[str]:
             continue
         budget = entry.get("budget") or "f32"
         for image, m in entry["images"].items():
+            err = m.get("logit_error")
+            if err and (err.get("ref_nonfinite") or err.get("got_nonfinite")):
+                failures.append(_nonfinite(backend, image, err))
+                continue
             if budget == "f32":
                 if m["agreement"] < config.min_agreement:
                     failures.append(f"{backend} on {image}: agreement {m['agreement']:.6%} "
@@ -129,7 +146,7 @@ def gate(results: dict, config: Any) -> list[str]:
                 if not m.get("max_flip_margin", 0.0) < tie:
                     failures.append(f"{backend} on {image}: a pixel with top-2 margin "
                                     f"{m['max_flip_margin']:.4g} >= its near-tie bound {tie:.4g} flipped")
-            bound, err = config.budgets[budget], m.get("logit_error")
+            bound = config.budgets[budget]
             if err is None:
                 failures.append(f"{backend} on {image}: no logits to check the {budget} budget against")
                 continue
