@@ -79,12 +79,12 @@ def _check_build(workdir, allow_unverified):
         for path, meta in record_files(workdir.stage_folder(stage), stage, records[stage]):
             rel = os.path.relpath(path, workdir)
             if listed.get(rel, {}).get("sha256") != meta["sha256"]:
-                problems.append(f"{rel} does not match MANIFEST.json (rerun the manifest stage)")
+                problems.append(f"{rel} does not match MANIFEST.json (run ocrnet-convert manifest)")
     report = workdir.parity_report
     for rel in ("parity/report.json", "parity/report.md"):
         path = workdir.file(rel)
         if os.path.isfile(path) and listed.get(rel, {}).get("sha256") != file_digest(path):
-            problems.append(f"{rel} does not match MANIFEST.json (rerun the manifest stage)")
+            problems.append(f"{rel} does not match MANIFEST.json (run ocrnet-convert manifest)")
     parity = read_json(report, "parity report") if os.path.lexists(report) else None
     if parity is None or parity.get("passed") is not True:
         problems.append("the parity gate " + ("was not run" if parity is None else "did not pass"))
