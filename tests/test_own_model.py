@@ -285,3 +285,17 @@ def test_a_file_swapped_between_its_check_and_its_copy_is_not_used(exported, tmp
     monkeypatch.setattr(inference_model.shutil, "copyfile", real_copy)   # the control
     inference_model.run(config, str(tmp_path / "w"))
     assert (tmp_path / "w" / "paddle" / "export.json").exists()
+
+
+def test_an_exports_normalize_is_read_as_paddleseg_and_paddlex_write_it():
+    from converter.commands.init_sources import _normalize
+    from converter.errors import ConverterError
+
+    assert _normalize([{"type": "Normalize"}], "y") == ([0.5] * 3, [0.5] * 3)          # PaddleSeg's defaults
+    assert _normalize([{"type": "Resize", "target_size": 512}, {"type": "Normalize", "mean": 0.4, "std": 0.2}],
+                      "y") == ([0.4] * 3, [0.2] * 3)                                   # one number each
+    assert _normalize([{"type": "Normalize", "mean": [0, 1, 2], "std": [1, 2, 4]}], "y") == ([0, 1, 2], [1, 2, 4])
+    assert _normalize([{"type": "Resize"}], "y") == (None, None)
+    for bad in ({"mean": [0, 1]}, {"std": 0}, {"mean": True}, {"std": [1, 2, "3"]}):
+        with pytest.raises(ConverterError, match="Normalize needs three means and three non-zero stds"):
+            _normalize([dict(type="Normalize", **bad)], "y")

@@ -74,6 +74,10 @@ def _read_yaml(path, what):
     return raw or {}
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _normalize(transforms, where):
     """mean and std (on values scaled to [0, 1]) of the Normalize transform;
     PaddleSeg's defaults are 0.5 and 0.5. (None, None) when there is none."""
@@ -82,9 +86,9 @@ def _normalize(transforms, where):
     for t in transforms or ():
         if isinstance(t, dict) and t.get("type") == "Normalize":
             mean, std = t.get("mean", [0.5] * 3), t.get("std", [0.5] * 3)
-            ok = all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and
-                                                                 not isinstance(x, bool) for x in v)
-                     for v in (mean, std))
+            # PaddleX's Normalize also takes one number for the three channels
+            mean, std = ([v] * 3 if _is_number(v) else v for v in (mean, std))
+            ok = all(isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v) for v in (mean, std))
             if not ok or any(x == 0 for x in std):
                 raise ConverterError(f"{where}: Normalize needs three means and three non-zero stds")
             return [float(x) for x in mean], [float(x) for x in std]
