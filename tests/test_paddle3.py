@@ -406,3 +406,15 @@ def test_a_head_like_pp_litesegs_converts_at_its_static_size_and_diagnose_reads_
     report = json.loads(next((tmp_path / "diag").rglob("diagnose.json")).read_text())
     compared = {layer["tensor"] for layer in report["layers"]}
     assert "p2o.pd_op.depthwise_conv2d.0.0" not in compared and "p2o.pd_op.batch_norm_.1.0" in compared
+
+
+def test_a_full_disk_in_the_toolchain_is_exit_11_and_other_failures_stay_one_line():
+    from converter.errors import DiskFullError
+    from converter.runners.paddle3 import _failure
+
+    full = _failure("onnx", 1, b"Traceback (most recent call last):\n  ...\nOSError: [Errno 28] No space left on device\n")
+    assert isinstance(full, DiskFullError) and full.exit_code == 11
+    assert str(full) == "onnx: no space left on device (the Paddle 3 toolchain's files)"
+    # the control: another failure keeps exit 8 and the toolchain's own line
+    other = _failure("onnx", 1, b"error: cannot read the program\n")
+    assert type(other).__name__ == "StageError" and str(other) == "onnx: cannot read the program"

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from converter.errors import ConverterError, StageError
+from converter.errors import ConverterError, DiskFullError, StageError
 from converter.runners.base import Runner
 from converter.runners.paddle3_bridge import read_npy, write_npy
 
@@ -59,6 +59,9 @@ def _converter_says(lines: list[str]) -> str:
 def _failure(what: str, returncode: int, stderr: bytes) -> StageError:
     """The bridge's own `error:` line, or how it died and what the converter said before."""
     lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    if any("No space left on device" in ln for ln in lines):
+        # the toolchain writes the ONNX file and its temporary files too: a full disk there is a full disk
+        return DiskFullError(f"{what}: no space left on device (the Paddle 3 toolchain's files)")
     said = [ln[len("error: "):] for ln in lines if ln.startswith("error: ")]
     if said:
         return StageError(f"{what}: {said[-1]}")
