@@ -418,3 +418,14 @@ def test_a_full_disk_in_the_toolchain_is_exit_11_and_other_failures_stay_one_lin
     # the control: another failure keeps exit 8 and the toolchain's own line
     other = _failure("onnx", 1, b"error: cannot read the program\n")
     assert type(other).__name__ == "StageError" and str(other) == "onnx: cannot read the program"
+
+
+def test_paddle2onnxs_refusals_come_with_what_to_do():
+    from converter.stages.onnx import _pir_hint
+
+    # paddle2onnx 2.1.0's lines on PaddleSeg's dynamic PP-LiteSeg and on MaskFormer
+    assert "--input_shape 1 3 H W" in _pir_hint("[OP: pd_op.pool2d] Adaptive only support static input shape.")
+    assert _pir_hint("Please set the opset_version to 17 or set auto_upgrade_opset=true.") == (
+        "; paddle2onnx names no op, only the opset: set converted.onnx_opset: 17 in the config to convert at "
+        "that opset")
+    assert _pir_hint("something else") == "; the ONNX opset is the config's converted.onnx_opset"

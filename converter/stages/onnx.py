@@ -17,6 +17,7 @@ to the int32 that paddle.argmax(dtype='int32') gives in the original).
 """
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -160,6 +161,18 @@ def _paddle2onnx_pir(program, params_path, opset, where):
             return fh.read()
 
 
+def _pir_hint(message):
+    """What the user can do about paddle2onnx 2.x's refusal."""
+    if "static input shape" in message:
+        return "; export the model at a static size (PaddleSeg: tools/export.py --input_shape 1 3 H W)"
+    wanted = re.search(r"opset_version to (\d+)", message)
+    if wanted:
+        # paddle2onnx 2.1.0 names no op here (MaskFormer: its sequence ops)
+        return (f"; paddle2onnx names no op, only the opset: set converted.onnx_opset: {wanted.group(1)} in the "
+                "config to convert at that opset")
+    return "; the ONNX opset is the config's converted.onnx_opset"
+
+
 def convert_pir_to_onnx(paddle_dir, shape, opset, pre):
     """convert_to_onnx for a PIR export (model.json), by paddle2onnx 2.x."""
     from converter.runners import paddle3
@@ -178,9 +191,8 @@ def convert_pir_to_onnx(paddle_dir, shape, opset, pre):
     try:
         raw = _paddle2onnx_pir(with_static_input(graph, list(shape)), params_path, opset, program_path)
     except StageError as exc:
-        hint = ("; export the model at a static size (PaddleSeg: tools/export.py --input_shape 1 3 H W)"
-                if "static input shape" in str(exc) else "; the ONNX opset is the config's converted.onnx_opset")
-        raise StageError(f"{exc} (also with the program's input fixed to {list(shape)}){hint}") from None
+        raise StageError(f"{exc} (also with the program's input fixed to {list(shape)}){_pir_hint(str(exc))}") \
+            from None
     return _onnx_from(raw, paddle_dir, shape, pre, producer), f"input fixed to {list(shape)}"
 
 
