@@ -139,7 +139,8 @@ def test_the_results_schema_refuses_every_forged_field():
     compare = {"pixels": 8, "disagree": 1, "agreement": 7 / 8, "max_flip_margin": 0.25, "flip_margins_p50": 0.25,
                "top_flips": [{"from": 0, "to": 1, "count": 1}], "class_iou": {"0": 6 / 7, "1": 0.5},
                "mean_iou": 0.7, "logit_error": {"abs_max": 0.5, "abs_mean": 0.1, "abs_p99": 0.4, "rel_max": 0.25,
-                                                "rel_mean": 0.05, "rel_p99": 0.2, "ref_abs_max": 2.0}}
+                                                "rel_mean": 0.05, "rel_p99": 0.2, "ref_abs_max": 2.0,
+                                                "ref_nonfinite": 0, "got_nonfinite": 0}}
     good = {"schema": results.RESULT_SCHEMA, "key": "k", "sha256": "s", "label_sha256": None, "size": size,
             "reference": {"name": "paddle", "seconds": 1.0, "conf_gt": None},
             "backends": {"b": {"seconds": 1.0, "compare_seconds": 0.1, "precision": "f32", "conf_gt": None,
@@ -159,6 +160,8 @@ def test_the_results_schema_refuses_every_forged_field():
     for path, value in [(("backends", "b", "compare", "agreement"), 1.0),
                         (("backends", "b", "compare", "disagree"), 8),
                         (("backends", "b", "compare", "logit_error", "rel_max"), 0.0),
+                        (("backends", "b", "compare", "logit_error", "got_nonfinite"), 25),   # > 8 px x 3 classes
+                        (("backends", "b", "compare", "logit_error", "ref_nonfinite"), -1),
                         (("backends", "b", "compare", "class_iou", "7"), 0.5),
                         (("backends", "b", "compare", "top_flips"), [{"from": 0, "to": 1, "count": 5}]),
                         (("backends", "b", "conf_ref"), [[7, 0, 0], [0, 1, 0], [0, 0, 0]]),

@@ -38,6 +38,7 @@ MAX_RESULT_BYTES = 16 << 20
 MAX_SECONDS = 1e6          # a per-image time beyond this is not a measurement
 PRECISIONS = ("f32", "bf16", "f16", "i8", "u8")
 LOGIT_STATS = ("abs_max", "abs_mean", "abs_p99", "rel_max", "rel_mean", "rel_p99", "ref_abs_max")
+NONFINITE_COUNTS = ("ref_nonfinite", "got_nonfinite")   # NaN or inf logits, of each side
 
 
 class Bad(Exception):
@@ -95,8 +96,10 @@ def _truth_counts(m):
     return [sum(row) for row in m]
 
 
-def _check_logit_error(err, what):
-    _need(isinstance(err, dict) and set(err) == set(LOGIT_STATS), f"{what} lacks its statistics")
+def _check_logit_error(err, what, logits):
+    _need(isinstance(err, dict) and set(err) == set(LOGIT_STATS + NONFINITE_COUNTS), f"{what} lacks its statistics")
+    for k in NONFINITE_COUNTS:
+        _count(err[k], f"{what}.{k}", logits)
     for k in LOGIT_STATS:
         _number(err[k], f"{what}.{k}")
     scale = err["ref_abs_max"]
@@ -131,7 +134,7 @@ def _check_compare(c, pixels, num, conf_ref, what):
     for k, v in ious.items():
         _number(v, f"{what}.class_iou.{k}", 0.0, 1.0)
     _number(c.get("mean_iou"), f"{what}.mean_iou", 0.0, 1.0)
-    _check_logit_error(c.get("logit_error"), f"{what}.logit_error")
+    _check_logit_error(c.get("logit_error"), f"{what}.logit_error", pixels * num)
 
 
 def check(result: Any, key: str, expect: dict) -> None:
