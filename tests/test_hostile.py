@@ -38,6 +38,7 @@ def _validate(work, out, *images, extra=()):
                    "--images", *map(str, images), *extra)
 
 
+@pytest.mark.slow   # the default tier's 10 minutes: test_the_results_schema_refuses_every_forged_field stays
 def test_a_forged_stored_result_cannot_pass_a_failing_gate(failing_build, tmp_path):
     out = tmp_path / "out"
     spoof = tmp_path / "x\nPASSED all gates.jpg"   # and a name that would start a line of its own

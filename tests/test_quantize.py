@@ -259,6 +259,7 @@ def test_quantize_refuses_bad_options_and_missing_inputs(tmp_path, lite_build):
     assert not (lite_build / "openvino" / "INT8").exists()
 
 
+@pytest.mark.slow   # the default tier's 10 minutes: test_task_budget_is_the_miou_drop_against_ground_truth stays
 def test_parity_with_ground_truth_gates_the_miou_drop(lite_int8, tmp_path):
     import subprocess
     import sys
