@@ -120,7 +120,11 @@ def test_the_growth_ranking_puts_a_broken_fake_quantize_first(int8_copy, tmp_pat
     assert len(growth) == 10 and growth == sorted(growth, reverse=True) and all(g > 0 for g in growth)
 
 
-def test_the_int8_gate_fails_a_broken_fake_quantize_at_any_depth(lite_int8, tmp_path):
+# the default tier's 10 minutes: both breakages at both ends there, the full grid in the slow tier
+@pytest.mark.parametrize("grid", [((0.1, "range-x4"), (0.9, "zero-point")),
+                                  pytest.param(tuple((f, h) for f in (0.1, 0.5, 0.9) for h in ("range-x4", "zero-point")),
+                                               marks=pytest.mark.slow)])
+def test_the_int8_gate_fails_a_broken_fake_quantize_at_any_depth(lite_int8, tmp_path, grid):
     """Each quantized tensor's error against the profile quantize recorded:
     the clean IR passes; one FakeQuantize mis-scaled or mis-shifted, at the
     first, middle and last third, fails, with that tensor first."""
@@ -139,15 +143,14 @@ def test_the_int8_gate_fails_a_broken_fake_quantize_at_any_depth(lite_int8, tmp_
     trimmed = dict(profile, tensors=dict(list(profile["tensors"].items())[1:]))
     assert any("not in the recorded profile" in f and "--force" in f
                for f in failures("int8", trimmed, config, fp32_xml=fp32, int8_xml=str(lite_int8 / INT8), full_hw=(256, 512)))
-    for fraction in (0.1, 0.5, 0.9):
-        for how in ("range-x4", "zero-point"):
-            xml = tmp_path / f"{how}-{fraction}" / "m.xml"
-            xml.parent.mkdir()
-            shutil.copy(lite_int8 / INT8, xml)
-            shutil.copy(str(lite_int8 / INT8)[:-4] + ".bin", str(xml)[:-4] + ".bin")
-            broken = _break_fq(xml, fraction, how)
-            found = failures("int8", profile, config, fp32_xml=fp32, int8_xml=str(xml), full_hw=(256, 512))
-            assert found and broken in found[0], (how, fraction, broken, found[:3])   # the first in network order
+    for fraction, how in grid:
+        xml = tmp_path / f"{how}-{fraction}" / "m.xml"
+        xml.parent.mkdir()
+        shutil.copy(lite_int8 / INT8, xml)
+        shutil.copy(str(lite_int8 / INT8)[:-4] + ".bin", str(xml)[:-4] + ".bin")
+        broken = _break_fq(xml, fraction, how)
+        found = failures("int8", profile, config, fp32_xml=fp32, int8_xml=str(xml), full_hw=(256, 512))
+        assert found and broken in found[0], (how, fraction, broken, found[:3])   # the first in network order
 
 
 def test_parity_fails_a_broken_int8_build_and_says_how_to_diagnose_it(int8_copy):

@@ -130,7 +130,8 @@ def _mean_zero_build(lite_build, tmp_path):
     return work
 
 
-@pytest.mark.parametrize("broken", ["no-reverse", "mean-0"])
+# the default tier's 10 minutes: one broken preprocessing there, the other in the slow tier
+@pytest.mark.parametrize("broken", ["no-reverse", pytest.param("mean-0", marks=pytest.mark.slow)])
 def test_gate_fails_for_broken_ir_in_copied_workdir(request, lite_build, tmp_path, broken):
     if broken == "no-reverse":
         work = linked_build(request.getfixturevalue("no_reverse_build"), tmp_path / "work",

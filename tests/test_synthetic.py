@@ -45,6 +45,7 @@ def test_same_seed_gives_byte_identical_weights_across_processes_and_threads(syn
     assert proc.stdout.strip().splitlines()[-1] == _digest(state)
 
 
+@pytest.mark.slow   # the default tier's 10 minutes; the negative control of the test above, in CI's slow tier
 def test_different_seed_gives_different_weights(synthetic_seed0):
     """The whole synthetic state of seed 1 (another process) against seed 0's."""
     _, state = synthetic_seed0
