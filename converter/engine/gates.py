@@ -142,7 +142,7 @@ def gate(results: dict, config: Any) -> list[str]:
                 if m["agreement"] < config.min_agreement:
                     failures.append(f"{backend} on {image}: agreement {m['agreement']:.6%} "
                                     f"< {config.min_agreement:.4%}")
-                tie = tie_bound(config, (m.get("logit_error") or {}).get("ref_abs_max", 0.0))
+                tie = tie_bound(config, (err or {}).get("ref_abs_max", 0.0))
                 if not m.get("max_flip_margin", 0.0) < tie:
                     failures.append(f"{backend} on {image}: a pixel with top-2 margin "
                                     f"{m['max_flip_margin']:.4g} >= its near-tie bound {tie:.4g} flipped")
