@@ -32,7 +32,8 @@ from converter.util.log import info
 _TAIL_OPS = ("Convert", "Squeeze", "Reshape", "Unsqueeze")
 SUM_TOLERANCE = 1e-3  # |sum of probabilities - 1|, far above f32 rounding over 19 terms
 # |flavour probability - float64 Softmax of the parent's scores|; measured at
-# most 6e-8 (lite model; PaddleSeg OCRNet exports with scores of 1e-13 and 4e3)
+# most 3.8e-7 (PaddleSeg exports of OCRNet, Deeplabv3, SegFormer; 4.7e-10 where
+# the scores are 1e-13, 6e-8 on scores of 4e3)
 PROBABILITY_TOLERANCE = 1e-5
 
 
