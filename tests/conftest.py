@@ -4,6 +4,8 @@ Tiers (docs/development.md): a test marked `slow` runs in `make test-slow`,
 one marked `e2e` in `make test-e2e`, every other in `make test`; pyproject's
 addopts select the default tier, and a test may carry at most one tier mark.
 """
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -11,8 +13,8 @@ import tempfile
 
 import pytest
 
-from tests.support import (FIXTURE, LITE, ROOT, SMALL_SHAPE, linked_build, lite_cli, run_cli,
-                           tree_digest)
+from tests.support import (FIXTURE, LITE, ROOT, SMALL_SHAPE, left_as_made, linked_build, lite_cli,
+                           run_cli)
 
 if not os.path.exists(FIXTURE):  # CI's clone has shared/ beside it, like the workspace
     FIXTURE = os.path.join(ROOT, "..", "shared", "fixtures", "ocrnet_hrnetw48_state_dict.json")
@@ -56,11 +58,51 @@ def _synthetic_export(root, *config):
     return root / "paddle"
 
 
+# `make test` runs two xdist workers. Each used to make every session build
+# for itself, a minute of the tier's CPU each for the lite build and its INT8
+# IR; now the first worker that asks makes it in a folder of the session's
+# both workers see, and the other waits for it. Outside xdist nothing is shared.
+
+def _session_folder(tmp_path_factory, name):
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return tmp_path_factory.mktemp(name)
+    return tmp_path_factory.getbasetemp().parent / name
+
+
+@contextlib.contextmanager
+def _first_worker_makes(tmp_path_factory, name):
+    """Yields True to the one worker that must make `name` (none has made it
+    yet), False to every other, which by then can use what was made."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield True
+        return
+    root = tmp_path_factory.getbasetemp().parent
+    made = root / f"{name}.made"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes, or the worker dies
+        must_make = not made.exists()
+        yield must_make
+        if must_make:   # reached only when making raised nothing
+            made.touch()
+
+
+def _made_once(tmp_path_factory, name, make):
+    """The folder `name` of this session, made by make(folder) once."""
+    folder = _session_folder(tmp_path_factory, name)
+    with _first_worker_makes(tmp_path_factory, name) as must_make:
+        if must_make:
+            shutil.rmtree(folder, ignore_errors=True)   # what a failed attempt left
+            folder.mkdir()
+            make(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def lite_export(tmp_path_factory):
     """The lite model exported with synthetic weights (dynamic shape); its
     logits variant lies beside it in paddle-logits/."""
-    return _synthetic_export(tmp_path_factory.mktemp("lite"), "--config", LITE)
+    root = _made_once(tmp_path_factory, "lite", lambda folder: _synthetic_export(folder, "--config", LITE))
+    return root / "paddle"
 
 
 @pytest.fixture(scope="session")
@@ -68,17 +110,32 @@ def lite_export_logits(lite_export):
     return lite_export.parent / "paddle-logits"
 
 
-@pytest.fixture(scope="session")
-def lite_build(lite_export):
-    """The lite export's folder converted to ONNX and IR at 1x3x256x512, with
-    the IRs' Model API flavour. Tests read it; one that writes works on a
-    linked_build of it."""
-    work = lite_export.parent
+def _lite_stages(work):
     for args in (("onnx", "--input-shape", SMALL_SHAPE), ("openvino", "--input-shape", SMALL_SHAPE),
                  ("model-api",)):
         proc = lite_cli(*args, "--workdir", str(work))
         assert proc.returncode == 0, proc.stderr
-    return work
+
+
+@pytest.fixture(scope="session")
+def lite_build(lite_export, tmp_path_factory):
+    """The lite export's folder converted to ONNX and IR at 1x3x256x512, with
+    the IRs' Model API flavour. Tests read it (checked at the end of the
+    session); one that writes works on a linked_build of it."""
+    work = lite_export.parent
+    with _first_worker_makes(tmp_path_factory, "lite-build") as must_make:
+        if must_make:
+            _lite_stages(work)
+    with left_as_made(work):
+        yield work
+
+
+def _quantized(lite_build):
+    def make(folder):
+        work = linked_build(lite_build, folder / "work", link=("paddle", "onnx"))
+        proc = lite_cli("quantize", "--workdir", str(work))
+        assert proc.returncode == 0, proc.stderr
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -86,24 +143,43 @@ def lite_int8(lite_build, tmp_path_factory):
     """The lite build with its INT8 IR: the suite's one NNCF run. No test may
     change it (checked at the end of the session); a test that quantizes
     again or edits the IR works on a linked_build of it."""
-    work = linked_build(lite_build, tmp_path_factory.mktemp("int8") / "work", link=("paddle", "onnx"))
-    proc = lite_cli("quantize", "--workdir", str(work))
-    assert proc.returncode == 0, proc.stderr
-    before = tree_digest(work / "openvino")
-    yield work
-    assert tree_digest(work / "openvino") == before, "a test changed the shared INT8 build"
+    with left_as_made(_made_once(tmp_path_factory, "int8", _quantized(lite_build)) / "work") as work:
+        yield work
+
+
+def _released(lite_build):
+    def make(folder):
+        # onnx and openvino as files (hard links), not symlinks: the manifest lists them
+        work = linked_build(lite_build, folder / "work", link=("paddle",))
+        for args in (("parity", "--images", os.path.join(ROOT, "converter", "samples", "street_2.jpg")),
+                     ("manifest",)):
+            proc = lite_cli(*args, "--workdir", str(work))
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+    return make
 
 
 @pytest.fixture(scope="session")
 def lite_release(lite_build, tmp_path_factory):
     """The lite build with parity run (one image) and its manifest: a release."""
-    # onnx and openvino as files (hard links), not symlinks: the manifest lists them
-    work = linked_build(lite_build, tmp_path_factory.mktemp("release") / "work", link=("paddle",))
-    for args in (("parity", "--images", os.path.join(ROOT, "converter", "samples", "street_2.jpg")),
-                 ("manifest",)):
-        proc = lite_cli(*args, "--workdir", str(work))
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return work
+    return _made_once(tmp_path_factory, "release", _released(lite_build)) / "work"
+
+
+def _without_reverse(lite_build):
+    def make(folder):
+        import openvino as ov
+
+        from converter.stages.openvino import build_ir
+        from tests.support import ir, lite_config, rerecord
+
+        work = linked_build(lite_build, folder / "w", link=("paddle", "onnx"))
+        pre = dict(lite_config().baked(), order=[0, 1, 2])
+        target = ir(work)
+        target.unlink()
+        ir(work, ext="bin").unlink()
+        ov.save_model(build_ir(str(work / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre), str(target),
+                      compress_to_fp16=False)
+        rerecord(work / "openvino", "openvino.json", "FP32")
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -111,20 +187,7 @@ def no_reverse_build(lite_build, tmp_path_factory):
     """The lite build whose FP32 IR lost its channel reversal (RGB fed as
     BGR), recorded as the stage's own output: a converter bug, and a gate
     that must fail."""
-    import openvino as ov
-
-    from converter.stages.openvino import build_ir
-    from tests.support import ir, lite_config, rerecord
-
-    work = linked_build(lite_build, tmp_path_factory.mktemp("no-reverse") / "w", link=("paddle", "onnx"))
-    pre = dict(lite_config().baked(), order=[0, 1, 2])
-    target = ir(work)
-    target.unlink()
-    ir(work, ext="bin").unlink()
-    ov.save_model(build_ir(str(work / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre), str(target),
-                  compress_to_fp16=False)
-    rerecord(work / "openvino", "openvino.json", "FP32")
-    return work
+    return _made_once(tmp_path_factory, "no-reverse", _without_reverse(lite_build)) / "w"
 
 
 # --- W48, the shipped model: where its numbers or its size are the point --------

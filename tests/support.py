@@ -3,6 +3,7 @@ the assertions and edits that several test modules make.
 
 Test modules import from here (never from each other or from conftest), so
 that any one of them runs alone."""
+import contextlib
 import hashlib
 import json
 import os
@@ -130,18 +131,27 @@ def rerecord(folder, record_name, group=None):
 
 def tree_digest(root):
     """sha256 over every regular file below root (path and bytes), to show
-    that a shared build was left as it was."""
+    that a shared build was left as it was. The workdir lock is left out: a
+    command that refuses at once still takes it and writes its pid there."""
     digest = hashlib.sha256()
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(folder, name)
-            if os.path.isfile(path):
+            if os.path.isfile(path) and name != ".ocrnet-convert.lock":
                 digest.update(os.path.relpath(path, root).encode() + b"\0")
                 with open(path, "rb") as fh:
                     for block in iter(lambda: fh.read(1 << 20), b""):
                         digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def left_as_made(folder):
+    """Yields folder; fails on leaving if anything in it was changed."""
+    before = tree_digest(folder)
+    yield folder
+    assert tree_digest(folder) == before, f"a test changed the shared build {folder}"
 
 
 # --- assertions -----------------------------------------------------------------
