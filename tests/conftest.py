@@ -9,6 +9,8 @@ import fcntl
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -23,9 +25,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # The test run must never reach the network for the real checkpoint.
 os.environ["OCRNET_CONVERT_OFFLINE"] = "1"
 # Nor the user's cache: the suite gets its own (its synthetic weights, its
-# results key), removed at the end of the session.
-_CACHE = tempfile.mkdtemp(prefix="ocrnet-test-cache-")
-os.environ["OCRNET_CONVERT_CACHE"] = _CACHE
+# results key), removed at the end of the session. It is one for the whole
+# run: the process that starts pytest makes it, and xdist's workers inherit
+# the variable that names it, so that what one worker's build computed
+# (seed 0's weights) is a cache hit in the other.
+_SUITE_CACHE = "OCRNET_CONVERT_SUITE_CACHE"
+_CACHE_IS_OURS = not ("PYTEST_XDIST_WORKER" in os.environ and os.environ.get(_SUITE_CACHE))
+if _CACHE_IS_OURS:
+    os.environ[_SUITE_CACHE] = tempfile.mkdtemp(prefix="ocrnet-test-cache-")
+os.environ["OCRNET_CONVERT_CACHE"] = os.environ[_SUITE_CACHE]
 
 TIERS = ("slow", "e2e")
 
@@ -38,7 +46,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    if _CACHE_IS_OURS:
+        shutil.rmtree(os.environ[_SUITE_CACHE], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -160,8 +169,10 @@ def _released(lite_build):
 
 @pytest.fixture(scope="session")
 def lite_release(lite_build, tmp_path_factory):
-    """The lite build with parity run (one image) and its manifest: a release."""
-    return _made_once(tmp_path_factory, "release", _released(lite_build)) / "work"
+    """The lite build with parity run (one image) and its manifest: a release.
+    No test may change it (checked at the end of the session)."""
+    with left_as_made(_made_once(tmp_path_factory, "release", _released(lite_build)) / "work") as work:
+        yield work
 
 
 def _without_reverse(lite_build):
@@ -186,8 +197,33 @@ def _without_reverse(lite_build):
 def no_reverse_build(lite_build, tmp_path_factory):
     """The lite build whose FP32 IR lost its channel reversal (RGB fed as
     BGR), recorded as the stage's own output: a converter bug, and a gate
-    that must fail."""
-    return _made_once(tmp_path_factory, "no-reverse", _without_reverse(lite_build)) / "w"
+    that must fail. No test may change it (checked at the end of the session)."""
+    with left_as_made(_made_once(tmp_path_factory, "no-reverse", _without_reverse(lite_build)) / "w") as work:
+        yield work
+
+
+def _paddleseg_export(op):
+    def make(folder):
+        proc = subprocess.run([sys.executable, "-m", "tests.paddleseg_export", str(folder / "export"), "--backbone",
+                               "hrnet_w18_small_v1", "--classes", "7", "--output-op", op],
+                              capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return make
+
+
+@pytest.fixture(scope="session")
+def paddleseg_exported(tmp_path_factory):
+    """paddleseg_exported(op): an inference model of HRNet_W18_Small_V1 with 7
+    classes, exported as PaddleSeg's export.py does with that output op
+    (argmax, softmax or none); each made once, when first asked for. Tests
+    read it; one that edits it works on a copy."""
+    made = {}
+
+    def export(op):
+        if op not in made:
+            made[op] = _made_once(tmp_path_factory, f"paddleseg-{op}", _paddleseg_export(op)) / "export"
+        return made[op]
+    return export
 
 
 # --- W48, the shipped model: where its numbers or its size are the point --------

@@ -129,29 +129,31 @@ def rerecord(folder, record_name, group=None):
     path.write_text(json.dumps(record))
 
 
-def tree_digest(root):
-    """sha256 over every regular file below root (path and bytes), to show
-    that a shared build was left as it was. The workdir lock is left out: a
-    command that refuses at once still takes it and writes its pid there."""
-    digest = hashlib.sha256()
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
+def tree_digests(root):
+    """{path below root: sha256} of every regular file, to show that a shared
+    build was left as it was. The workdir lock is left out: a command that
+    refuses at once still takes it and writes its pid there."""
+    digests = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
             path = os.path.join(folder, name)
             if os.path.isfile(path) and name != ".ocrnet-convert.lock":
-                digest.update(os.path.relpath(path, root).encode() + b"\0")
+                digest = hashlib.sha256()
                 with open(path, "rb") as fh:
                     for block in iter(lambda: fh.read(1 << 20), b""):
                         digest.update(block)
-    return digest.hexdigest()
+                digests[os.path.relpath(path, root)] = digest.hexdigest()
+    return digests
 
 
 @contextlib.contextmanager
 def left_as_made(folder):
-    """Yields folder; fails on leaving if anything in it was changed."""
-    before = tree_digest(folder)
+    """Yields folder; fails on leaving, naming the files, if any in it was changed."""
+    before = tree_digests(folder)
     yield folder
-    assert tree_digest(folder) == before, f"a test changed the shared build {folder}"
+    after = tree_digests(folder)
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    assert not changed, f"a test changed the shared build {folder}: {changed[:10]}"
 
 
 # --- assertions -----------------------------------------------------------------

@@ -87,9 +87,10 @@ def test_bench_engine_holds_the_engine_to_benchs_figures(bench_workdir):
     assert "The engine against bench" in (work / "bench" / "bench.md").read_text()
 
 
-def test_bench_rejects_unknown_backend_and_wrong_shape(lite_build):
-    proc = lite_cli("bench", "--workdir", str(lite_build), "--backends", "tensorrt")
+def test_bench_rejects_unknown_backend_and_wrong_shape(lite_build, tmp_path):
+    work = linked_build(lite_build, tmp_path / "w", link=("paddle", "onnx", "openvino"))   # bench writes there
+    proc = lite_cli("bench", "--workdir", str(work), "--backends", "tensorrt")
     assert proc.returncode == 2 and "invalid choice: 'tensorrt'" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = lite_cli("bench", "--workdir", str(lite_build), "--input-shape", "1,3,1024,2048")
+    proc = lite_cli("bench", "--workdir", str(work), "--input-shape", "1,3,1024,2048")
     assert proc.returncode != 0 and "rebuild them with that --input-shape" in proc.stderr

@@ -4,14 +4,12 @@ failed before its fix; each has a control that passes."""
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.support import ROOT, one_line_error, run_cli
+from tests.support import one_line_error, run_cli
 
 
 def _checkpoint(path, backbone="hrnet_w18_small_v1", classes=19, extra=None, dtype=None):
@@ -29,14 +27,9 @@ def _checkpoint(path, backbone="hrnet_w18_small_v1", classes=19, extra=None, dty
 
 
 @pytest.fixture(scope="module")
-def export_argmax(tmp_path_factory):
+def export_argmax(paddleseg_exported):
     """A PaddleSeg-style export (jit.save, identity scale at the output) of the lite model, 7 classes."""
-    folder = tmp_path_factory.mktemp("export") / "argmax"
-    proc = subprocess.run([sys.executable, "-m", "tests.paddleseg_export", str(folder), "--backbone",
-                           "hrnet_w18_small_v1", "--classes", "7", "--output-op", "argmax"],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return folder
+    return paddleseg_exported("argmax")
 
 
 # --- init's output ------------------------------------------------------------------

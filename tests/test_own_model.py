@@ -165,29 +165,12 @@ def test_a_training_config_with_base_files_is_read_locally(w18_checkpoint, tmp_p
                          "--paddleseg-config", str(train)), 2, "circle")
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """exported(op): an inference model of HRNet_W18_Small_V1 with 7 classes,
-    exported as PaddleSeg's export.py does with that output op; each made
-    once, when first asked for."""
-    root = tmp_path_factory.mktemp("exports")
-
-    def export(op):
-        if not (root / op).is_dir():
-            proc = subprocess.run([sys.executable, "-m", "tests.paddleseg_export", str(root / op), "--backbone",
-                                   "hrnet_w18_small_v1", "--classes", "7", "--output-op", op],
-                                  capture_output=True, text=True, cwd=ROOT)
-            assert proc.returncode == 0, proc.stderr[-2000:]
-        return root / op
-    return export
-
-
 # the default tier's 10 minutes: argmax there; softmax and none (the same route, another tail) slow
 @pytest.mark.parametrize("op", ["argmax", pytest.param("softmax", marks=pytest.mark.slow),
                                 pytest.param("none", marks=pytest.mark.slow)])
-def test_an_exported_inference_model_goes_through_init_and_convert(exported, tmp_path, op):
+def test_an_exported_inference_model_goes_through_init_and_convert(paddleseg_exported, tmp_path, op):
     config = tmp_path / f"lite-{op}.yaml"
-    proc = _init("--inference-model", str(exported(op)), "--output", str(config), "--input-shape", SHAPE)
+    proc = _init("--inference-model", str(paddleseg_exported(op)), "--output", str(config), "--input-shape", SHAPE)
     assert proc.returncode == 0, proc.stderr
     raw = yaml.safe_load(config.read_text())
     assert raw["model"]["arch"] == "paddle-inference" and raw["model"]["output_op"] == op
@@ -204,7 +187,7 @@ def test_an_exported_inference_model_goes_through_init_and_convert(exported, tmp
     # the user's files changed since init: refused, unless --allow-unverified
     changed = tmp_path / "changed"
     import shutil
-    shutil.copytree(exported(op), changed)
+    shutil.copytree(paddleseg_exported(op), changed)
     with open(changed / "model.pdiparams", "r+b") as fh:
         fh.seek(200)
         fh.write(b"\x01\x02")
@@ -212,18 +195,18 @@ def test_an_exported_inference_model_goes_through_init_and_convert(exported, tmp
                            "--inference-model", str(changed)), 5, "sha384 mismatch", "--allow-unverified")
 
 
-def test_a_truncated_parameters_file_is_refused_by_init(exported, tmp_path):
+def test_a_truncated_parameters_file_is_refused_by_init(paddleseg_exported, tmp_path):
     import shutil
 
     cut = tmp_path / "cut"
-    shutil.copytree(exported("argmax"), cut)
+    shutil.copytree(paddleseg_exported("argmax"), cut)
     data = (cut / "model.pdiparams").read_bytes()
     (cut / "model.pdiparams").write_bytes(data[: len(data) // 2])
     one_line_error(_init("--inference-model", str(cut), "--output", str(tmp_path / "c.yaml")), 8,
                    "model.pdiparams", "truncated")
     assert not (tmp_path / "c.yaml").exists()
     # the control: the whole file passes init
-    assert _init("--inference-model", str(exported("argmax")), "--output", str(tmp_path / "ok.yaml")).returncode == 0
+    assert _init("--inference-model", str(paddleseg_exported("argmax")), "--output", str(tmp_path / "ok.yaml")).returncode == 0
 
 
 def test_a_pyramid_pooling_export_converts_through_its_static_shape(tmp_path):
@@ -260,7 +243,7 @@ def test_an_onnx_shape_inference_report_becomes_one_line_naming_the_op():
     assert "\n" not in _first_node_error(Exception("something else\nentirely"))
 
 
-def test_a_file_swapped_between_its_check_and_its_copy_is_not_used(exported, tmp_path, monkeypatch):
+def test_a_file_swapped_between_its_check_and_its_copy_is_not_used(paddleseg_exported, tmp_path, monkeypatch):
     """The export stage verified the user's files, then copied them: a file
     swapped in between went into the build. The copy is what is checked now."""
     import shutil
@@ -270,7 +253,7 @@ def test_a_file_swapped_between_its_check_and_its_copy_is_not_used(exported, tmp
     from converter.stages import inference_model
 
     config_path = tmp_path / "c.yaml"
-    assert _init("--inference-model", str(exported("argmax")), "--output", str(config_path)).returncode == 0
+    assert _init("--inference-model", str(paddleseg_exported("argmax")), "--output", str(config_path)).returncode == 0
     config = load_config(str(config_path))
     real_copy = shutil.copyfile
 

@@ -143,15 +143,16 @@ def test_quantize_again_gives_the_same_bytes(lite_int8, tmp_path):
     assert {n: again["files"][n]["sha256"] for n in again["files"]} == before
 
 
-def test_parity_gates_int8_and_passes(lite_int8):
-    proc = lite_cli("parity", "--workdir", str(lite_int8), "--images", SAMPLE)
+def test_parity_gates_int8_and_passes(lite_int8, tmp_path):
+    work = linked_build(lite_int8, tmp_path / "w", link=("paddle", "onnx", "openvino"))   # parity writes there
+    proc = lite_cli("parity", "--workdir", str(work), "--images", SAMPLE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads((lite_int8 / "parity" / "report.json").read_text())
+    report = json.loads((work / "parity" / "report.json").read_text())
     entry = report["results"]["openvino-int8-default"]
     assert entry["gated"] and entry["budget"] == "int8" and report["not_built"] == {}
     err = entry["images"]["street_2.jpg"]["logit_error"]
     assert 0 < err["rel_p99"] <= lite_config().budgets["int8"]["rel_p99"]
-    assert "openvino-int8-default" in (lite_int8 / "parity" / "report.md").read_text()
+    assert "openvino-int8-default" in (work / "parity" / "report.md").read_text()
 
 
 def test_parity_without_int8_says_it_was_not_built(lite_build, tmp_path):
@@ -246,17 +247,18 @@ def test_a_corrupted_fp16_ir_fails_its_budget(lite_build, tmp_path):
 def test_quantize_refuses_bad_options_and_missing_inputs(tmp_path, lite_build):
     proc = lite_cli("quantize", "--workdir", str(tmp_path))
     assert proc.returncode == 8 and proc.stderr.startswith("error: missing") and "openvino" in proc.stderr
-    proc = lite_cli("quantize", "--workdir", str(lite_build), "--calibration-tile", "100x256")
+    work = linked_build(lite_build, tmp_path / "w", link=("paddle", "onnx"))
+    proc = lite_cli("quantize", "--workdir", str(work), "--calibration-tile", "100x256")
     assert proc.returncode == 2 and "multiples of 32" in proc.stderr
-    proc = lite_cli("quantize", "--workdir", str(lite_build), "--calibration-tile", "96x256")
+    proc = lite_cli("quantize", "--workdir", str(work), "--calibration-tile", "96x256")
     assert proc.returncode != 0 and "does not divide" in proc.stderr
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
-    proc = lite_cli("quantize", "--workdir", str(lite_build), "--calibration-tile", TILE, "--images", str(bad))
+    proc = lite_cli("quantize", "--workdir", str(work), "--calibration-tile", TILE, "--images", str(bad))
     # refused before NNCF starts: the error is the only line on stderr
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith(f"error: {bad}: not a readable image")
-    assert not (lite_build / "openvino" / "INT8").exists()
+    assert not (work / "openvino" / "INT8").exists()
 
 
 @pytest.mark.slow   # the default tier's 10 minutes: test_task_budget_is_the_miou_drop_against_ground_truth stays
