@@ -198,7 +198,9 @@ def _break_int8(src, dst, how):
     save_over(model, dst)
 
 
-@pytest.mark.parametrize("how", ["range-x4", "zero-point"])
+# the default tier's 10 minutes: the shifted zero point slow (the diagnose grid
+# of the default tier breaks a FakeQuantize both ways, and parity trips there too)
+@pytest.mark.parametrize("how", ["range-x4", pytest.param("zero-point", marks=pytest.mark.slow)])
 def test_a_broken_int8_ir_fails_its_budget(lite_int8, tmp_path, how):
     work = linked_build(lite_int8, tmp_path / "w", link=("paddle", "onnx"))
     xml = _int8(work) / "ocrnet-lite.xml"
