@@ -29,8 +29,9 @@ os.environ["OCRNET_CONVERT_OFFLINE"] = "1"
 # run: the process that starts pytest makes it, and xdist's workers inherit
 # the variable that names it, so that what one worker's build computed
 # (seed 0's weights) is a cache hit in the other.
+_UNDER_XDIST = "PYTEST_XDIST_WORKER" in os.environ   # this process is one of xdist's workers
 _SUITE_CACHE = "OCRNET_CONVERT_SUITE_CACHE"
-_CACHE_IS_OURS = not ("PYTEST_XDIST_WORKER" in os.environ and os.environ.get(_SUITE_CACHE))
+_CACHE_IS_OURS = not (_UNDER_XDIST and os.environ.get(_SUITE_CACHE))
 if _CACHE_IS_OURS:
     os.environ[_SUITE_CACHE] = tempfile.mkdtemp(prefix="ocrnet-test-cache-")
 os.environ["OCRNET_CONVERT_CACHE"] = os.environ[_SUITE_CACHE]
@@ -73,7 +74,7 @@ def _synthetic_export(root, *config):
 # both workers see, and the other waits for it. Outside xdist nothing is shared.
 
 def _session_folder(tmp_path_factory, name):
-    if "PYTEST_XDIST_WORKER" not in os.environ:
+    if not _UNDER_XDIST:
         return tmp_path_factory.mktemp(name)
     return tmp_path_factory.getbasetemp().parent / name
 
@@ -82,7 +83,7 @@ def _session_folder(tmp_path_factory, name):
 def _first_worker_makes(tmp_path_factory, name):
     """Yields True to the one worker that must make `name` (none has made it
     yet), False to every other, which by then can use what was made."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
+    if not _UNDER_XDIST:
         yield True
         return
     root = tmp_path_factory.getbasetemp().parent

@@ -4,7 +4,6 @@ the assertions and edits that several test modules make.
 Test modules import from here (never from each other or from conftest), so
 that any one of them runs alone."""
 import contextlib
-import hashlib
 import json
 import os
 import pathlib
@@ -133,16 +132,14 @@ def tree_digests(root):
     """{path below root: sha256} of every regular file, to show that a shared
     build was left as it was. The workdir lock is left out: a command that
     refuses at once still takes it and writes its pid there."""
+    from converter.util.fsutil import file_digest
+
     digests = {}
     for folder, _, files in os.walk(root):
         for name in files:
             path = os.path.join(folder, name)
             if os.path.isfile(path) and name != ".ocrnet-convert.lock":
-                digest = hashlib.sha256()
-                with open(path, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(block)
-                digests[os.path.relpath(path, root)] = digest.hexdigest()
+                digests[os.path.relpath(path, root)] = file_digest(path)
     return digests
 
 

@@ -165,6 +165,18 @@ def test_a_training_config_with_base_files_is_read_locally(w18_checkpoint, tmp_p
                          "--paddleseg-config", str(train)), 2, "circle")
 
 
+def _export_refuses_a_changed_copy(export, config, changed, work):
+    """A copy of export with two bytes of its parameters changed after init: the export stage refuses it."""
+    import shutil
+
+    shutil.copytree(export, changed)
+    with open(changed / "model.pdiparams", "r+b") as fh:
+        fh.seek(200)
+        fh.write(b"\x01\x02")
+    one_line_error(run_cli("export", "--config", str(config), "--workdir", str(work),
+                           "--inference-model", str(changed)), 5, "sha384 mismatch", "--allow-unverified")
+
+
 # the default tier's 10 minutes: slow. In the default tier the pyramid-pooling
 # export goes through init and convert to PASSED by the same stages, and the
 # truncated-file test holds the refusal of files changed since init.
@@ -187,14 +199,7 @@ def test_an_exported_inference_model_goes_through_init_and_convert(paddleseg_exp
     out = onnx.load(str(work / "onnx" / f"lite-{op}.onnx"), load_external_data=False).graph.output[0]
     assert [d.dim_value for d in out.type.tensor_type.shape.dim] == [1, 256, 512]   # the class map, static
     # the user's files changed since init: refused, unless --allow-unverified
-    changed = tmp_path / "changed"
-    import shutil
-    shutil.copytree(paddleseg_exported(op), changed)
-    with open(changed / "model.pdiparams", "r+b") as fh:
-        fh.seek(200)
-        fh.write(b"\x01\x02")
-    one_line_error(run_cli("export", "--config", str(config), "--workdir", str(tmp_path / "w2"),
-                           "--inference-model", str(changed)), 5, "sha384 mismatch", "--allow-unverified")
+    _export_refuses_a_changed_copy(paddleseg_exported(op), config, tmp_path / "changed", tmp_path / "w2")
 
 
 def test_a_truncated_parameters_file_is_refused_by_init(paddleseg_exported, tmp_path):
@@ -211,13 +216,7 @@ def test_a_truncated_parameters_file_is_refused_by_init(paddleseg_exported, tmp_
     config = tmp_path / "ok.yaml"
     assert _init("--inference-model", str(paddleseg_exported("argmax")), "--output", str(config)).returncode == 0
     # and a file changed after init is refused by the export stage, unless --allow-unverified
-    changed = tmp_path / "changed"
-    shutil.copytree(paddleseg_exported("argmax"), changed)
-    with open(changed / "model.pdiparams", "r+b") as fh:
-        fh.seek(200)
-        fh.write(b"\x01\x02")
-    one_line_error(run_cli("export", "--config", str(config), "--workdir", str(tmp_path / "w"),
-                           "--inference-model", str(changed)), 5, "sha384 mismatch", "--allow-unverified")
+    _export_refuses_a_changed_copy(paddleseg_exported("argmax"), config, tmp_path / "changed", tmp_path / "w")
     assert not (tmp_path / "w" / "paddle").exists()
 
 
