@@ -70,8 +70,8 @@ def _synthetic_export(root, *config):
 
 # `make test` runs two xdist workers. Each used to make every session build
 # for itself, a minute of the tier's CPU each for the lite build and its INT8
-# IR; now the first worker that asks makes it in a folder of the session's
-# both workers see, and the other waits for it. Outside xdist nothing is shared.
+# IR; now the first worker that asks makes it in the run's temporary folder,
+# which both workers see, and the other waits for it. Outside xdist nothing is shared.
 
 def _session_folder(tmp_path_factory, name):
     if not _UNDER_XDIST:
