@@ -207,7 +207,9 @@ def write_report(config, workdir, record, maps):
     paths = []
     for name, image_maps in maps:
         path = os.path.join(out, os.path.splitext(name)[0] + ".png")
-        write_png_atomic(path, image_png(name, image_maps, config), optimize=True)
+        # zlib's default level: optimize=True made each 1024x1480 picture 8 % smaller in
+        # 1.3 s instead of 0.23 s, a second per image of every parity run
+        write_png_atomic(path, image_png(name, image_maps, config))
         paths.append(path)
     md = workdir.parity_markdown
     write_bytes_atomic(md, markdown(record, config.class_names).encode())

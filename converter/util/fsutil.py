@@ -102,7 +102,7 @@ def write_json_atomic(path: StrPath, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_png_atomic(path: StrPath, image: Any, optimize: bool = False) -> None:
+def write_png_atomic(path: StrPath, image: Any) -> None:
     """image: a PIL Image, or an array Pillow can take."""
     import io
 
@@ -111,7 +111,7 @@ def write_png_atomic(path: StrPath, image: Any, optimize: bool = False) -> None:
     if not isinstance(image, Image.Image):
         image = Image.fromarray(image)
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=optimize)
+    image.save(buf, format="PNG")
     write_bytes_atomic(path, buf.getvalue())
 
 
