@@ -15,8 +15,8 @@ import tempfile
 
 import pytest
 
-from tests.support import (FIXTURE, LITE, ROOT, SMALL_SHAPE, left_as_made, linked_build, lite_cli,
-                           run_cli)
+from tests.support import (FIXTURE, LITE, ROOT, SMALL_HW, SMALL_SHAPE, W48_SHAPE, left_as_made, linked_build,
+                           lite_cli, run_cli)
 
 if not os.path.exists(FIXTURE):  # CI's clone has shared/ beside it, like the workspace
     FIXTURE = os.path.join(ROOT, "..", "shared", "fixtures", "ocrnet_hrnetw48_state_dict.json")
@@ -129,7 +129,7 @@ def _lite_stages(work):
 
 @pytest.fixture(scope="session")
 def lite_build(lite_export, tmp_path_factory):
-    """The lite export's folder converted to ONNX and IR at 1x3x256x512, with
+    """The lite export's folder converted to ONNX and IR at SMALL_SHAPE (1x3x128x256), with
     the IRs' Model API flavour. Tests read it (checked at the end of the
     session); one that writes works on a linked_build of it."""
     work = lite_export.parent
@@ -188,7 +188,7 @@ def _without_reverse(lite_build):
         target = ir(work)
         target.unlink()
         ir(work, ext="bin").unlink()
-        ov.save_model(build_ir(str(work / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre), str(target),
+        ov.save_model(build_ir(str(work / "paddle" / "model.pdmodel"), (1, 3, *SMALL_HW), pre), str(target),
                       compress_to_fp16=False)
         rerecord(work / "openvino", "openvino.json", "FP32")
     return make
@@ -240,6 +240,6 @@ def w48_build(w48_export):
     """W48 converted to ONNX and IR at 1x3x256x512."""
     work = w48_export.parent
     for stage in ("onnx", "openvino"):
-        proc = run_cli(stage, "--workdir", str(work), "--input-shape", SMALL_SHAPE)
+        proc = run_cli(stage, "--workdir", str(work), "--input-shape", W48_SHAPE)
         assert proc.returncode == 0, proc.stderr
     return work

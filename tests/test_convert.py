@@ -1,4 +1,4 @@
-"""onnx and openvino stages at 1x3x256x512: interface, baked preprocessing, controls."""
+"""onnx and openvino stages at the lite build's 1x3x128x256: interface, baked preprocessing, controls."""
 import os
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import pytest
 
 from converter.data.images import load_rgb, resize_rgb, sample_images
 from tests.support import converted_input, original_input
-from tests.support import SMALL_SHAPE as SHAPE, lite_cli
+from tests.support import SMALL_HW, SMALL_SHAPE as SHAPE, lite_cli
 
 ONNX = "onnx/ocrnet-lite.onnx"
 IR32 = "openvino/FP32/ocrnet-lite.xml"
@@ -16,11 +16,12 @@ IR16 = "openvino/FP16/ocrnet-lite.xml"
 
 
 def _images():
-    """One sample street image and two seeded random RGB images, uint8 256x512."""
+    """One sample street image and two seeded random RGB images, uint8 at the build's size."""
     rng = np.random.default_rng(123)
-    yield resize_rgb(load_rgb(sample_images()[2]), 512, 256)
+    height, width = SMALL_HW
+    yield resize_rgb(load_rgb(sample_images()[2]), width, height)
     for _ in range(2):
-        yield rng.integers(0, 256, size=(256, 512, 3), dtype=np.uint8)
+        yield rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +47,9 @@ def test_onnx_interface_and_checker(lite_build):
     model = onnx.load(path, load_external_data=False)
     (inp,), (out,) = model.graph.input, model.graph.output
     assert inp.name == "x" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, 3, 256, 512]
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, 3, 128, 256]
     assert out.name == "argmax_0.tmp_0" and out.type.tensor_type.elem_type == onnx.TensorProto.INT32
-    assert [d.dim_value for d in out.type.tensor_type.shape.dim] == [1, 256, 512]
+    assert [d.dim_value for d in out.type.tensor_type.shape.dim] == [1, 128, 256]
     assert [n.op_type for n in model.graph.node[:3]] == ["Gather", "Sub", "Div"]
 
 
@@ -58,8 +59,8 @@ def test_ir_interface(lite_build, ir):
     model = ov.Core().read_model(str(lite_build / ir))
     (inp,), (out,) = model.inputs, model.outputs
     assert inp.get_any_name() == "x" and inp.get_element_type() == ov.Type.f32
-    assert list(inp.get_shape()) == [1, 3, 256, 512]
-    assert "argmax_0.tmp_0" in out.get_names() and list(out.get_shape()) == [1, 256, 512]
+    assert list(inp.get_shape()) == [1, 3, 128, 256]
+    assert "argmax_0.tmp_0" in out.get_names() and list(out.get_shape()) == [1, 128, 256]
     assert out.get_element_type() == ov.Type.i32
 
 
@@ -80,7 +81,7 @@ def _mean_zero_runner(lite_build):
     from converter.stages.openvino import build_ir
     from tests.support import lite_config
     pre = dict(lite_config().baked(), mean=[0.0] * 3)  # the config's preprocessing, one part broken
-    model = build_ir(str(lite_build / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre)
+    model = build_ir(str(lite_build / "paddle" / "model.pdmodel"), (1, 3, *SMALL_HW), pre)
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     class _Runner:

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.support import ROOT, linked_build, lite_cli
+from tests.support import ROOT, SMALL_HW, linked_build, lite_cli
 from tests.support import rerecord as _rerecord, save_over as _save_over
 
 IR = "openvino/FP32/ocrnet-lite.xml"
 INT8 = "openvino/INT8/ocrnet-lite.xml"
-QUARTER = "1,3,128,256"   # the IRs reshape; a quarter of the work of the build's 256x512
+RESHAPED = "1,3,64,128"   # the IRs reshape to it: a quarter of the work of the build's 128x256
 
 
 def _diagnose(work, backend, out, *extra):
@@ -28,7 +28,7 @@ def _diagnose(work, backend, out, *extra):
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino-fp32-f32"])
 def test_a_correct_build_has_no_divergence(lite_build, tmp_path, backend):
     doc = _diagnose(lite_build, backend, tmp_path / "d")
-    assert doc["first_divergence"] is None and doc["input_shape"] == [1, 3, 256, 512]
+    assert doc["first_divergence"] is None and doc["input_shape"] == [1, 3, 128, 256]
     assert len(doc["layers"]) > 200 and all(l["rel_p99"] <= 1e-4 for l in doc["layers"])
     assert [l["index"] for l in doc["layers"]] == sorted(l["index"] for l in doc["layers"])
     assert {"tensor", "op", "index", "shape", "abs_max", "rel_max", "rel_p99", "cosine", "growth"} <= set(
@@ -41,7 +41,7 @@ def test_a_correct_build_has_no_divergence(lite_build, tmp_path, backend):
 
 
 def test_an_ir_without_the_channel_reversal_diverges_at_the_first_tensor(no_reverse_build, tmp_path):
-    doc = _diagnose(no_reverse_build, "openvino-fp32-f32", tmp_path / "d", "--first-only", "--input-shape", QUARTER)
+    doc = _diagnose(no_reverse_build, "openvino-fp32-f32", tmp_path / "d", "--first-only", "--input-shape", RESHAPED)
     assert doc["first_divergence"]["tensor"] == doc["layers"][0]["tensor"] == "batch_norm_0.tmp_2"
     assert "preprocessing" in doc["advice"][0]
 
@@ -70,7 +70,7 @@ def test_a_scaled_convolution_is_found_where_it_feeds(lite_build, tmp_path, frac
     work = linked_build(lite_build, tmp_path / "w", link=("paddle", "onnx"))
     fed = _scale_conv(work / IR, fraction)
     _rerecord(work / "openvino", "openvino.json", "FP32")
-    doc = _diagnose(work, "openvino-fp32-f32", tmp_path / "d", "--first-only", "--input-shape", QUARTER)
+    doc = _diagnose(work, "openvino-fp32-f32", tmp_path / "d", "--first-only", "--input-shape", RESHAPED)
     assert doc["first_divergence"] is not None and doc["first_divergence"]["tensor"] == fed, (fed, doc["advice"])
     before = [l for l in doc["layers"] if l["index"] < doc["first_divergence"]["index"]]
     assert before and all(l["rel_p99"] <= 1e-4 and l["rel_max"] <= 1e-3 for l in before)
@@ -115,7 +115,7 @@ def test_the_growth_ranking_puts_a_broken_fake_quantize_first(int8_copy, tmp_pat
     assert doc["growth"][0]["tensor"] == broken, doc["growth"][:3]
     assert any(broken in a and "--ignored-scope" in a for a in doc["advice"])
     # and a reduced precision's ranking on a correct build (bf16 where the CPU has it, else f32)
-    doc = _diagnose(int8_copy, "openvino-fp32-default", tmp_path / "d2", "--input-shape", QUARTER)
+    doc = _diagnose(int8_copy, "openvino-fp32-default", tmp_path / "d2", "--input-shape", RESHAPED)
     growth = [g["growth"] for g in doc["growth"]]
     assert len(growth) == 10 and growth == sorted(growth, reverse=True) and all(g > 0 for g in growth)
 
@@ -136,20 +136,20 @@ def test_the_int8_gate_fails_a_broken_fake_quantize_at_any_depth(lite_int8, tmp_
     profile = read_record(str(lite_int8), "quantize").params["error_profile"]
     assert len(profile["tensors"]) > 80 and profile["precision_hint"] == "f32"
     fp32 = str(lite_int8 / IR)
-    assert failures("int8", profile, config, fp32_xml=fp32, int8_xml=str(lite_int8 / INT8), full_hw=(256, 512)) == []
+    assert failures("int8", profile, config, fp32_xml=fp32, int8_xml=str(lite_int8 / INT8), full_hw=SMALL_HW) == []
     # a profile that misses a quantized tensor (another IR, an older version) does not pass
     off_grid = dict(profile, tile=[100, 256])   # no tile of the input: not measured on a guess
-    assert "tile" in failures("int8", off_grid, config, fp32_xml=fp32, int8_xml=str(lite_int8 / INT8), full_hw=(256, 512))[0]
+    assert "tile" in failures("int8", off_grid, config, fp32_xml=fp32, int8_xml=str(lite_int8 / INT8), full_hw=SMALL_HW)[0]
     trimmed = dict(profile, tensors=dict(list(profile["tensors"].items())[1:]))
     assert any("not in the recorded profile" in f and "--force" in f
-               for f in failures("int8", trimmed, config, fp32_xml=fp32, int8_xml=str(lite_int8 / INT8), full_hw=(256, 512)))
+               for f in failures("int8", trimmed, config, fp32_xml=fp32, int8_xml=str(lite_int8 / INT8), full_hw=SMALL_HW))
     for fraction, how in grid:
         xml = tmp_path / f"{how}-{fraction}" / "m.xml"
         xml.parent.mkdir()
         shutil.copy(lite_int8 / INT8, xml)
         shutil.copy(str(lite_int8 / INT8)[:-4] + ".bin", str(xml)[:-4] + ".bin")
         broken = _break_fq(xml, fraction, how)
-        found = failures("int8", profile, config, fp32_xml=fp32, int8_xml=str(xml), full_hw=(256, 512))
+        found = failures("int8", profile, config, fp32_xml=fp32, int8_xml=str(xml), full_hw=SMALL_HW)
         assert found and broken in found[0], (how, fraction, broken, found[:3])   # the first in network order
 
 
@@ -184,9 +184,8 @@ def _baseline_peak_mb(work):
 def test_memory_is_bounded_by_the_window_not_the_network(lite_build, tmp_path):
     """In windows of 16 MB of tensors per model, the peak RSS is the runtimes'
     plus a few windows, and the figures are those of one window for all."""
-    whole = _diagnose(lite_build, "openvino-fp32-f32", tmp_path / "whole", "--input-shape", QUARTER)
-    windowed = _diagnose(lite_build, "openvino-fp32-f32", tmp_path / "win", "--input-shape", QUARTER,
-                         "--window-mb", "16")
+    whole = _diagnose(lite_build, "openvino-fp32-f32", tmp_path / "whole")
+    windowed = _diagnose(lite_build, "openvino-fp32-f32", tmp_path / "win", "--window-mb", "16")
     assert whole["windows"]["count"] == 1 and windowed["windows"]["count"] > 3
     assert windowed["windows"]["largest_mb"] <= 16
     assert [(l["tensor"], l["rel_p99"]) for l in windowed["layers"]] == [(l["tensor"], l["rel_p99"])
@@ -206,7 +205,7 @@ def test_two_images_with_one_stem_get_a_report_each(lite_build, tmp_path):
         Image.open(sample).save(tmp_path / folder / f"x.{ext}")
     out = tmp_path / "d"
     proc = lite_cli("diagnose", "--workdir", str(lite_build), "--backend", "openvino-fp32-f32", "--output", str(out),
-                    "--input-shape", QUARTER, "--images", str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.jpg"))
+                    "--input-shape", RESHAPED, "--images", str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.jpg"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     images = {p.parent.name: json.loads(p.read_text())["image"] for p in out.glob("*/diagnose.json")}
     assert sorted(images) == ["x", "x-2"] and len(set(images.values())) == 2, images

@@ -22,7 +22,7 @@ from tests.support import ROOT, SAMPLES, SMALL_SHAPE, linked_build, lite_cli, li
 
 @pytest.fixture
 def workdir(lite_build, tmp_path):
-    """The lite build (export, onnx, openvino at 256x512) as a linked_build of
+    """The lite build (export, onnx, openvino at 128x256) as a linked_build of
     its own: tests change a model file only through replace_file, which breaks the link."""
     work = tmp_path / "w"
     work.mkdir()
@@ -129,7 +129,7 @@ def _children(pid):
 
 
 def _start_parity(workdir, tmp, images):
-    """parity on 24 images: long enough (tens of seconds at 256x512) that a
+    """parity on 24 images: long enough (over ten seconds at 128x256) that a
     signal sent once its worker is up lands mid-run even on a loaded machine;
     on the 3 samples the run could be over first (a late signal is ignored
     by design, cli.main)."""
@@ -486,7 +486,7 @@ def test_records_are_typed_and_versioned(workdir):
     from converter.errors import StageError
     from converter.records import RECORD_SCHEMA, StageRecord, read_record
     record = read_record(str(workdir), "onnx")
-    assert isinstance(record, StageRecord) and record.input_shape == (1, 3, 256, 512)
+    assert isinstance(record, StageRecord) and record.input_shape == (1, 3, 128, 256)
     path = workdir / "onnx" / "onnx.json"
     raw = json.loads(path.read_text())
     assert raw["schema"] == RECORD_SCHEMA

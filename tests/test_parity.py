@@ -1,4 +1,4 @@
-"""parity: metrics on hand-made maps, the gate, and end-to-end runs at 256x512."""
+"""parity: metrics on hand-made maps, the gate, and end-to-end runs at the lite build's 128x256."""
 import json
 import os
 
@@ -7,7 +7,7 @@ import pytest
 
 from tests.support import lite_config
 from converter.engine.gates import class_iou, compare, gate, top2_margin
-from tests.support import SAMPLES, ir, linked_build, lite_cli, rerecord
+from tests.support import SAMPLES, SMALL_HW, ir, linked_build, lite_cli, rerecord
 
 
 def test_compare_counts_flips_ious_and_margins():
@@ -101,7 +101,7 @@ def test_parity_passes_on_correct_conversion(parity_workdir):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith("PASSED")
     report = json.loads((parity_workdir / "parity" / "report.json").read_text())
-    assert report["passed"] and report["input_size"] == [512, 256]
+    assert report["passed"] and report["input_size"] == [256, 128]
     assert set(report["results"]) == {"onnxruntime", "openvino-fp32-f32", "openvino-fp32-default",
                                       "openvino-fp16-default"}
     assert report["runs"]["openvino-fp32-f32"]["info"]["effective_precision"].endswith("32")
@@ -124,7 +124,7 @@ def _mean_zero_build(lite_build, tmp_path):
     pre = dict(lite_config().baked(), mean=[0.0] * 3)  # the config's preprocessing, one part broken
     ir(work).unlink()
     ir(work, ext="bin").unlink()
-    model = build_ir(str(work / "paddle" / "model.pdmodel"), (1, 3, 256, 512), pre)
+    model = build_ir(str(work / "paddle" / "model.pdmodel"), (1, 3, *SMALL_HW), pre)
     ov.save_model(model, str(ir(work)), compress_to_fp16=False)
     rerecord(work / "openvino", "openvino.json", "FP32")   # a converter bug, not tampering
     return work

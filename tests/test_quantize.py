@@ -1,4 +1,4 @@
-"""INT8 by NNCF and the gates of reduced precisions, at 256x512.
+"""INT8 by NNCF and the gates of reduced precisions, at the lite build's 128x256.
 
 The negative controls break a reduced-precision IR the way quantization or
 storage breaks in practice (one FakeQuantize's range scaled or shifted, an
@@ -16,8 +16,8 @@ from converter.config import ConfigError, validate
 from tests.support import lite_config
 from converter.engine.gates import gate, task_result
 from converter.data.images import SAMPLES_DIR
-from tests.support import INT8_TILE as TILE   # 4 tiles per 256x512 input, 12 from the 3 samples
-from tests.support import ir, linked_build, lite_cli, rerecord, save_over
+from tests.support import INT8_TILE as TILE   # 4 tiles per 128x256 input, 12 from the 3 samples
+from tests.support import SMALL_HW, ir, linked_build, lite_cli, rerecord, save_over
 
 SAMPLE = os.path.join(SAMPLES_DIR, "street_2.jpg")
 
@@ -119,11 +119,11 @@ def _int8(work):
 
 def test_quantize_writes_a_recorded_int8_ir_and_skips_when_up_to_date(lite_int8, tmp_path):
     record = json.loads((_int8(lite_int8) / "quantize.json").read_text())
-    assert record["stage"] == "quantize" and record["input_shape"] == [1, 3, 256, 512]
-    assert record["calibration"]["tiles"] == 12 and record["calibration"]["tile"] == [128, 256]
+    assert record["stage"] == "quantize" and record["input_shape"] == [1, 3, 128, 256]
+    assert record["calibration"]["tiles"] == 12 and record["calibration"]["tile"] == [64, 128]
     assert record["ignored_adds"] == ADDS["lite"][0] and record["fake_quantize_nodes"] > 80
     assert record["options"]["preset"] == "mixed" and record["weights"]["kind"] == "synthetic"
-    assert record["error_profile"]["tile"] == [128, 256]   # the calibration tile: parity measures it again
+    assert record["error_profile"]["tile"] == [64, 128]   # the calibration tile: parity measures it again
     fp32 = lite_int8 / "openvino" / "FP32" / "ocrnet-lite.bin"
     assert os.path.getsize(_int8(lite_int8) / "ocrnet-lite.bin") < 0.4 * os.path.getsize(fp32)
     # up to date: skipped (on a copy: the shared build stays as it is)
@@ -289,7 +289,7 @@ def test_parity_with_ground_truth_gates_the_miou_drop(lite_int8, tmp_path):
     pairs = sorted((p, root / "gtFine" / "val" / p.parent.name / p.name.replace("leftImg8bit", "gtFine_labelIds"))
                    for p in (root / "leftImg8bit" / "val").glob("*/*.png"))
     gts = [np.asarray(Image.open(g)) for _, g in pairs]
-    rgbs = [resize_rgb(load_rgb(str(p)), 512, 256) for p, _ in pairs]
+    rgbs = [resize_rgb(load_rgb(str(p)), SMALL_HW[1], SMALL_HW[0]) for p, _ in pairs]
 
     def miou(runner, prep):
         preds = [np.asarray(Image.fromarray(runner.infer(prep(rgb))["argmax_0.tmp_0"][0].astype(np.uint8))
@@ -337,7 +337,7 @@ def test_quantize_with_accuracy_control_on_labelled_scenes(lite_build, tmp_path)
     assert proc.returncode == 0, proc.stderr
     acc = json.loads((_int8(work) / "quantize.json").read_text())["accuracy_control"]
     assert acc["images"] == 1 and acc["tiles"] == 4 and acc["max_drop"] == 0.02
-    # both mIoUs counted here on the same four 128x256 tiles of the 256x512 input, with the labels
+    # both mIoUs counted here on the same four 64x128 tiles of the 128x256 input, with the labels
     # brought to that size by nearest-neighbour, at f32 and the tile shape as the stage measures them
     import openvino as ov
     from PIL import Image
@@ -348,13 +348,13 @@ def test_quantize_with_accuracy_control_on_labelled_scenes(lite_build, tmp_path)
 
     image = next((root / "leftImg8bit" / "val").glob("*/*.png"))
     label = root / "gtFine" / "val" / image.parent.name / image.name.replace("leftImg8bit", "gtFine_labelIds")
-    x = converted_input(resize_rgb(load_rgb(str(image)), 512, 256))
-    gt = to_train(np.asarray(Image.open(label).resize((512, 256), Image.NEAREST)))
-    tiles = [(slice(r, r + 128), slice(c, c + 256)) for r in (0, 128) for c in (0, 256)]
+    x = converted_input(resize_rgb(load_rgb(str(image)), 256, 128))
+    gt = to_train(np.asarray(Image.open(label).resize((256, 128), Image.NEAREST)))
+    tiles = [(slice(r, r + 64), slice(c, c + 128)) for r in (0, 64) for c in (0, 128)]
 
     def miou(xml):
         model = ov.Core().read_model(str(xml))
-        model.reshape({model.inputs[0]: [1, 3, 128, 256]})
+        model.reshape({model.inputs[0]: [1, 3, 64, 128]})
         compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         preds = [compiled(np.ascontiguousarray(x[:, :, rows, cols]))[0][0] for rows, cols in tiles]
         return expected(preds, [gt[rows, cols] for rows, cols in tiles], train_ids=True)[1]

@@ -227,7 +227,7 @@ def test_model_api_runs_the_packaged_flavour_as_it_is(lite_release, packaged, tm
 
     # the sample at the build's input size, lossless: neither side resizes or decodes differently
     image = tmp_path / "street_2.png"
-    Image.open(SAMPLE).convert("RGB").resize((512, 256), Image.BILINEAR).save(image)
+    Image.open(SAMPLE).convert("RGB").resize((256, 128), Image.BILINEAR).save(image)
     proc = lite_cli("predict", "--workdir", str(lite_release), "--backend", "openvino-fp32-f32",
                    "--output", str(tmp_path / "ours"), str(image))
     assert proc.returncode == 0, proc.stderr
@@ -237,7 +237,7 @@ def test_model_api_runs_the_packaged_flavour_as_it_is(lite_release, packaged, tm
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     # model_info picked the wrapper and the labels; the output is scores per class
     assert info == {"wrapper": "SegmentationModel", "labels": ["road", "traffic_light", "bicycle"],
-                    "hard": [256, 512], "soft": [256, 512, 19]}
+                    "hard": [128, 256], "soft": [128, 256, 19]}
     theirs = np.load(tmp_path / "mapi.npy")
     assert theirs.shape == ours.shape
     assert (theirs == ours).mean() >= 0.9999
@@ -252,7 +252,7 @@ def test_the_interface_ir_trips_model_api_postprocess(packaged, tmp_path):
     from PIL import Image
 
     image = tmp_path / "s.png"
-    Image.open(SAMPLE).convert("RGB").resize((512, 256)).save(image)
+    Image.open(SAMPLE).convert("RGB").resize((256, 128)).save(image)
     xml = packaged / "ovms" / "models" / "ocrnet-lite-fp32" / "1" / "model.xml"
     proc = _model_api(xml, image, tmp_path / "x.npy")
     assert proc.returncode != 0 and "axis 2 is out of bounds" in proc.stderr, proc.stderr[-2000:]

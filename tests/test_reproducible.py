@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.support import LITE, LITE_NAME, SMALL_SHAPE, W48_NAME, lite_cli, lite_command, run_cli
+from tests.support import LITE, LITE_NAME, SMALL_SHAPE, W48_NAME, W48_SHAPE, lite_cli, lite_command, run_cli
 
 
 
@@ -22,7 +22,7 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _second_build(root, *config):
+def _second_build(root, *config, shape=SMALL_SHAPE):
     """A build in another folder, with another thread count, from the same inputs."""
     work = root / "second build"  # a space in the path, too
     env = {"OMP_NUM_THREADS": "1"}
@@ -30,7 +30,7 @@ def _second_build(root, *config):
                    "--logits-output", str(work / "paddle-logits"), env=env)
     assert proc.returncode == 0, proc.stderr
     for stage in ("onnx", "openvino"):
-        proc = run_cli(stage, *config, "--workdir", str(work), "--input-shape", SMALL_SHAPE, env=env)
+        proc = run_cli(stage, *config, "--workdir", str(work), "--input-shape", shape, env=env)
         assert proc.returncode == 0, proc.stderr
     return work
 
@@ -48,7 +48,7 @@ def test_model_files_are_byte_identical(lite_build, second_build):
 @pytest.mark.slow
 def test_w48_model_files_are_byte_identical(w48_build, tmp_path):
     """The shipped model, rebuilt from scratch (its synthetic weights from the session's cache)."""
-    second = _second_build(tmp_path)
+    second = _second_build(tmp_path, shape=W48_SHAPE)
     files = model_files(W48_NAME)
     assert [f for f in files if _sha(w48_build / f) != _sha(second / f)] == []
 
@@ -66,7 +66,7 @@ def test_manifest_lists_every_model_file_with_its_hash(second_build):
     from tests.support import lite_config
     assert manifest["config"]["sha256"] == lite_config().sha256
     assert manifest["stages"]["onnx"]["opset"] == 13
-    assert manifest["stages"]["openvino"]["input_shape"] == [1, 3, 256, 512]
+    assert manifest["stages"]["openvino"]["input_shape"] == [1, 3, 128, 256]
     for lib in ("python", "paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "openvino", "numpy"):
         assert manifest["versions"][lib]
     card = (second_build / "README.md").read_text()

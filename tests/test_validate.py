@@ -53,7 +53,7 @@ def test_local_run_reports_every_backend_with_ground_truth(local_run):
     assert sorted(m["backends"]) == sorted(BACKENDS)
     for name in BACKENDS:
         e = m["backends"][name]
-        assert e["pixels"] == 4 * 256 * 512
+        assert e["pixels"] == 4 * 128 * 256
         assert 0.9 < e["agreement"] <= 1.0
         assert len(e["ground_truth"]["per_class_iou"]) == 19
     # f32 backends agree with the original up to near-ties; bf16 (where the CPU has it) only mostly
@@ -90,7 +90,7 @@ def test_ground_truth_metrics_equal_an_independent_count(lite_build, tmp_path):
     from converter.runners import make_runner
     from tests.labelled import TRAIN_TO_LABEL, expected, write_dataset
 
-    rgbs = {("aachen", f"aachen_00000{i}_000019"): resize_rgb(load_rgb(p), 512, 256)
+    rgbs = {("aachen", f"aachen_00000{i}_000019"): resize_rgb(load_rgb(p), 256, 128)
             for i, p in enumerate(sample_images())}
     runners = {"paddle": (make_runner("paddle", str(lite_build / "paddle")), original_input),
                "openvino-fp32-f32": (make_runner("openvino", str(lite_build / "openvino" / "FP32" /
