@@ -366,17 +366,20 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        if _loads_paddle(args):
-            from converter.util.paddle_env import import_paddle
-            import_paddle()
         from converter.config import load_config
         from converter.util.fsutil import workdir_lock
         from converter.util.log import info
 
+        # The config and the options are checked first, in pure Python that
+        # starts no thread: a bad one is refused at once, not after the 2.5 s
+        # of importing paddle, which must still come before any thread exists.
         config = None if args.command == "init" else load_config(args.config)
         _check_counts(args)
         if getattr(args, "output", None) and args.command != "init":   # init's --output is a file
             _output_folder(args.output)  # before the lock, which creates its folder
+        if _loads_paddle(args):
+            from converter.util.paddle_env import import_paddle
+            import_paddle()
         folder = _lock_folder(args)
         lock = workdir_lock(folder, shared=args.command in READERS, log=info) if folder else contextlib.nullcontext()
         with lock:

@@ -10,6 +10,7 @@ import pickle
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,7 +18,8 @@ import pytest
 import yaml
 
 from converter.config import DEFAULT_CONFIG
-from tests.support import ROOT, SAMPLES, SMALL_SHAPE, linked_build, lite_cli, lite_command, one_line_error, replace_file
+from tests.support import (LITE, ROOT, SAMPLES, SMALL_SHAPE, linked_build, lite_cli, lite_command, one_line_error,
+                           replace_file)
 
 
 @pytest.fixture
@@ -516,6 +518,25 @@ def test_a_config_that_never_ends_or_is_huge_is_refused(tmp_path):
     big.write_bytes(b"# padding\n" * 200_000)
     one_line_error(lite_cli("onnx", "--config", str(big), "--workdir", str(tmp_path / "w"), timeout=60), 3,
                    "larger than any config")
+
+
+PADDLE_LOADED = """
+import sys
+from converter.cli import main
+code = main(sys.argv[1:])
+print(code, "paddle" in sys.modules)
+"""
+
+
+def test_a_bad_config_is_refused_before_paddle_loads(tmp_path):
+    """A command that loads paddle in its own process (onnx here) imported it
+    first, so that each refusal of its config took the import's 2.5 s."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    for config, code, loaded in ((str(bad), "3", "False"), (LITE, "8", "True")):   # the control: a good config
+        proc = subprocess.run([sys.executable, "-c", PADDLE_LOADED, "onnx", "--config", config, "--workdir",
+                               str(tmp_path / "w")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert proc.stdout.split() == [code, loaded], (config, proc.stdout, proc.stderr[-2000:])
 
 
 def test_a_reader_creates_no_workdir(tmp_path):
