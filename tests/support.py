@@ -22,7 +22,7 @@ LITE_NAME = "ocrnet-lite"
 W48_NAME = "ocrnet-hrnet-w48-paddle"
 
 SMALL_SHAPE = "1,3,128,256"   # the lite build's input (tests/configs/ocrnet-lite.yaml says why)
-SMALL_HW = (128, 256)
+SMALL_HW = tuple(int(v) for v in SMALL_SHAPE.split(",")[2:])   # (height, width)
 W48_SHAPE = "1,3,256,512"     # the slow tier's W48 build
 INT8_TILE = "64x128"   # the lite config's calibration tile: 4 tiles per 128x256 input, 12 from the samples
 SAMPLES = os.path.join(ROOT, "converter", "samples")
@@ -167,6 +167,13 @@ def one_line_error(proc, code, *fragments):
 
 
 # --- inputs -----------------------------------------------------------------------
+
+def at_build_size(path):
+    """An image file as RGB uint8, resized (bilinear) to the lite build's input size."""
+    from converter.data.images import load_rgb, resize_rgb
+    height, width = SMALL_HW
+    return resize_rgb(load_rgb(str(path)), width, height)
+
 
 def original_input(rgb, config=None):
     """The original model's input for an RGB image (the lite config's contract by default)."""

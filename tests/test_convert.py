@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from converter.data.images import load_rgb, resize_rgb, sample_images
+from converter.data.images import sample_images
 from tests.support import converted_input, original_input
-from tests.support import SMALL_HW, SMALL_SHAPE as SHAPE, lite_cli
+from tests.support import SMALL_HW, SMALL_SHAPE as SHAPE, at_build_size, lite_cli
 
 ONNX = "onnx/ocrnet-lite.onnx"
 IR32 = "openvino/FP32/ocrnet-lite.xml"
@@ -19,7 +19,7 @@ def _images():
     """One sample street image and two seeded random RGB images, uint8 at the build's size."""
     rng = np.random.default_rng(123)
     height, width = SMALL_HW
-    yield resize_rgb(load_rgb(sample_images()[2]), width, height)
+    yield at_build_size(sample_images()[2])
     for _ in range(2):
         yield rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 

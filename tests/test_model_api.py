@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.support import SMALL_HW, lite_config
-from converter.data.images import input_contract, load_rgb, prepare, resize_rgb, sample_images
+from tests.support import SMALL_HW, at_build_size, lite_config
+from converter.data.images import input_contract, prepare, sample_images
 from converter.errors import ParityFailure, StageError
 from converter.stages import model_api
 
@@ -15,8 +15,7 @@ STEM = "ocrnet-lite"
 @pytest.fixture(scope="module")
 def sample_input():
     config = lite_config()
-    height, width = SMALL_HW
-    return prepare(resize_rgb(load_rgb(sample_images()[0]), width, height), input_contract(config, "converted"))
+    return prepare(at_build_size(sample_images()[0]), input_contract(config, "converted"))
 
 
 def _infer(xml_or_model, x, extra_logits=False):

@@ -17,7 +17,7 @@ from tests.support import lite_config
 from converter.engine.gates import gate, task_result
 from converter.data.images import SAMPLES_DIR
 from tests.support import INT8_TILE as TILE   # 4 tiles per 128x256 input, 12 from the 3 samples
-from tests.support import SMALL_HW, ir, linked_build, lite_cli, rerecord, save_over
+from tests.support import at_build_size, ir, linked_build, lite_cli, rerecord, save_over
 
 SAMPLE = os.path.join(SAMPLES_DIR, "street_2.jpg")
 
@@ -281,7 +281,6 @@ def test_parity_with_ground_truth_gates_the_miou_drop(lite_int8, tmp_path):
     # the mIoUs counted here, pixel by pixel, from each model's own maps
     from PIL import Image
 
-    from converter.data.images import load_rgb, resize_rgb
     from converter.runners import make_runner
     from tests.support import converted_input, original_input
     from tests.labelled import expected
@@ -289,7 +288,7 @@ def test_parity_with_ground_truth_gates_the_miou_drop(lite_int8, tmp_path):
     pairs = sorted((p, root / "gtFine" / "val" / p.parent.name / p.name.replace("leftImg8bit", "gtFine_labelIds"))
                    for p in (root / "leftImg8bit" / "val").glob("*/*.png"))
     gts = [np.asarray(Image.open(g)) for _, g in pairs]
-    rgbs = [resize_rgb(load_rgb(str(p)), SMALL_HW[1], SMALL_HW[0]) for p, _ in pairs]
+    rgbs = [at_build_size(p) for p, _ in pairs]
 
     def miou(runner, prep):
         preds = [np.asarray(Image.fromarray(runner.infer(prep(rgb))["argmax_0.tmp_0"][0].astype(np.uint8))
@@ -342,13 +341,12 @@ def test_quantize_with_accuracy_control_on_labelled_scenes(lite_build, tmp_path)
     import openvino as ov
     from PIL import Image
 
-    from converter.data.images import load_rgb, resize_rgb
     from tests.support import converted_input
     from tests.labelled import expected, to_train
 
     image = next((root / "leftImg8bit" / "val").glob("*/*.png"))
     label = root / "gtFine" / "val" / image.parent.name / image.name.replace("leftImg8bit", "gtFine_labelIds")
-    x = converted_input(resize_rgb(load_rgb(str(image)), 256, 128))
+    x = converted_input(at_build_size(image))
     gt = to_train(np.asarray(Image.open(label).resize((256, 128), Image.NEAREST)))
     tiles = [(slice(r, r + 64), slice(c, c + 128)) for r in (0, 64) for c in (0, 128)]
 

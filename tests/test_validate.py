@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.support import ROOT, converted_input, lite_cli, lite_command, original_input, run_cli
+from tests.support import ROOT, at_build_size, converted_input, lite_cli, lite_command, original_input, run_cli
 
 TOOLS = os.path.join(ROOT, "tools")
 BACKENDS = ("onnxruntime", "openvino-fp32-f32", "openvino-fp16-default")
@@ -86,11 +86,11 @@ def test_ground_truth_metrics_equal_an_independent_count(lite_build, tmp_path):
     """Labels made from the original's own maps with known damage: the
     original's IoU against them is known exactly, and each backend's is
     counted here from that backend's own maps, pixel by pixel."""
-    from converter.data.images import load_rgb, resize_rgb, sample_images
+    from converter.data.images import sample_images
     from converter.runners import make_runner
     from tests.labelled import TRAIN_TO_LABEL, expected, write_dataset
 
-    rgbs = {("aachen", f"aachen_00000{i}_000019"): resize_rgb(load_rgb(p), 256, 128)
+    rgbs = {("aachen", f"aachen_00000{i}_000019"): at_build_size(p)
             for i, p in enumerate(sample_images())}
     runners = {"paddle": (make_runner("paddle", str(lite_build / "paddle")), original_input),
                "openvino-fp32-f32": (make_runner("openvino", str(lite_build / "openvino" / "FP32" /
